@@ -1,0 +1,117 @@
+"""The ``uxbseg`` command line: argument parsing only; the work lives in the modules it calls.
+
+Exit codes: 0 success, 1 bad input (message names the file and the fix), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import UXBError
+
+log = logging.getLogger("uxbseg")
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import synth_dataset
+
+    t0 = time.perf_counter()
+    splits = {"train": args.train, "test": args.test, "predict": args.predict}
+    folders = synth_dataset(args.out, splits, seed=args.seed)
+    print(
+        f"wrote {len(folders)} pairs to {args.out} "
+        f"(train {args.train}, test {args.test}, predict {args.predict}) "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect_report import format_reports, inspect_dataset
+
+    reports = inspect_dataset(args.root, args.split or None)
+    print(format_reports(reports))
+    return 0 if all(r.ok for reps in reports.values() for r in reps) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    p = argparse.ArgumentParser(
+        prog="uxbseg",
+        description="Find ancient Maya architecture (plazuelas, structures) in airborne lidar "
+        "with a SegFormer + SwinUNETR 2D+3D fusion model.",
+        epilog="Start with `uxbseg demo`. Each command has its own --help.",
+    )
+    p.add_argument("--version", action="version", version=f"uxbseg {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log diagnostics (DEBUG)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser(
+        "synth",
+        help="write a synthetic UXB-like dataset",
+        description="Write a deterministic synthetic dataset in the UXB layout "
+        "(TPI image, mask, LAS per pair) for demos and tests.",
+    )
+    s.add_argument("out", type=Path, help="output folder (ROOT)")
+    s.add_argument("--train", type=int, default=40, help="training pairs (default 40)")
+    s.add_argument("--test", type=int, default=12, help="test/validation pairs (default 12)")
+    s.add_argument("--predict", type=int, default=8, help="prediction pairs (default 8)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser(
+        "inspect",
+        help="check a dataset and list its problems",
+        description="Check every pair of a UXB dataset: files found, LAS/PNG "
+        "readable, classes and mask values. Exit 1 when any pair has a problem.",
+    )
+    s.add_argument("root", type=Path, help="dataset folder holding train/ test/ predict/")
+    s.add_argument("--split", action="append", help="only this split (repeatable)")
+    s.set_defaults(func=_cmd_inspect)
+
+    _add_later_commands(sub)
+    return p
+
+
+def _add_later_commands(sub) -> None:
+    """Commands that need the model (imported lazily so `inspect` stays fast)."""
+    from .cli_model import add_model_commands
+
+    add_model_commands(sub)
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Our diagnostics to stderr; Lightning's own chatter only when asked for."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    pkg = logging.getLogger("uxbseg")
+    if not pkg.handlers or all(isinstance(h, logging.NullHandler) for h in pkg.handlers):
+        pkg.addHandler(handler)
+    pkg.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``uxbseg`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UXBError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,213 @@
+"""Sub-commands that train or run the model (train, evaluate, predict, demo)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _load_cfg(args: argparse.Namespace):
+    from .config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.train import train
+
+    cfg = _load_cfg(args)
+    result = train(args.data, cfg, args.out, resume=args.resume, skip_bad=args.skip_bad or None)
+    if result.best_weights is None:
+        print(f"run folder {result.run_dir}: no validation improvement was recorded")
+        return 1
+    print(
+        f"best val loss {result.best_val_loss:.5f} at epoch {result.best_epoch}; "
+        f"weights: {result.best_weights} (and .pth); run folder: {result.run_dir}"
+    )
+    return 0
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML configuration (default: the seed's values; "
+        "see configs/seed.yaml and configs/tiny.yaml)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set trainer.max_epochs=5 (repeatable)",
+    )
+
+
+def add_model_commands(sub) -> None:
+    """Register the model sub-commands on ``sub``."""
+    p = sub.add_parser(
+        "train",
+        help="train the fusion model",
+        description="Train on ROOT/train, validate on ROOT/test (the seed's layout). Every pair is "
+        "checked first; bad pairs stop the run (or --skip-bad leaves them out). The run folder "
+        "gets config.yaml, checkpoints/last.ckpt, metrics.csv, TensorBoard logs and the best "
+        "weights as FusedSwinCrossEntropy_tpi_clr_swin_best.{pth,safetensors}.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (ROOT)")
+    _config_args(p)
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    p.add_argument("--skip-bad", action="store_true", help="leave out pairs with problems")
+    p.set_defaults(func=_cmd_train)
+    add_prediction_commands(sub)
+
+
+def _format_eval(result: dict) -> str:
+    from .metrics import format_metrics_table
+
+    rows = {}
+    for lvl in ("voxels", "pixels", "points"):
+        if lvl in result:
+            rows[lvl] = result[lvl]["metrics"]
+            rows[f"{lvl} (all-ground)"] = result[lvl]["baseline"]
+    lines = [f"{result['split']}: {result['tiles']} tiles", format_metrics_table(rows)]
+    for lvl in ("voxels", "points"):
+        if lvl in result:
+            lines.append(
+                f"confusion ({lvl}; rows truth, cols prediction: ground, plazuela, "
+                f"structure): {result[lvl]['confusion']}"
+            )
+    return "\n".join(lines)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate
+    from .io.weights import load_model
+
+    model, cfg = load_model(args.weights)
+    result = evaluate(model, cfg, args.data, args.split, progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_format_eval(result))
+    return 0
+
+
+def _predict_jobs(args: argparse.Namespace, cfg) -> list:
+    from .data.pairs import find_pairs
+    from .errors import BadDataError
+    from .predict import PredictJob
+
+    if args.data is not None:
+        pairs = find_pairs(
+            args.data, args.split or cfg.data.predict_split, cfg.data.image_glob, cfg.data.mask_glob
+        )
+        return [PredictJob(p.las, p.image, p.short_id) for p in pairs if p.las is not None]
+    images = args.image or []
+    if images and len(images) != len(args.input):
+        raise BadDataError(
+            f"{len(images)} --image for {len(args.input)} --input files; give one "
+            "image per input, in the same order, or none"
+        )
+    jobs = []
+    for i, path in enumerate(args.input):
+        stem = path.name
+        for suffix in (".copc.laz", ".laz", ".las", ".LAZ", ".LAS"):
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        jobs.append(PredictJob(path, images[i] if images else None, stem))
+    return jobs
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .io.weights import load_model
+    from .predict import predict_files
+
+    model, cfg = load_model(args.weights)
+    jobs = _predict_jobs(args, cfg)
+    codes = [int(c) for c in args.codes.split(",")] if args.codes else None
+    if codes is not None and len(codes) != 3:
+        print("error: --codes needs three LAS codes: ground,plazuela,structure")
+        return 2
+    out = args.out or (args.data / "predict_out" if args.data else Path("predict_out"))
+    results = predict_files(
+        model,
+        cfg,
+        jobs,
+        out,
+        probabilities=args.probabilities,
+        keep_classification=args.keep_classification,
+        codes=codes,
+    )
+    failed = [r for r in results if r.error]
+    for r in results:
+        if r.error:
+            print(f"FAILED {r.job.las}: {r.error}")
+        else:
+            print(
+                f"{r.job.las.name} -> {r.las} ({r.points} points: "
+                + ", ".join(f"{k} {v}" for k, v in r.counts.items())
+                + f"), {r.npy.name}"
+            )
+    print(f"{len(results) - len(failed)} of {len(results)} files written to {out}")
+    return 1 if failed else 0
+
+
+def add_prediction_commands(sub) -> None:
+    """evaluate, predict and demo."""
+    p = sub.add_parser(
+        "evaluate",
+        help="voxel, pixel and point metrics of trained weights",
+        description="Score weights on a labelled split: voxel, pixel and point "
+        "metrics beside the all-ground baseline, with confusion matrices.",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        required=True,
+        help="FusedSwinCrossEntropy_tpi_clr_swin_best.safetensors (or .pth in its run folder)",
+    )
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (ROOT)")
+    p.add_argument("--split", default="test", help="split to score (default test)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "predict",
+        help="classify LAS/LAZ files",
+        description="Write pred_<id>.las/.laz (same points, same order, every other field, VLR "
+        "and EVLR unchanged) and pred_<id>.npy (uint8 voxel grid). Inputs come from a dataset's "
+        "predict/ split (--data) or are given directly (--input, with --image or a TPI image "
+        "rendered from the points). A bad input is reported and skipped; exit 1 if any failed.",
+    )
+    p.add_argument("--weights", type=Path, required=True, help="trained weights (.safetensors)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="dataset folder; uses its predict/ split")
+    src.add_argument("--input", type=Path, nargs="+", help="LAS/LAZ files to classify")
+    p.add_argument(
+        "--image",
+        type=Path,
+        nargs="+",
+        help="TPI image per --input file (default: rendered from the points)",
+    )
+    p.add_argument("--split", help="split of --data to predict (default predict)")
+    p.add_argument("--out", type=Path, help="output folder (default ROOT/predict_out)")
+    p.add_argument(
+        "--probabilities", action="store_true", help="add prob_<class> and entropy extra dimensions"
+    )
+    p.add_argument(
+        "--keep-classification",
+        action="store_true",
+        help="leave classification untouched; write the prediction to uxb_class",
+    )
+    p.add_argument(
+        "--codes", help="LAS codes written for ground,plazuela,structure (default 2,27,6)"
+    )
+    p.set_defaults(func=_cmd_predict)
+
+    from .demo import add_demo_command
+
+    add_demo_command(sub)

@@ -1,0 +1,288 @@
+"""Typed, validated configuration: each constant of the seed script is a key, its value the default.
+
+``load_config(path, overrides)`` reads YAML, applies ``a.b=c`` overrides and rejects unknown keys or
+bad values with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "GridConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SamplerConfig",
+    "TrainerConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+VOXEL_FEATURES = ("occupancy", "log_density", "height", "intensity", "return_ratio")
+
+
+@dataclass
+class DataConfig:
+    """Where pairs are and how their files are found and loaded."""
+
+    train_split: str = "train"
+    val_split: str = "test"  # the seed validates on test/
+    predict_split: str = "predict"
+    image_glob: str = "tpi_100m*.png"
+    mask_glob: str = "uxb_msk_pl_st*.png"
+    image_size: int = 512
+    batch_size: int = 1
+    num_workers: int = 1
+    skip_bad: bool = False
+
+
+@dataclass
+class GridConfig:
+    """The voxel grid: shape (D, H, W) = (z, y, x), binning and input features."""
+
+    shape: tuple[int, int, int] = (32, 256, 256)
+    binning: Literal["seed", "uniform"] = "seed"
+    z_range: Literal["percentile", "minmax"] = "percentile"
+    z_percentiles: tuple[float, float] = (0.1, 99.9)
+    features: tuple[str, ...] = ("occupancy", "log_density", "height")
+    empty_label: Literal["ignore", "ground"] = "ignore"
+
+
+@dataclass
+class ModelConfig:
+    """The fusion model: SegFormer-B0 image branch, SwinUNETR voxel branch, fusion head."""
+
+    pretrained_2d: str | None = None  # seed: nvidia/segformer-b0-finetuned-ade-512-512
+    image_head: Literal["seed", "mlp"] = "seed"
+    segformer_hidden_sizes: tuple[int, int, int, int] = (32, 64, 160, 256)
+    segformer_depths: tuple[int, int, int, int] = (2, 2, 2, 2)
+    segformer_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
+    segformer_sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
+    segformer_decoder_size: int = 256
+    feature_size: int = 96
+    voxel_out_channels: int = 64
+    use_checkpoint: bool = False
+    use_flash_attention: bool = False
+    fusion: Literal["global", "column", "voxel_only", "image_only"] = "global"
+    fusion_hidden: int = 128
+    fusion_impl: Literal["fast", "naive"] = "fast"  # naive = the seed's broadcast + concat
+
+
+@dataclass
+class LossConfig:
+    """Class-weighted cross-entropy on the 2D and 3D logits, summed."""
+
+    class_weights: tuple[float, float, float] = (0.05, 0.45, 0.50)
+    weight_2d: float = 1.0
+    weight_3d: float = 1.0
+
+
+@dataclass
+class SamplerConfig:
+    """The seed's minority-balanced sampler."""
+
+    enabled: bool = True
+    minority_fraction: float = 0.7
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with the seed's two-stage warm-up of head and encoder learning rates."""
+
+    lr_warmup: float = 2e-7
+    lr_main: float = 2e-5
+    warmup_epochs: int = 20
+    weight_decay: float = 1e-2
+    freeze_policy: Literal["pretrained", "seed", "none"] = "pretrained"
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning trainer settings."""
+
+    max_epochs: int = 100
+    patience: int = 10
+    min_delta: float = 1e-6
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"  # e.g. ddp; Lightning picks one for devices > 1
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
+    seed: int = 0
+    max_time_minutes: float | None = None
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _validate(cfg: Config) -> None:
+    d, h, w = cfg.grid.shape
+    if min(d, h, w) < 1:
+        raise ConfigError(f"grid.shape must be positive, got {cfg.grid.shape}")
+    lo, hi = cfg.grid.z_percentiles
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ConfigError(f"grid.z_percentiles must satisfy 0 <= lo < hi <= 100, got {(lo, hi)}")
+    unknown = [f for f in cfg.grid.features if f not in VOXEL_FEATURES]
+    if unknown or not cfg.grid.features:
+        raise ConfigError(
+            f"grid.features has unknown or no entries {unknown}; choose from {list(VOXEL_FEATURES)}"
+        )
+    if any(wt < 0 for wt in cfg.loss.class_weights):
+        raise ConfigError(f"loss.class_weights must be >= 0, got {cfg.loss.class_weights}")
+    if not 0.0 <= cfg.sampler.minority_fraction <= 1.0:
+        raise ConfigError(
+            f"sampler.minority_fraction must be in [0, 1], got {cfg.sampler.minority_fraction}"
+        )
+    for key, value in (
+        ("data.image_size", cfg.data.image_size),
+        ("data.batch_size", cfg.data.batch_size),
+        ("model.fusion_hidden", cfg.model.fusion_hidden),
+        ("model.voxel_out_channels", cfg.model.voxel_out_channels),
+        ("trainer.max_epochs", cfg.trainer.max_epochs),
+        ("trainer.devices", cfg.trainer.devices),
+    ):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    if cfg.optim.warmup_epochs < 0:
+        raise ConfigError(f"optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type hint ``hint`` and convert YAML lists to tuples."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} entries, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - our own bug
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key(s) {[where + k for k in unknown]}; "
+            f"valid keys here: {sorted(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dict of the configuration (tuples as lists), ready for YAML or JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a (possibly partial) nested dict."""
+    return _build(Config, data, "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML configuration (or the defaults) and apply ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved configuration as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

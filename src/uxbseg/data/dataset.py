@@ -1,0 +1,66 @@
+"""The UXB dataset: one sample dict per pair (image, voxels, labels, mask)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..classes import IGNORE, las_code_to_class
+from ..io.las import read_points
+from ..io.raster import load_image, load_mask
+from .pairs import Pair
+from .voxelize import GridSpec, bin_points, voxel_labels, voxelize
+
+__all__ = ["UXBDataset"]
+
+
+class UXBDataset(Dataset):
+    """Samples of UXB pairs, each a dict with fixed keys.
+
+    Keys: ``image`` float32 (3, S, S) normalised; ``voxels`` float32 (C, D, H, W) from geometry
+    only; ``labels3d`` int64 (D, H, W), IGNORE in empty voxels; ``mask2d`` int64 (H, W) at grid
+    resolution (IGNORE everywhere when the pair has no mask); ``pair_id`` str; ``las_path`` str.
+
+    Args:
+        pairs: resolved pair folders (see :func:`~uxbseg.data.pairs.find_pairs`).
+        grid: how point clouds become voxels.
+        image_size: side of the square image given to SegFormer (seed: 512).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], grid: GridSpec, image_size: int = 512) -> None:
+        missing = [p.pair_id for p in pairs if p.las is None or p.image is None]
+        if missing:
+            raise ValueError(f"pairs without image or point cloud: {missing}; run uxbseg inspect")
+        self.pairs = list(pairs)
+        self.grid = grid
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pair = self.pairs[index]
+        _, h, w = self.grid.shape
+        points = read_points(pair.las)
+        vox = voxelize(points, self.grid, with_labels=True)
+        labels = vox.labels if vox.labels is not None else np.full(self.grid.shape, IGNORE)
+        mask = load_mask(pair.mask, (h, w)) if pair.mask is not None else np.full((h, w), IGNORE)
+        return {
+            "image": torch.from_numpy(load_image(pair.image, self.image_size)),
+            "voxels": torch.from_numpy(vox.features),
+            "labels3d": torch.from_numpy(labels.astype(np.int64)),
+            "mask2d": torch.from_numpy(mask.astype(np.int64)),
+            "pair_id": pair.pair_id,
+            "las_path": str(pair.las),
+        }
+
+    def labels3d(self, index: int) -> np.ndarray:
+        """Only the 3D labels of one tile (no image, no features): cheap, for the sampler."""
+        points = read_points(self.pairs[index].las)
+        flat, _ = bin_points(points, self.grid)
+        cls = las_code_to_class(points.classification)
+        return voxel_labels(flat, cls, self.grid.num_voxels, self.grid.empty_label)

@@ -1,0 +1,234 @@
+"""Discover UXB pair folders and check them (what ``uxbseg inspect`` reports)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import CLASSES
+from ..errors import BadDataError
+from ..io.las import read_las
+from ..io.raster import open_image
+
+__all__ = ["Pair", "PairReport", "Problem", "check_pair", "find_pairs", "find_splits"]
+
+LAS_PATTERNS = ("*.las", "*.laz", "*.LAS", "*.LAZ")
+KNOWN_SPLITS = ("train", "test", "predict")
+
+
+@dataclass
+class Problem:
+    """Something wrong with one file of a pair, and what to do about it."""
+
+    file: str
+    reason: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason} -> {self.fix}"
+
+
+@dataclass
+class Pair:
+    """One ``pair_*`` folder: its id and the three files (None when not found)."""
+
+    pair_id: str
+    folder: Path
+    image: Path | None
+    mask: Path | None
+    las: Path | None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def short_id(self) -> str:
+        """``pair_0042`` -> ``0042`` (used in ``pred_<id>`` file names)."""
+        return self.pair_id[len("pair_") :] if self.pair_id.startswith("pair_") else self.pair_id
+
+
+def find_splits(root: str | Path) -> list[str]:
+    """Split folders under ``root`` that hold ``pair_*`` folders (train/test/predict first)."""
+    root = Path(root)
+    found = [p.name for p in root.iterdir() if p.is_dir() and any(p.glob("pair_*"))]
+    return sorted(
+        found,
+        key=lambda s: (s not in KNOWN_SPLITS, KNOWN_SPLITS.index(s) if s in KNOWN_SPLITS else 0, s),
+    )
+
+
+def _one(folder: Path, patterns: tuple[str, ...], what: str, required: bool, problems: list):
+    matches = sorted({m for pat in patterns for m in folder.glob(pat)})
+    if not matches:
+        if required:
+            problems.append(
+                Problem(
+                    str(folder),
+                    f"no {what} ({' or '.join(patterns)})",
+                    f"add the {what} to the pair folder or remove the folder",
+                )
+            )
+        return None
+    if len(matches) > 1:
+        problems.append(
+            Problem(
+                str(folder),
+                f"{len(matches)} candidate {what}s: " + ", ".join(m.name for m in matches),
+                f"keep exactly one {what} in the folder",
+            )
+        )
+    return matches[0]
+
+
+def find_pairs(
+    root: str | Path,
+    split: str,
+    image_glob: str = "tpi_100m*.png",
+    mask_glob: str = "uxb_msk_pl_st*.png",
+    require_mask: bool | None = None,
+) -> list[Pair]:
+    """The ``pair_*`` folders of ``root/split``, sorted by name, with their files resolved.
+
+    The mask is required except in the ``predict`` split (``require_mask=None`` decides by name).
+    """
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise BadDataError(f"{split_dir}: split folder not found; expected ROOT/{split}/pair_*/")
+    if require_mask is None:
+        require_mask = split != "predict"
+    pairs = []
+    for folder in sorted(p for p in split_dir.glob("pair_*") if p.is_dir()):
+        problems: list[Problem] = []
+        image = _one(folder, (image_glob,), "image", True, problems)
+        mask = _one(folder, (mask_glob,), "mask", require_mask, problems)
+        las = _one(folder, LAS_PATTERNS, "point cloud", True, problems)
+        pairs.append(Pair(folder.name, folder, image, mask, las, problems))
+    return pairs
+
+
+@dataclass
+class PairReport:
+    """What ``inspect`` shows for one pair."""
+
+    pair: Pair
+    points: int | None = None
+    point_format: int | None = None
+    extent: tuple[float, float] | None = None
+    las_classes: dict[int, int] = field(default_factory=dict)
+    mask_values: dict[int, int] = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None
+    mask_size: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.pair.problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.pair.problems
+
+
+_MASK_VALUES = {c.mask_value for c in CLASSES}
+_LAS_CODES = {c.las_code for c in CLASSES}
+
+
+def check_pair(pair: Pair) -> PairReport:
+    """Read every file of a pair and record what is there and what is wrong (never raises)."""
+    rep = PairReport(pair)
+    probs = pair.problems
+    if pair.las is not None:
+        try:
+            las = read_las(pair.las)
+            rep.points = len(las.points)
+            rep.point_format = las.header.point_format.id
+            if rep.points == 0:
+                probs.append(
+                    Problem(
+                        str(pair.las),
+                        "the point cloud is empty",
+                        "re-export the tile or remove the pair",
+                    )
+                )
+            else:
+                X, Y = np.asarray(las.X), np.asarray(las.Y)
+                sx, sy = las.header.scales[:2]
+                rep.extent = (float(X.max() - X.min()) * sx, float(Y.max() - Y.min()) * sy)
+                if rep.extent[0] <= 0 or rep.extent[1] <= 0:
+                    probs.append(
+                        Problem(
+                            str(pair.las),
+                            f"zero XY extent {rep.extent}",
+                            "a tile needs points spread in X and Y; remove the pair",
+                        )
+                    )
+                codes, n = np.unique(np.asarray(las.classification), return_counts=True)
+                rep.las_classes = {int(c): int(k) for c, k in zip(codes, n)}
+                other = {c: k for c, k in rep.las_classes.items() if c not in _LAS_CODES}
+                if other:
+                    rep.notes.append(
+                        f"{sum(other.values())} points with codes {sorted(other)} outside the "
+                        "class map are ignored in training"
+                    )
+        except BadDataError as exc:
+            probs.append(
+                Problem(
+                    str(pair.las),
+                    str(exc).split(": ", 1)[-1],
+                    "re-export the LAS/LAZ file or remove the pair",
+                )
+            )
+    if pair.image is not None:
+        try:
+            im = open_image(pair.image, "RGB")
+            rep.image_size = im.size
+        except BadDataError as exc:
+            probs.append(
+                Problem(
+                    str(pair.image),
+                    str(exc).split(": ", 1)[-1],
+                    "re-export the PNG or remove the pair",
+                )
+            )
+    if pair.mask is not None:
+        try:
+            m = np.asarray(open_image(pair.mask, "L"))
+            rep.mask_size = (m.shape[1], m.shape[0])
+            vals, n = np.unique(m, return_counts=True)
+            rep.mask_values = {int(v): int(k) for v, k in zip(vals, n)}
+            bad = {v: k for v, k in rep.mask_values.items() if v not in _MASK_VALUES}
+            if bad:
+                probs.append(
+                    Problem(
+                        str(pair.mask),
+                        "mask values outside the class map {0, 76, 150}: "
+                        + ", ".join(f"{v} ({k} px)" for v, k in sorted(bad.items())),
+                        "repaint those pixels with 0 (ground), 76 (plazuela) or 150 (structure)",
+                    )
+                )
+        except BadDataError as exc:
+            probs.append(
+                Problem(
+                    str(pair.mask),
+                    str(exc).split(": ", 1)[-1],
+                    "re-export the mask PNG or remove the pair",
+                )
+            )
+    if rep.image_size and rep.mask_size and rep.image_size != rep.mask_size:
+        probs.append(
+            Problem(
+                str(pair.mask),
+                f"mask size {rep.mask_size} differs from image size {rep.image_size}",
+                "export image and mask on the same raster",
+            )
+        )
+    return rep
+
+
+def summarise_classes(reports: list[PairReport]) -> Counter:
+    """Total LAS class histogram over several pairs."""
+    total: Counter = Counter()
+    for r in reports:
+        total.update(r.las_classes)
+    return total

@@ -1,0 +1,197 @@
+"""Points to voxels: grid binning, geometry-only features, majority-vote labels, point->voxel index.
+
+Grid axes are (D, H, W) = (z, y, x); row h = 0 is the northern edge (max Y), column w = 0 the
+western edge (min X), depth d = 0 the lowest z. Binning works on the raw integer coordinates: the
+header's scale and offset cancel in min-max normalisation, so no float64 (N, 3) array is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ..classes import IGNORE, NUM_CLASSES, las_code_to_class
+from ..config import VOXEL_FEATURES, GridConfig
+from ..errors import ConfigError
+from ..io.las import PointArrays
+
+__all__ = ["GridSpec", "VoxelizedTile", "bin_points", "voxel_labels", "voxelize"]
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """How a tile becomes a grid.
+
+    Args:
+        shape: (D, H, W) = (z, y, x) voxel counts.
+        binning: ``seed`` is the original ``floor((v - min) / (max - min) * (n - 1))`` (only the
+            maximum lands in bin n - 1); ``uniform`` uses n equal bins, aligned with image pixels.
+        z_range: ``percentile`` clips z to ``z_percentiles`` so that a few noise points far above
+            or below do not squeeze the terrain into a few bins; ``minmax``: the seed's exact range.
+        z_percentiles: (low, high) percentiles for ``z_range='percentile'``.
+        features: input channels, from geometry and radiometry only (never classification).
+        empty_label: ``ignore`` (default) or the seed's ``ground`` for voxels without points.
+    """
+
+    shape: tuple[int, int, int] = (32, 256, 256)
+    binning: Literal["seed", "uniform"] = "seed"
+    z_range: Literal["percentile", "minmax"] = "percentile"
+    z_percentiles: tuple[float, float] = (0.1, 99.9)
+    features: tuple[str, ...] = ("occupancy", "log_density", "height")
+    empty_label: Literal["ignore", "ground"] = "ignore"
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ConfigError(f"grid shape must be three positive ints (D, H, W), got {self.shape}")
+        bad = [f for f in self.features if f not in VOXEL_FEATURES]
+        if bad:
+            raise ConfigError(f"unknown voxel features {bad}; choose from {list(VOXEL_FEATURES)}")
+
+    @classmethod
+    def from_config(cls, cfg: GridConfig) -> GridSpec:
+        """The grid of a :class:`~uxbseg.config.GridConfig`."""
+        return cls(
+            shape=tuple(cfg.shape),
+            binning=cfg.binning,
+            z_range=cfg.z_range,
+            z_percentiles=tuple(cfg.z_percentiles),
+            features=tuple(cfg.features),
+            empty_label=cfg.empty_label,
+        )
+
+    @property
+    def num_voxels(self) -> int:
+        d, h, w = self.shape
+        return d * h * w
+
+
+@dataclass
+class VoxelizedTile:
+    """Result of :func:`voxelize`.
+
+    Attributes:
+        features: float32 (C, D, H, W), channels in ``spec.features`` order.
+        labels: int64 (D, H, W) with IGNORE where no labelled point falls, or None.
+        point_voxel: int64 (N,) flat voxel index ``(d * H + h) * W + w`` of every point.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray | None
+    point_voxel: np.ndarray
+
+
+def _bin_axis(
+    v: np.ndarray, lo: int, hi: int, n: int, binning: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Integer bin index and fractional position inside the bin, for one axis."""
+    span = hi - lo
+    if span <= 0 or n == 1:  # flat axis or single point: everything in bin 0, mid-height
+        return np.zeros(len(v), dtype=np.int64), np.full(len(v), 0.5, dtype=np.float32)
+    t = np.clip(v.astype(np.int64), lo, hi) - lo
+    scaled = t * (n - 1 if binning == "seed" else n)
+    idx = scaled // span
+    frac = (scaled - idx * span).astype(np.float32) / np.float32(span)
+    if binning != "seed":
+        top = idx >= n
+        idx[top] = n - 1
+        frac[top] = 1.0
+    return idx, frac
+
+
+def _z_limits(Z: np.ndarray, spec: GridSpec) -> tuple[int, int]:
+    if spec.z_range == "minmax" or len(Z) < 3:
+        return int(Z.min()), int(Z.max())
+    lo, hi = np.percentile(Z, spec.z_percentiles)
+    return int(np.floor(lo)), int(np.ceil(hi))
+
+
+def bin_points(points: PointArrays, spec: GridSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Flat voxel index of every point and its fractional height inside its voxel."""
+    d, h, w = spec.shape
+    X, Y, Z = points.X, points.Y, points.Z
+    iw, _ = _bin_axis(X, int(X.min()), int(X.max()), w, spec.binning)
+    ih, _ = _bin_axis(Y, int(Y.min()), int(Y.max()), h, spec.binning)
+    ih = (h - 1) - ih  # row 0 = north
+    zlo, zhi = _z_limits(Z, spec)
+    idd, zfrac = _bin_axis(Z, zlo, zhi, d, spec.binning)
+    flat = (idd * h + ih) * w + iw
+    return flat, zfrac
+
+
+def voxel_labels(
+    flat: np.ndarray,
+    classes: np.ndarray,
+    num_voxels: int,
+    empty_label: Literal["ignore", "ground"] = "ignore",
+) -> np.ndarray:
+    """Majority vote of the points' classes in each voxel; ties go to the tile's rarer class.
+
+    Points with class IGNORE do not vote. A voxel with no voting point is IGNORE, or ground (0)
+    when ``empty_label='ground'`` and it holds no point at all.
+    """
+    k = NUM_CLASSES
+    ok = classes >= 0
+    f, c = flat[ok], classes[ok]
+    counts = np.bincount(f * k + c, minlength=num_voxels * k).reshape(num_voxels, k)
+    tile_counts = np.bincount(c, minlength=k)
+    # rank k-1 for the rarest class of the tile, 0 for the most common; stable on equal counts
+    rank = np.empty(k, dtype=np.int64)
+    rank[np.argsort(-tile_counts, kind="stable")] = np.arange(k)
+    best = np.argmax(counts * k + rank, axis=1)
+    labels = best.astype(np.int64)
+    labels[counts.sum(axis=1) == 0] = IGNORE
+    if empty_label == "ground":
+        occupied = np.bincount(flat, minlength=num_voxels) > 0
+        labels[~occupied] = 0
+    return labels
+
+
+def _mean_per_voxel(flat: np.ndarray, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    sums = np.bincount(flat, weights=values, minlength=len(counts))
+    out = np.zeros(len(counts), dtype=np.float32)
+    nz = counts > 0
+    out[nz] = sums[nz] / counts[nz]
+    return out
+
+
+def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> VoxelizedTile:
+    """Turn one tile's points into features (C, D, H, W), labels (D, H, W) and point indices.
+
+    The classification field is read only for ``labels``; features never see it.
+    """
+    if len(points) == 0:
+        raise ValueError("cannot voxelise an empty point cloud")
+    n_vox = spec.num_voxels
+    flat, zfrac = bin_points(points, spec)
+    counts = np.bincount(flat, minlength=n_vox).astype(np.float32)
+    channels = []
+    for name in spec.features:
+        if name == "occupancy":
+            ch = (counts > 0).astype(np.float32)
+        elif name == "log_density":
+            mean_nonempty = counts[counts > 0].mean()
+            ch = np.log1p(counts / mean_nonempty).astype(np.float32)
+        elif name == "height":
+            ch = _mean_per_voxel(flat, zfrac, counts)
+        elif name == "intensity":
+            inten = points.intensity if points.intensity is not None else np.zeros(len(flat))
+            ref = max(float(np.percentile(inten, 99)), 1.0)
+            ch = np.minimum(_mean_per_voxel(flat, inten / ref, counts), 1.0)
+        elif name == "return_ratio":
+            rn, nr = points.return_number, points.number_of_returns
+            if rn is None or nr is None:
+                ratio = np.ones(len(flat), dtype=np.float32)
+            else:
+                ratio = rn.astype(np.float32) / np.maximum(nr, 1).astype(np.float32)
+            ch = _mean_per_voxel(flat, ratio, counts)
+        else:  # pragma: no cover - GridSpec validates names
+            raise ConfigError(f"unknown voxel feature {name!r}")
+        channels.append(ch)
+    features = np.stack(channels).reshape(len(channels), *spec.shape)
+    labels = None
+    if with_labels and points.classification is not None:
+        cls = las_code_to_class(points.classification)
+        labels = voxel_labels(flat, cls, n_vox, spec.empty_label).reshape(spec.shape)
+    return VoxelizedTile(features=features, labels=labels, point_voxel=flat)

@@ -1,0 +1,78 @@
+"""Dataset inspection: run the pair checks of every split and format them as tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .classes import CLASSES
+from .data.pairs import PairReport, check_pair, find_pairs, find_splits
+from .errors import BadDataError
+
+__all__ = ["format_reports", "inspect_dataset"]
+
+
+def inspect_dataset(
+    root: str | Path,
+    splits: list[str] | None = None,
+    image_glob: str = "tpi_100m*.png",
+    mask_glob: str = "uxb_msk_pl_st*.png",
+) -> dict[str, list[PairReport]]:
+    """Check every pair of the given (or all found) splits; never raises for bad files."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BadDataError(
+            f"{root}: dataset folder not found; expected ROOT/{{train,test,predict}}/"
+        )
+    splits = splits or find_splits(root)
+    if not splits:
+        raise BadDataError(
+            f"{root}: no split folder with pair_* folders inside; "
+            "expected ROOT/train/pair_0000/ ..."
+        )
+    return {s: [check_pair(p) for p in find_pairs(root, s, image_glob, mask_glob)] for s in splits}
+
+
+def _hist(d: dict[int, int]) -> str:
+    return " ".join(f"{k}:{v}" for k, v in sorted(d.items())) or "-"
+
+
+def format_reports(reports: dict[str, list[PairReport]]) -> str:
+    """Human-readable tables, one per split, then every problem with its fix."""
+    lines = []
+    codes = ", ".join(f"{c.las_code}={c.name}" for c in CLASSES)
+    lines.append(
+        f"class map: LAS codes {codes}; mask values "
+        + ", ".join(f"{c.mask_value}={c.name}" for c in CLASSES)
+    )
+    for split, reps in reports.items():
+        lines.append("")
+        lines.append(f"[{split}] {len(reps)} pairs")
+        head = (
+            f"{'pair':<12}{'points':>10}{'fmt':>5}{'extent (m)':>16}  {'image':>9}  "
+            f"{'LAS classes (code:points)':<40}{'mask values (value:px)':<30}status"
+        )
+        lines.append(head)
+        lines.append("-" * len(head))
+        for r in reps:
+            ext = f"{r.extent[0]:.1f} x {r.extent[1]:.1f}" if r.extent else "-"
+            img = f"{r.image_size[0]}x{r.image_size[1]}" if r.image_size else "-"
+            status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
+            lines.append(
+                f"{r.pair.pair_id:<12}{r.points if r.points is not None else '-':>10}"
+                f"{r.point_format if r.point_format is not None else '-':>5}{ext:>16}  {img:>9}  "
+                f"{_hist(r.las_classes):<40}{_hist(r.mask_values):<30}{status}"
+            )
+        notes = [(r.pair.pair_id, n) for r in reps for n in r.notes]
+        for pid, note in notes:
+            lines.append(f"  note {pid}: {note}")
+    problems = [
+        (s, r.pair.pair_id, p) for s, reps in reports.items() for r in reps for p in r.problems
+    ]
+    lines.append("")
+    if problems:
+        lines.append(f"{len(problems)} problem(s):")
+        for split, pid, p in problems:
+            lines.append(f"  {split}/{pid}: {p.file}: {p.reason}\n      fix: {p.fix}")
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Image and mask loading (no network) and the TPI renderer shared by synthetic data and predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage, signal
+
+from ..classes import mask_value_to_class
+from ..errors import BadDataError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TPI_CLIP_M",
+    "TPI_RADIUS_M",
+    "colourise_tpi",
+    "dem_from_points",
+    "load_image",
+    "load_mask",
+    "open_image",
+    "read_mask_values",
+    "tpi",
+]
+
+TPI_RADIUS_M = 100.0
+"""Radius of the UXB images' topographic position index."""
+TPI_CLIP_M = 4.0
+"""TPI value (metres) at which the colour ramp saturates."""
+
+# SegFormer-B0's image processor: rescale 1/255 then ImageNet mean/std (done locally, no hub).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def open_image(path: str | Path, mode: str) -> Image.Image:
+    """Open and fully decode an image in ``mode``; BadDataError when unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadDataError(f"{path}: file not found; check the pair folder")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert(mode)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadDataError(
+            f"{path}: not a readable image ({exc}); re-export the PNG or remove the pair"
+        ) from exc
+
+
+def load_image(path: str | Path, size: int = 512) -> np.ndarray:
+    """RGB image resized (bilinear) to ``size`` and normalised like SegFormer's processor.
+
+    Returns float32 (3, size, size).
+    """
+    im = open_image(path, "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def read_mask_values(path: str | Path) -> np.ndarray:
+    """The mask as 8-bit grey values (H, W), unresized."""
+    return np.asarray(open_image(path, "L"))
+
+
+def load_mask(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
+    """Mask values mapped to class indices (unmapped -> IGNORE), NEAREST-resized to (H, W)."""
+    h, w = hw
+    im = open_image(path, "L").resize((w, h), Image.Resampling.NEAREST)
+    return mask_value_to_class(np.asarray(im))
+
+
+def _disc(radius_cells: float) -> np.ndarray:
+    r = int(np.ceil(radius_cells))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xx**2 + yy**2 <= radius_cells**2).astype(np.float64)
+
+
+def tpi(dem: np.ndarray, cell_size: float, radius_m: float = TPI_RADIUS_M) -> np.ndarray:
+    """Topographic position index: elevation minus the mean elevation within ``radius_m``.
+
+    Edges use only the cells that exist (normalised convolution), so a DEM with a margin of
+    ``radius_m`` around the area of interest gives exact values inside it.
+    """
+    kernel = _disc(radius_m / cell_size)
+    valid = np.isfinite(dem)
+    z = np.where(valid, dem, 0.0)
+    num = signal.fftconvolve(z, kernel, mode="same")
+    den = signal.fftconvolve(valid.astype(np.float64), kernel, mode="same")
+    mean = num / np.maximum(den, 1e-9)
+    out = dem - mean
+    return np.where(valid, out, 0.0)
+
+
+# diverging ramp: deep blue (hollows) -> pale yellow (flat) -> dark red (rises)
+_RAMP = np.array(
+    [
+        [-1.0, 33, 102, 172],
+        [-0.4, 103, 169, 207],
+        [0.0, 247, 247, 220],
+        [0.4, 239, 138, 98],
+        [1.0, 178, 24, 43],
+    ],
+    dtype=np.float64,
+)
+
+
+def colourise_tpi(
+    tpi_m: np.ndarray, clip_m: float = TPI_CLIP_M, size: int | None = 512
+) -> np.ndarray:
+    """Colourise a TPI raster (metres) to uint8 RGB with a diverging ramp clipped at +-clip_m.
+
+    Row 0 of the raster is north. ``size`` resizes the result (bilinear); None keeps its shape.
+    """
+    t = np.clip(tpi_m / clip_m, -1.0, 1.0)
+    rgb = np.stack([np.interp(t, _RAMP[:, 0], _RAMP[:, i]) for i in (1, 2, 3)], axis=-1)
+    im = Image.fromarray(np.round(rgb).astype(np.uint8), "RGB")
+    if size is not None:
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(im)
+
+
+def dem_from_points(
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    cell_size: float,
+) -> np.ndarray:
+    """A terrain raster from points: lowest z per cell, holes filled from the nearest cell.
+
+    ``bounds`` = (xmin, ymin, xmax, ymax); row 0 is north. Taking the lowest point per cell keeps
+    the ground under vegetation returns.
+    """
+    xmin, ymin, xmax, ymax = bounds
+    w = max(1, int(np.ceil((xmax - xmin) / cell_size)))
+    h = max(1, int(np.ceil((ymax - ymin) / cell_size)))
+    col = np.clip(((x - xmin) / cell_size).astype(np.int64), 0, w - 1)
+    row = np.clip(((ymax - y) / cell_size).astype(np.int64), 0, h - 1)
+    dem = np.full(h * w, np.inf)
+    np.minimum.at(dem, row * w + col, z)
+    dem = dem.reshape(h, w)
+    holes = ~np.isfinite(dem)
+    if holes.all():
+        return np.zeros((h, w))
+    if holes.any():
+        idx = ndimage.distance_transform_edt(holes, return_distances=False, return_indices=True)
+        dem = dem[tuple(idx)]
+    return dem

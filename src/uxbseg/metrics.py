@@ -1,0 +1,58 @@
+"""Segmentation metrics derived from a confusion matrix (rows = truth, columns = prediction)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .classes import CLASSES
+
+__all__ = ["format_metrics_table", "metrics_from_confusion"]
+
+
+def metrics_from_confusion(cm: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """Global accuracy and per-class accuracy (= recall), precision, recall, F1, IoU.
+
+    Classes absent from both truth and prediction get NaN for ratios with a zero denominator.
+    Keys: ``acc``, ``acc_<name>``, ``precision_<name>``, ``recall_<name>``, ``f1_<name>``,
+    ``iou_<name>``, ``miou`` (mean over classes with a defined IoU).
+    """
+    cm = np.asarray(cm.cpu() if isinstance(cm, torch.Tensor) else cm, dtype=np.float64)
+    tp = np.diag(cm)
+    truth = cm.sum(axis=1)
+    pred = cm.sum(axis=0)
+    total = cm.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = tp / truth
+        precision = tp / pred
+        f1 = 2 * tp / (truth + pred)
+        iou = tp / (truth + pred - tp)
+    out = {"acc": float(tp.sum() / total) if total else float("nan")}
+    for c in CLASSES:
+        i = c.index
+        out[f"acc_{c.name}"] = float(recall[i])
+        out[f"precision_{c.name}"] = float(precision[i])
+        out[f"recall_{c.name}"] = float(recall[i])
+        out[f"f1_{c.name}"] = float(f1[i])
+        out[f"iou_{c.name}"] = float(iou[i])
+    valid = iou[np.isfinite(iou)]
+    out["miou"] = float(valid.mean()) if len(valid) else float("nan")
+    return out
+
+
+def format_metrics_table(rows: dict[str, dict[str, float]]) -> str:
+    """Compact table: one row per (level) with global accuracy and per-class IoU / F1."""
+    names = [c.name for c in CLASSES]
+    head = (
+        f"{'':<22}{'acc':>7}"
+        + "".join(f"{'IoU ' + n[:5]:>12}" for n in names)
+        + "".join(f"{'F1 ' + n[:5]:>11}" for n in names)
+    )
+    lines = [head]
+    for label, m in rows.items():
+        lines.append(
+            f"{label:<22}{m['acc']:>7.3f}"
+            + "".join(f"{m[f'iou_{n}']:>12.3f}" for n in names)
+            + "".join(f"{m[f'f1_{n}']:>11.3f}" for n in names)
+        )
+    return "\n".join(lines)

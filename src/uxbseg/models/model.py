@@ -1,0 +1,95 @@
+"""The fusion model: image branch + voxel branch + fusion head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..classes import NUM_CLASSES
+from ..config import Config, ModelConfig
+from .fusion import FusionHead, FusionMode
+from .image_branch import ImageBranch
+from .voxel_branch import VoxelBranch
+
+__all__ = ["UXBFusionModel"]
+
+
+class UXBFusionModel(nn.Module):
+    """SegFormer-B0 (2D) + SwinUNETR (3D) fused in 3D.
+
+    ``forward(image, voxels)`` returns ``{"logits2d": (B, K, H, W) or None,
+    "logits3d": (B, K, D, H, W)}``; the 2D logits are upsampled (bilinear) to the grid's (H, W).
+    """
+
+    def __init__(
+        self,
+        grid_shape: tuple[int, int, int],
+        in_channels: int,
+        model: ModelConfig,
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
+        super().__init__()
+        self.grid_shape = tuple(grid_shape)
+        self.fusion_mode: FusionMode = model.fusion
+        self.image_branch = None
+        self.voxel_branch = None
+        if model.fusion != "voxel_only":
+            self.image_branch = ImageBranch(
+                num_classes=num_classes,
+                head=model.image_head,
+                hidden_sizes=model.segformer_hidden_sizes,
+                depths=model.segformer_depths,
+                num_heads=model.segformer_heads,
+                sr_ratios=model.segformer_sr_ratios,
+                decoder_size=model.segformer_decoder_size,
+                pretrained=model.pretrained_2d,
+            )
+        if model.fusion != "image_only":
+            self.voxel_branch = VoxelBranch(
+                in_channels=in_channels,
+                out_channels=model.voxel_out_channels,
+                feature_size=model.feature_size,
+                grid_shape=self.grid_shape,
+                use_checkpoint=model.use_checkpoint,
+                use_flash_attention=model.use_flash_attention,
+            )
+        self.fusion = FusionHead(
+            mode=model.fusion,
+            image_channels=self.image_branch.out_channels if self.image_branch else 0,
+            voxel_channels=model.voxel_out_channels,
+            hidden=model.fusion_hidden,
+            num_classes=num_classes,
+            materialise=model.fusion_impl == "naive",
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> UXBFusionModel:
+        """The model a configuration describes."""
+        return cls(tuple(cfg.grid.shape), len(cfg.grid.features), cfg.model)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The seed's "heads" group: 2D 1x1 head (or decoder) and the fusion head."""
+        params = list(self.fusion.parameters())
+        if self.image_branch is not None:
+            params += list(self.image_branch.head.parameters())
+        return params
+
+    def encoder_modules(self) -> dict[str, nn.Module]:
+        """The encoders by branch name (``image``: SegFormer, ``voxel``: SwinUNETR)."""
+        mods: dict[str, nn.Module] = {}
+        if self.image_branch is not None:
+            mods["image"] = self.image_branch.encoder
+        if self.voxel_branch is not None:
+            mods["voxel"] = self.voxel_branch
+        return mods
+
+    def forward(self, image: torch.Tensor, voxels: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        _d, h, w = self.grid_shape
+        image_feat = logits2d = None
+        if self.image_branch is not None:
+            image_feat, logits = self.image_branch(image)
+            logits2d = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        voxel_feat = self.voxel_branch(voxels) if self.voxel_branch is not None else None
+        logits3d = self.fusion(image_feat, voxel_feat, self.grid_shape)
+        return {"logits2d": logits2d, "logits3d": logits3d}

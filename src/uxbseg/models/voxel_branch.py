@@ -1,0 +1,69 @@
+"""MONAI SwinUNETR voxel branch with argument checks that name the bad value."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import SwinUNETR
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["VoxelBranch", "check_grid"]
+
+
+def check_grid(shape: tuple[int, int, int]) -> None:
+    """SwinUNETR needs sides divisible by 32 and a 1/32 bottleneck larger than one voxel."""
+    bad = [s for s in shape if s % 32 != 0 or s < 32]
+    if bad:
+        fixed = tuple(max(32, -(-s // 32) * 32) for s in shape)
+        raise ConfigError(
+            f"grid.shape {tuple(shape)}: every side must be a multiple of 32 for SwinUNETR; "
+            f"try {fixed}"
+        )
+    if all(s == 32 for s in shape):
+        raise ConfigError(
+            f"grid.shape {tuple(shape)}: the 1/32 bottleneck would be a single voxel "
+            "(InstanceNorm fails); the smallest grid that runs is (32, 32, 64)"
+        )
+
+
+class VoxelBranch(nn.Module):
+    """SwinUNETR (MONAI) from the voxel features (B, C, D, H, W) to ``out_channels`` features.
+
+    Args:
+        in_channels: voxel feature channels.
+        out_channels: feature channels handed to the fusion (seed: 64).
+        feature_size: SwinUNETR width (seed: 96); must be divisible by 12.
+        grid_shape: (D, H, W), checked against SwinUNETR's constraints.
+        use_checkpoint: gradient checkpointing in the Swin blocks (less memory, more compute).
+        use_flash_attention: MONAI's SDPA attention path.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 64,
+        feature_size: int = 96,
+        grid_shape: tuple[int, int, int] = (32, 256, 256),
+        use_checkpoint: bool = False,
+        use_flash_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        if feature_size < 12 or feature_size % 12 != 0:
+            raise ConfigError(
+                f"model.feature_size={feature_size}: SwinUNETR needs a multiple of 12 "
+                "(e.g. 12, 24, 48, 96)"
+            )
+        check_grid(grid_shape)
+        self.out_channels = out_channels
+        self.net = SwinUNETR(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            feature_size=feature_size,
+            spatial_dims=3,
+            use_checkpoint=use_checkpoint,
+            use_flash_attention=use_flash_attention,
+        )
+
+    def forward(self, voxels: torch.Tensor) -> torch.Tensor:
+        return self.net(voxels)

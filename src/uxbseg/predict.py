@@ -1,0 +1,179 @@
+"""Prediction: voxel grid from the model, classes back onto every point, classified LAS/LAZ out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .classes import CLASSES, class_to_las_code
+from .config import Config
+from .data.voxelize import GridSpec, voxelize
+from .errors import BadDataError, UXBError
+from .io.las import PointArrays, is_compressed, read_las, write_classified
+from .io.raster import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TPI_CLIP_M,
+    TPI_RADIUS_M,
+    colourise_tpi,
+    dem_from_points,
+    load_image,
+    tpi,
+)
+
+__all__ = ["PredictJob", "PredictResult", "infer_tile", "predict_files", "render_tpi_image"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictJob:
+    """One input: its point cloud, optional image, and the id used in output names."""
+
+    las: Path
+    image: Path | None
+    out_id: str
+
+
+@dataclass
+class PredictResult:
+    """What happened to one input."""
+
+    job: PredictJob
+    npy: Path | None = None
+    las: Path | None = None
+    points: int = 0
+    counts: dict[str, int] | None = None
+    error: str | None = None
+
+
+def render_tpi_image(las, size: int, cell: float = 1.0) -> np.ndarray:
+    """A TPI image (100 m radius) from the point cloud itself, normalised for SegFormer.
+
+    Used when a LAS has no TPI image beside it: lowest point per ``cell`` as terrain, holes filled,
+    the same TPI and colour ramp as the synthetic data. There is no margin beyond the tile, so
+    values near the edges use the part of the 100 m disc that lies inside it.
+    """
+    x, y, z = np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)
+    bounds = (x.min(), y.min(), x.max(), y.max())
+    dem = dem_from_points(x, y, z, bounds, cell)
+    rgb = colourise_tpi(tpi(dem, cell, TPI_RADIUS_M), TPI_CLIP_M, size)
+    arr = (rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def _device_autocast(device: torch.device):
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.inference_mode()
+def infer_tile(
+    model: torch.nn.Module, image: np.ndarray, voxels: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Class probabilities (K, D, H, W) of one tile (float32, CPU) and the 2D argmax (H, W)."""
+    img = torch.from_numpy(image)[None].to(device)
+    vox = torch.from_numpy(voxels)[None].to(device)
+    with _device_autocast(device):
+        out = model(img, vox)
+    probs = F.softmax(out["logits3d"].float(), dim=1)[0].cpu()
+    pred2d = None if out["logits2d"] is None else out["logits2d"].argmax(1)[0].cpu().numpy()
+    return probs, pred2d
+
+
+def _save_npy(path: Path, grid: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as f:
+        np.save(f, grid)
+    os.replace(tmp, path)
+
+
+def predict_one(
+    model,
+    cfg: Config,
+    job: PredictJob,
+    out_dir: Path,
+    device: torch.device,
+    probabilities: bool = False,
+    keep_classification: bool = False,
+    codes: Sequence[int] | None = None,
+) -> PredictResult:
+    """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written)."""
+    las = read_las(job.las)
+    n = len(las.points)
+    if n == 0:
+        raise BadDataError(f"{job.las}: the point cloud is empty; nothing to classify")
+    spec = GridSpec.from_config(cfg.grid)
+    vox = voxelize(PointArrays.from_las(las), spec, with_labels=False)
+    if job.image is not None:
+        image = load_image(job.image, cfg.data.image_size)
+    else:
+        log.info(
+            "%s: no image given; rendering a TPI image (%.0f m radius) from the points",
+            job.las.name,
+            TPI_RADIUS_M,
+        )
+        image = render_tpi_image(las, cfg.data.image_size)
+    probs, _ = infer_tile(model, image, vox.features, device)
+    grid = probs.argmax(0).numpy().astype(np.uint8)
+    point_class = grid.ravel()[vox.point_voxel]
+    lut = np.asarray(codes if codes is not None else [c.las_code for c in CLASSES])
+    point_codes = lut[point_class] if codes is not None else class_to_las_code(point_class)
+    extra = None
+    if probabilities:
+        p = probs.reshape(len(CLASSES), -1).numpy()[:, vox.point_voxel]
+        extra = {f"prob_{c.name}": p[c.index] for c in CLASSES}
+        extra["entropy"] = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compress = is_compressed(job.las)
+    las_out = out_dir / f"pred_{job.out_id}.{'laz' if compress else 'las'}"
+    npy_out = out_dir / f"pred_{job.out_id}.npy"
+    write_classified(las, point_codes, las_out, compress, keep_classification, extra)
+    _save_npy(npy_out, grid)
+    counts = np.bincount(point_class, minlength=len(CLASSES))
+    return PredictResult(job, npy_out, las_out, n, {c.name: int(counts[c.index]) for c in CLASSES})
+
+
+def predict_files(
+    model,
+    cfg: Config,
+    jobs: Sequence[PredictJob],
+    out_dir: str | Path,
+    device: torch.device | None = None,
+    probabilities: bool = False,
+    keep_classification: bool = False,
+    codes: Sequence[int] | None = None,
+    progress: bool = True,
+) -> list[PredictResult]:
+    """Predict every job; a bad input is reported and skipped while the others go on."""
+    from tqdm.auto import tqdm
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    results = []
+    for job in tqdm(jobs, desc="predict", unit="file", disable=not progress):
+        try:
+            results.append(
+                predict_one(
+                    model,
+                    cfg,
+                    job,
+                    Path(out_dir),
+                    device,
+                    probabilities,
+                    keep_classification,
+                    codes,
+                )
+            )
+        except UXBError as exc:
+            log.error("%s", exc)
+            results.append(PredictResult(job, error=str(exc)))
+    return results

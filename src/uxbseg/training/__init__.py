@@ -1,0 +1,1 @@
+"""Training: the Lightning task, the seed's schedule, weight export and the train entry point."""

@@ -1,0 +1,166 @@
+"""``uxbseg train``: checks the data, builds the Lightning trainer and runs it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ..config import Config, save_config
+from ..data.datamodule import UXBDataModule, checked_pairs
+from ..io.weights import BEST_WEIGHTS_NAME, save_weights
+from .task import UXBSegmentationTask
+
+__all__ = ["BestWeightsExporter", "TrainResult", "train"]
+
+log = logging.getLogger(__name__)
+
+
+class BestWeightsExporter(Callback):
+    """Export the model's weights each time the validation loss improves by more than min_delta.
+
+    A NaN/Inf validation loss is never an improvement. The best score is part of the checkpoint,
+    so a resumed run keeps comparing against it.
+    """
+
+    def __init__(self, folder: str | Path, cfg: Config, min_delta: float = 1e-6) -> None:
+        self.folder = Path(folder)
+        self.cfg = cfg
+        self.min_delta = min_delta
+        self.best = math.inf
+        self.best_epoch = 0
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is None or not math.isfinite(float(loss)):
+            return
+        loss = float(loss)
+        if loss < self.best - self.min_delta:
+            self.best, self.best_epoch = loss, pl_module.current_epoch + 1
+            if trainer.is_global_zero:
+                save_weights(
+                    pl_module.model,
+                    self.cfg,
+                    self.folder,
+                    {"epoch": str(self.best_epoch), "val_loss": f"{loss:.6g}"},
+                )
+                log.info(
+                    "epoch %d: val loss %.5f improved; exported %s.pth/.safetensors",
+                    self.best_epoch,
+                    loss,
+                    BEST_WEIGHTS_NAME,
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict["best"]
+        self.best_epoch = state_dict["best_epoch"]
+
+
+@dataclass
+class TrainResult:
+    """Where a run's outputs are and how it ended."""
+
+    run_dir: Path
+    best_weights: Path | None
+    best_val_loss: float
+    best_epoch: int
+    epochs_run: int
+
+
+def _precision(cfg: Config) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def train(
+    root: str | Path,
+    cfg: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    skip_bad: bool | None = None,
+    progress: bool = True,
+    extra_callbacks: list[Callback] | None = None,
+) -> TrainResult:
+    """Train on ``root/train`` validating on ``root/test``; outputs go to ``run_dir``.
+
+    Bad pairs stop the run before the first epoch (or are skipped with ``skip_bad``).
+    ``resume`` continues from ``run_dir/checkpoints/last.ckpt``. ``extra_callbacks`` are added
+    to the Lightning trainer (e.g. for monitoring).
+    """
+    run_dir = Path(run_dir)
+    skip = cfg.data.skip_bad if skip_bad is None else skip_bad
+    train_pairs = checked_pairs(root, cfg.data.train_split, cfg, skip)
+    val_pairs = checked_pairs(root, cfg.data.val_split, cfg, skip)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = None
+    if resume:
+        if not last.is_file():
+            from ..errors import BadDataError
+
+            raise BadDataError(f"{last}: nothing to resume; train without --resume first")
+        ckpt_path = str(last)
+
+    dm = UXBDataModule(root, cfg, train_pairs, val_pairs)
+    task = UXBSegmentationTask.from_config(cfg)
+    exporter = BestWeightsExporter(run_dir, cfg, cfg.trainer.min_delta)
+    tc = cfg.trainer
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, monitor=None),
+        EarlyStopping(
+            monitor="val/loss",
+            patience=tc.patience,
+            min_delta=tc.min_delta,
+            mode="min",
+            check_finite=True,
+        ),
+        exporter,
+        *(extra_callbacks or []),
+    ]
+    trainer = pl.Trainer(
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        strategy=tc.strategy,
+        precision=_precision(cfg),
+        max_epochs=tc.max_epochs,
+        max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(run_dir, name="", version=""),
+            TensorBoardLogger(run_dir, name="tensorboard", version=""),
+        ],
+        log_every_n_steps=tc.log_every_n_steps,
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=not cfg.sampler.enabled,
+        default_root_dir=run_dir,
+    )
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    best = run_dir / f"{BEST_WEIGHTS_NAME}.safetensors"
+    return TrainResult(
+        run_dir,
+        best if best.is_file() else None,
+        exporter.best,
+        exporter.best_epoch,
+        trainer.current_epoch,
+    )

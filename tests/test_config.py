@@ -1,0 +1,55 @@
+import pytest
+
+from uxbseg.config import Config, config_to_dict, load_config, save_config
+from uxbseg.errors import ConfigError
+
+from .conftest import ROOT
+
+
+def test_defaults_are_the_seed_constants():
+    cfg = Config()
+    assert cfg.grid.shape == (32, 256, 256)
+    assert cfg.data.image_size == 512 and cfg.data.batch_size == 1 and cfg.data.num_workers == 1
+    assert cfg.loss.class_weights == (0.05, 0.45, 0.50)
+    assert cfg.sampler.minority_fraction == 0.7
+    assert (cfg.optim.lr_warmup, cfg.optim.lr_main, cfg.optim.warmup_epochs) == (2e-7, 2e-5, 20)
+    assert cfg.optim.weight_decay == 1e-2
+    assert (cfg.trainer.max_epochs, cfg.trainer.patience, cfg.trainer.min_delta) == (100, 10, 1e-6)
+    assert cfg.model.feature_size == 96 and cfg.model.voxel_out_channels == 64
+    assert cfg.model.fusion == "global" and cfg.model.fusion_hidden == 128
+    assert cfg.data.val_split == "test"
+
+
+def test_seed_yaml_matches_defaults_except_hub_id():
+    cfg = load_config(ROOT / "configs" / "seed.yaml")
+    assert cfg.model.pretrained_2d == "nvidia/segformer-b0-finetuned-ade-512-512"
+    cfg.model.pretrained_2d = None
+    assert config_to_dict(cfg) == config_to_dict(Config())
+
+
+def test_overrides_and_round_trip(tmp_path):
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        ["trainer.max_epochs=3", "grid.shape=[32,32,64]", "model.pretrained_2d=null"],
+    )
+    assert cfg.trainer.max_epochs == 3 and cfg.grid.shape == (32, 32, 64)
+    assert cfg.model.pretrained_2d is None
+    save_config(cfg, tmp_path / "c.yaml")
+    assert config_to_dict(load_config(tmp_path / "c.yaml")) == config_to_dict(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("trainer.max_epoch=3", "trainer.max_epoch"),
+        ("model.fusion=sideways", "model.fusion"),
+        ("grid.shape=[32,64]", "grid.shape"),
+        ("optim.lr_main=fast", "optim.lr_main"),
+        ("sampler.minority_fraction=1.5", "sampler.minority_fraction"),
+        ("grid.features=[occupancy,classification]", "grid.features"),
+        ("nonsense=1", "nonsense"),
+    ],
+)
+def test_invalid_keys_and_values_name_the_key(override, names):
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        load_config(None, [override])

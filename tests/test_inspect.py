@@ -1,0 +1,78 @@
+import shutil
+
+import laspy
+import numpy as np
+import pytest
+from PIL import Image
+
+from uxbseg.cli import main
+
+
+@pytest.fixture
+def broken(tiny_dataset, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_dataset, root)
+    return root
+
+
+def test_clean_dataset_exits_zero(tiny_dataset, capsys):
+    assert main(["inspect", str(tiny_dataset)]) == 0
+    out = capsys.readouterr().out
+    for split in ("[train] 4 pairs", "[test] 2 pairs", "[predict] 2 pairs"):
+        assert split in out
+    assert "pair_0000" in out and "no problems found" in out
+
+
+def test_broken_files_are_named(broken, capsys):
+    las = next((broken / "train" / "pair_0000").glob("*.las"))
+    las.write_bytes(las.read_bytes()[: las.stat().st_size // 2])  # truncated
+    next((broken / "train" / "pair_0001").glob("uxb_msk*.png")).unlink()  # missing mask
+    mask = next((broken / "test" / "pair_0000").glob("uxb_msk*.png"))
+    m = np.array(Image.open(mask))
+    m[:5, :4] = 200
+    Image.fromarray(m).save(mask)
+    assert main(["inspect", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "3 problem(s)" in out
+    assert str(las) in out and "truncated" in out
+    assert "pair_0001: no mask" in out
+    assert str(mask) in out and "200 (20 px)" in out
+
+
+def test_more_problems(broken, capsys):
+    p0 = broken / "train" / "pair_0000"
+    img = next(p0.glob("tpi*.png"))
+    shutil.copy(img, p0 / "tpi_100m_copy.png")  # two candidates
+    p1 = broken / "train" / "pair_0001"
+    next(p1.glob("tpi*.png")).write_bytes(b"garbage")  # unreadable PNG
+    p2 = broken / "train" / "pair_0002"
+    las_path = next(p2.glob("*.las"))
+    las = laspy.read(las_path)
+    empty = laspy.LasData(las.header)
+    empty.points = las.points[:0]
+    empty.write(las_path)  # empty LAS
+    p3 = broken / "train" / "pair_0003"
+    las_path = next(p3.glob("*.las"))
+    las = laspy.read(las_path)
+    las.X = np.full(len(las.points), las.X[0])  # zero X extent
+    las.write(las_path)
+    mask = next((broken / "test" / "pair_0001").glob("uxb*.png"))
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(mask)  # size mismatch
+    assert main(["inspect", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "2 candidate images" in out
+    assert "not a readable image" in out
+    assert "the point cloud is empty" in out
+    assert "zero XY extent" in out
+    assert "differs from image size" in out
+    assert "Traceback" not in out
+
+
+def test_unmapped_codes_are_reported_not_errors(tiny_dataset, capsys):
+    main(["inspect", str(tiny_dataset), "--split", "train"])
+    assert "outside the class map are ignored in training" in capsys.readouterr().out
+
+
+def test_missing_root_is_a_clear_error(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope")]) == 1
+    assert "dataset folder not found" in capsys.readouterr().err

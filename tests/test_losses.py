@@ -1,0 +1,26 @@
+import torch
+from torch.nn import functional as F
+
+from uxbseg.classes import IGNORE
+from uxbseg.losses import FusionLoss
+
+
+def test_weighted_sum_and_ignore():
+    torch.manual_seed(0)
+    out = {"logits3d": torch.randn(1, 3, 2, 3, 4), "logits2d": torch.randn(1, 3, 3, 4)}
+    labels = torch.randint(0, 3, (1, 2, 3, 4))
+    labels[0, 0] = IGNORE
+    mask = torch.randint(0, 3, (1, 3, 4))
+    loss, parts = FusionLoss()({**out}, {"labels3d": labels, "mask2d": mask})
+    w = torch.tensor([0.05, 0.45, 0.50])
+    l3 = F.cross_entropy(out["logits3d"][:, :, 1:], labels[:, 1:], weight=w)
+    l2 = F.cross_entropy(out["logits2d"], mask, weight=w)
+    torch.testing.assert_close(parts["loss3d"], l3)
+    torch.testing.assert_close(loss, l2 + l3)
+
+
+def test_all_ignored_is_zero_not_nan():
+    out = {"logits3d": torch.randn(1, 3, 2, 2, 2, requires_grad=True), "logits2d": None}
+    loss, _ = FusionLoss()(out, {"labels3d": torch.full((1, 2, 2, 2), IGNORE)})
+    assert loss.item() == 0.0
+    loss.backward()

@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from uxbseg.config import load_config
+from uxbseg.errors import ConfigError
+from uxbseg.models import UXBFusionModel
+from uxbseg.models.voxel_branch import VoxelBranch
+
+from .conftest import ROOT
+
+
+@pytest.mark.parametrize("fusion", ["global", "column", "voxel_only", "image_only"])
+@pytest.mark.parametrize("head", ["seed", "mlp"])
+def test_forward_shapes(tiny_cfg, fusion, head):
+    tiny_cfg.model.fusion = fusion
+    tiny_cfg.model.image_head = head
+    model = UXBFusionModel.from_config(tiny_cfg)
+    out = model(torch.randn(1, 3, 64, 64), torch.randn(1, 3, 32, 32, 64))
+    assert out["logits3d"].shape == (1, 3, 32, 32, 64)
+    if fusion == "voxel_only":
+        assert out["logits2d"] is None
+    else:
+        assert out["logits2d"].shape == (1, 3, 32, 64)
+
+
+@pytest.mark.slow
+def test_seed_config_builds_the_full_model():
+    cfg = load_config(ROOT / "configs" / "seed.yaml", ["model.pretrained_2d=null"])
+    model = UXBFusionModel.from_config(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert 252.4e6 < n < 252.6e6
+    assert sum(p.numel() for p in model.voxel_branch.parameters()) == pytest.approx(
+        248.1e6, rel=1e-3
+    )
+    assert model.image_branch.out_channels == 256
+
+
+@pytest.mark.parametrize(
+    ("shape", "msg"), [((32, 48, 64), "multiple of 32"), ((32, 32, 32), "single voxel")]
+)
+def test_grid_checks_name_the_value(shape, msg):
+    with pytest.raises(ConfigError, match=msg):
+        VoxelBranch(3, 8, 12, shape)
+
+
+def test_feature_size_check():
+    with pytest.raises(ConfigError, match="feature_size=20"):
+        VoxelBranch(3, 8, 20, (32, 32, 64))
+
+
+def test_pretrained_from_local_folder(tmp_path, tiny_cfg):
+    from transformers import SegformerConfig, SegformerModel
+
+    cfg = SegformerConfig(
+        hidden_sizes=[8, 8, 16, 16],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 2, 2],
+        decoder_hidden_size=16,
+    )
+    torch.manual_seed(0)
+    saved = SegformerModel(cfg)
+    saved.save_pretrained(tmp_path / "tiny-segformer")
+    tiny_cfg.model.pretrained_2d = str(tmp_path / "tiny-segformer")
+    model = UXBFusionModel.from_config(tiny_cfg)
+    enc = model.image_branch.encoder
+    for (k, a), (_, b) in zip(enc.state_dict().items(), saved.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+    out = model(torch.randn(1, 3, 64, 64), torch.randn(1, 3, 32, 32, 64))
+    assert out["logits3d"].shape == (1, 3, 32, 32, 64)
+
+
+def test_unreachable_pretrained_is_a_clear_error(tiny_cfg, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    tiny_cfg.model.pretrained_2d = "nvidia/segformer-b0-finetuned-ade-512-512"
+    with pytest.raises(ConfigError, match=r"model\.pretrained_2d=null"):
+        UXBFusionModel.from_config(tiny_cfg)

@@ -1,0 +1,222 @@
+"""Prediction: nothing lost, no leakage, bad inputs reported, LAZ in -> LAZ out."""
+
+import shutil
+
+import laspy
+import numpy as np
+import pytest
+
+from uxbseg.cli import main
+from uxbseg.io.weights import load_model
+from uxbseg.predict import PredictJob, predict_files
+
+from .conftest import REAL_LAS, real_las_files
+
+# sub-fields that share a byte with classification in formats 0-5 must survive too
+LEGACY_FLAGS = ("synthetic", "key_point", "withheld")
+
+
+def _assert_nothing_lost(src, dst, keep_classification=False, new_dims=()):
+    a, b = laspy.read(src), laspy.read(dst)
+    ha, hb = a.header, b.header
+    assert (hb.version.major, hb.version.minor) == (ha.version.major, ha.version.minor)
+    assert hb.point_format.id == ha.point_format.id
+    np.testing.assert_array_equal(hb.scales, ha.scales)
+    np.testing.assert_array_equal(hb.offsets, ha.offsets)
+    assert hb.point_count == ha.point_count == len(b.points)
+    assert len(hb.vlrs) == len(ha.vlrs) + (
+        1
+        if (keep_classification or new_dims)
+        and not any(v.record_id == 4 and v.user_id == "LASF_Spec" for v in ha.vlrs)
+        else 0
+    )
+    for va in ha.vlrs:
+        vb = next(v for v in hb.vlrs if (v.user_id, v.record_id) == (va.user_id, va.record_id))
+        if va.record_id == 4 and va.user_id == "LASF_Spec" and (keep_classification or new_dims):
+            continue  # the extra-bytes description grows by the new dimensions
+        assert vb.description == va.description
+        assert bytes(vb.record_data_bytes()) == bytes(va.record_data_bytes()), va
+    assert len(b.evlrs or []) == len(a.evlrs or [])
+    for ea, eb in zip(a.evlrs or [], b.evlrs or []):
+        assert (ea.user_id, ea.record_id) == (eb.user_id, eb.record_id)
+        assert bytes(ea.record_data_bytes()) == bytes(eb.record_data_bytes())
+    names = [n for n in a.point_format.dimension_names if n != "classification"]
+    for name in names:
+        np.testing.assert_array_equal(np.asarray(b[name]), np.asarray(a[name]), err_msg=name)
+    np.testing.assert_array_equal(b.X, a.X)
+    if keep_classification:
+        np.testing.assert_array_equal(np.asarray(b.classification), np.asarray(a.classification))
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def weights(trained_run):
+    return trained_run[0].best_weights
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_every_real_file_nothing_lost(weights, tmp_path):
+    files = real_las_files()
+    model, cfg = load_model(weights)
+    jobs = [PredictJob(p, None, p.name.split(".")[0]) for p in files]
+    results = predict_files(model, cfg, jobs, tmp_path, progress=False)
+    assert [r.error for r in results] == [None] * len(files)
+    for r in results:
+        src = r.job.las
+        assert r.las.suffix == (".laz" if src.name.endswith(".laz") else ".las")
+        a, b = _assert_nothing_lost(src, r.las)
+        assert set(np.unique(b.classification)) <= {2, 27, 6}
+        grid = np.load(r.npy)
+        assert grid.dtype == np.uint8 and grid.shape == tuple(cfg.grid.shape)
+        for flag in LEGACY_FLAGS if a.header.point_format.id < 6 else ():
+            np.testing.assert_array_equal(np.asarray(b[flag]), np.asarray(a[flag]))
+
+
+@pytest.mark.real
+def test_probabilities_and_keep_classification(weights, tmp_path):
+    real_las_files()
+    src = next(p for p in REAL_LAS if p.name == "extrabytes.las")
+    model, cfg = load_model(weights)
+    r = predict_files(
+        model,
+        cfg,
+        [PredictJob(src, None, "x")],
+        tmp_path,
+        progress=False,
+        probabilities=True,
+        keep_classification=True,
+    )[0]
+    assert r.error is None
+    new = ("uxb_class", "prob_ground", "prob_plazuela", "prob_structure", "entropy")
+    _a, b = _assert_nothing_lost(src, r.las, keep_classification=True, new_dims=new)
+    p = np.stack([b.prob_ground, b.prob_plazuela, b.prob_structure])
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.array([2, 27, 6])[p.argmax(0)], b.uxb_class)
+    assert (np.asarray(b.entropy) >= 0).all()
+
+
+def test_leakage_classification_does_not_change_prediction(weights, tiny_dataset, tmp_path):
+    src = next((tiny_dataset / "predict" / "pair_0001").glob("*.las"))
+    image = next((tiny_dataset / "predict" / "pair_0001").glob("tpi*.png"))
+    wiped = tmp_path / "wiped.las"
+    las = laspy.read(src)
+    las.classification = np.ones(len(las.points), np.uint8)
+    las.write(wiped)
+    model, cfg = load_model(weights)
+    r1, r2 = predict_files(
+        model,
+        cfg,
+        [PredictJob(src, image, "a"), PredictJob(wiped, image, "b")],
+        tmp_path / "out",
+        progress=False,
+    )
+    np.testing.assert_array_equal(np.load(r1.npy), np.load(r2.npy))
+    np.testing.assert_array_equal(
+        laspy.read(r1.las).classification, laspy.read(r2.las).classification
+    )
+
+
+def test_predict_split_by_pair_id_without_masks(weights, tiny_dataset, tmp_path, capsys):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_dataset / "predict", root / "predict")
+    for m in root.glob("predict/*/uxb_msk*.png"):
+        m.unlink()  # predict pairs need no mask
+    assert main(["predict", "--weights", str(weights), "--data", str(root)]) == 0
+    out = root / "predict_out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "pred_0000.las",
+        "pred_0000.npy",
+        "pred_0001.las",
+        "pred_0001.npy",
+    ]
+    assert "2 of 2 files written" in capsys.readouterr().out
+
+
+def test_bad_inputs_are_reported_and_others_written(weights, tiny_dataset, tmp_path, capsys):
+    good = next((tiny_dataset / "predict" / "pair_0000").glob("*.las"))
+    corrupt = tmp_path / "corrupt.las"
+    corrupt.write_bytes(b"LASF" + b"\0" * 400)
+    las = laspy.read(good)
+    las.write(tmp_path / "full.laz")
+    truncated = tmp_path / "truncated.laz"
+    truncated.write_bytes((tmp_path / "full.laz").read_bytes()[:20000])
+    empty = tmp_path / "empty.las"
+    e = laspy.LasData(las.header)
+    e.points = las.points[:0]
+    e.write(empty)
+    out = tmp_path / "out"
+    args = [
+        "predict",
+        "--weights",
+        str(weights),
+        "--out",
+        str(out),
+        "--input",
+        str(good),
+        str(corrupt),
+        str(truncated),
+        str(empty),
+    ]
+    assert main(args) == 1
+    text = capsys.readouterr().out
+    assert f"FAILED {corrupt}" in text and f"FAILED {truncated}" in text
+    assert f"FAILED {empty}" in text and "empty" in text
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"pred_{good.stem}.las",
+        f"pred_{good.stem}.npy",
+    ]
+    # a missing image is named
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(weights),
+                "--out",
+                str(tmp_path / "o2"),
+                "--input",
+                str(good),
+                "--image",
+                str(tmp_path / "nope.png"),
+            ]
+        )
+        == 1
+    )
+    assert "nope.png" in capsys.readouterr().out
+    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
+
+
+def test_code_that_does_not_fit_the_point_format(weights, tiny_dataset, tmp_path, capsys):
+    src = next((tiny_dataset / "predict" / "pair_0001").glob("*.las"))  # format 1: 0-31
+    out = tmp_path / "out"
+    args = [
+        "predict",
+        "--weights",
+        str(weights),
+        "--out",
+        str(out),
+        "--input",
+        str(src),
+        "--codes",
+        "2,27,64",
+    ]
+    assert main(args) == 1
+    text = capsys.readouterr().out
+    assert "cannot be stored in point format 1" in text
+    assert not out.exists() or not list(out.iterdir())  # nothing partial
+    assert main([*args, "--keep-classification"]) == 0  # a new dimension holds any code
+
+
+def test_evaluate_reports_three_levels_and_baseline(weights, tiny_dataset, capsys):
+    import json
+
+    assert main(["evaluate", "--weights", str(weights), "--data", str(tiny_dataset), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for lvl in ("voxels", "pixels", "points"):
+        m, base = res[lvl]["metrics"], res[lvl]["baseline"]
+        assert 0.0 <= m["acc"] <= 1.0
+        assert base["recall_ground"] == 1.0 and base["recall_structure"] == 0.0
+        assert np.array(res[lvl]["confusion"]).shape == (3, 3)
+    assert main(["evaluate", "--weights", str(weights), "--data", str(tiny_dataset)]) == 0
+    assert "points (all-ground)" in capsys.readouterr().out

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from uxbseg.classes import IGNORE
+from uxbseg.errors import BadDataError
+from uxbseg.io.raster import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    colourise_tpi,
+    dem_from_points,
+    load_image,
+    load_mask,
+    tpi,
+)
+
+
+def test_load_image_normalises_like_segformer(tmp_path):
+    Image.fromarray(np.full((20, 30, 3), 255, np.uint8)).save(tmp_path / "i.png")
+    arr = load_image(tmp_path / "i.png", 16)
+    assert arr.shape == (3, 16, 16) and arr.dtype == np.float32
+    np.testing.assert_allclose(arr[:, 0, 0], (1 - IMAGENET_MEAN) / IMAGENET_STD, rtol=1e-6)
+
+
+def test_load_mask_maps_and_resizes_nearest(tmp_path):
+    m = np.zeros((8, 8), np.uint8)
+    m[:4, :4] = 76
+    m[4:, 4:] = 150
+    m[0, 7] = 200
+    Image.fromarray(m).save(tmp_path / "m.png")
+    out = load_mask(tmp_path / "m.png", (4, 4))
+    assert out.dtype == np.int64
+    assert out[0, 0] == 1 and out[3, 3] == 2 and out[3, 0] == 0
+    assert set(np.unique(out)) <= {0, 1, 2, IGNORE}
+
+
+def test_corrupt_png_is_bad_data(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(BadDataError, match=r"x\.png"):
+        load_image(tmp_path / "x.png")
+
+
+def test_tpi_plane_is_zero_and_bump_positive():
+    yy, xx = np.mgrid[0:120, 0:120].astype(float)
+    plane = 0.3 * xx + 0.1 * yy
+    t = tpi(plane, 1.0, 20.0)
+    assert np.abs(t[30:90, 30:90]).max() < 1e-6
+    bump = plane + 3.0 * np.exp(-((xx - 60) ** 2 + (yy - 60) ** 2) / 20)
+    assert tpi(bump, 1.0, 20.0)[60, 60] > 2.0
+    rgb = colourise_tpi(tpi(bump, 1.0, 20.0), 2.5, 64)
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    assert rgb[32, 32, 0] > rgb[32, 32, 2]  # rises are red
+
+
+def test_dem_from_points_takes_lowest_and_fills_holes():
+    x = np.array([0.5, 0.5, 2.5])
+    y = np.array([2.5, 2.5, 0.5])
+    z = np.array([5.0, 3.0, 1.0])
+    dem = dem_from_points(x, y, z, (0, 0, 3, 3), 1.0)
+    assert dem.shape == (3, 3)
+    assert dem[0, 0] == 3.0 and dem[2, 2] == 1.0 and np.isfinite(dem).all()

@@ -1,0 +1,215 @@
+import csv
+import shutil
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from uxbseg.cli import main
+from uxbseg.config import config_to_dict
+from uxbseg.data.dataset import UXBDataset
+from uxbseg.data.pairs import find_pairs
+from uxbseg.data.voxelize import GridSpec
+from uxbseg.io.weights import BEST_WEIGHTS_NAME, load_model
+from uxbseg.models import UXBFusionModel
+from uxbseg.training.task import NonFiniteLossError, UXBSegmentationTask
+from uxbseg.training.train import train
+
+from .conftest import ROOT
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_and_metrics(trained_run):
+    result, _ = trained_run
+    run = result.run_dir
+    assert result.best_weights == run / f"{BEST_WEIGHTS_NAME}.safetensors"
+    for name in (
+        "config.yaml",
+        "checkpoints/last.ckpt",
+        "metrics.csv",
+        f"{BEST_WEIGHTS_NAME}.pth",
+        f"{BEST_WEIGHTS_NAME}.safetensors",
+    ):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    rows = _rows(run / "metrics.csv")
+    val = [r for r in rows if r.get("val/loss")]
+    assert len(val) == 2  # one per epoch
+    for key in (
+        "val/iou_plazuela_3d",
+        "val/f1_structure_3d",
+        "val/acc_2d",
+        "train/loss_epoch",
+        "val/precision_ground_3d",
+        "val/recall_structure_2d",
+    ):
+        assert key in rows[0], key
+    assert all(0.0 <= float(r["val/acc_3d"]) <= 1.0 for r in val)
+
+
+def test_best_weights_load_safely_and_reproduce(trained_run, tiny_dataset):
+    result, cfg = trained_run
+    pth = result.run_dir / f"{BEST_WEIGHTS_NAME}.pth"
+    state = torch.load(pth, weights_only=True)
+    fresh = UXBFusionModel.from_config(cfg)
+    fresh.load_state_dict(state)
+    fresh.eval()
+    from_st, cfg_st = load_model(result.best_weights)
+    assert config_to_dict(cfg_st)["model"] == config_to_dict(cfg)["model"]
+    sample = UXBDataset(
+        find_pairs(tiny_dataset, "test"), GridSpec.from_config(cfg.grid), cfg.data.image_size
+    )[0]
+    x = (sample["image"][None], sample["voxels"][None])
+    with torch.no_grad():
+        a, b = fresh(*x)["logits3d"], from_st(*x)["logits3d"]
+        c = UXBFusionModel.from_config(cfg).eval()(*x)["logits3d"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)  # the trained weights matter
+
+
+def test_training_loss_falls(tiny_cfg, tiny_dataset):
+    pl.seed_everything(0)
+    task = UXBSegmentationTask.from_config(tiny_cfg)
+    ds = UXBDataset(find_pairs(tiny_dataset, "train"), GridSpec.from_config(tiny_cfg.grid), 64)
+    batch = torch.utils.data.default_collate([ds[2], ds[3]])
+    opt = torch.optim.AdamW(task.model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        loss, _ = task.criterion(task.model(batch["image"], batch["voxels"]), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+class _Capture(pl.Callback):
+    def __init__(self):
+        self.start_epoch = None
+        self.opt_state = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.start_epoch = trainer.current_epoch
+        self.opt_state = trainer.optimizers[0].state_dict()
+
+
+@pytest.mark.slow
+def test_resume_continues_at_next_epoch_with_same_optimizer(tiny_cfg, tiny_dataset, tmp_path):
+    tiny_cfg.trainer.max_epochs = 1
+    train(tiny_dataset, tiny_cfg, tmp_path, progress=False)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 0
+    tiny_cfg.trainer.max_epochs = 2
+    cap = _Capture()
+    train(tiny_dataset, tiny_cfg, tmp_path, resume=True, progress=False, extra_callbacks=[cap])
+    assert cap.start_epoch == 1  # seed epoch 2
+    want = saved["optimizer_states"][0]["state"]
+    got = cap.opt_state["state"]
+    assert want.keys() == got.keys() and len(want) > 0
+    for k in want:
+        torch.testing.assert_close(got[k]["exp_avg"], want[k]["exp_avg"])
+    after = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert after["epoch"] == 1
+
+
+class _PoisonEpoch2(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 1:
+            batch["image"].fill_(float("nan"))
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_best(tiny_cfg, tiny_dataset, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="epoch 2"):
+        train(tiny_dataset, tiny_cfg, tmp_path, progress=False, extra_callbacks=[_PoisonEpoch2()])
+    best = load_model(tmp_path / f"{BEST_WEIGHTS_NAME}.safetensors")[0]
+    assert all(torch.isfinite(p).all() for p in best.parameters())
+
+
+def test_bad_data_stops_before_training(tiny_dataset, tmp_path, capsys, caplog):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_dataset, root)
+    next((root / "train" / "pair_0001").glob("uxb*.png")).unlink()
+    args = [
+        "train",
+        "--data",
+        str(root),
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "grid.shape=[32,32,64]",
+        "--set",
+        "data.image_size=64",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "trainer.max_epochs=1",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "pair_0001" in err and "no mask" in err and "--skip-bad" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    caplog.set_level("WARNING", logger="uxbseg")
+    assert main([*args, "--skip-bad"]) == 0
+    assert "skipping train/pair_0001" in caplog.text
+    assert (tmp_path / "run" / f"{BEST_WEIGHTS_NAME}.safetensors").is_file()
+
+
+def test_resume_without_checkpoint_is_clear(tiny_dataset, tmp_path, capsys):
+    args = [
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--out",
+        str(tmp_path / "empty"),
+        "--resume",
+    ]
+    assert main(args) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train(tiny_dataset, tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "uxbseg",
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--set",
+        "trainer.devices=2",
+        "--set",
+        "trainer.strategy=ddp",
+        "--set",
+        "trainer.accelerator=cpu",
+        "--set",
+        "trainer.max_epochs=1",
+        "--set",
+        "grid.shape=[32,32,64]",
+        "--set",
+        "data.image_size=64",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "data.batch_size=1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / f"{BEST_WEIGHTS_NAME}.safetensors").is_file()
+    rows = _rows(tmp_path / "ddp" / "metrics.csv")
+    assert any(r.get("val/loss") for r in rows)

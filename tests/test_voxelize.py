@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from uxbseg.classes import IGNORE
+from uxbseg.data.voxelize import GridSpec, voxel_labels, voxelize
+from uxbseg.io.las import PointArrays
+
+
+def _points(n=5000, seed=0, z_spread=1000, cls=None):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 10_000, n).astype(np.int32)
+    Y = rng.integers(0, 10_000, n).astype(np.int32)
+    Z = rng.integers(0, z_spread, n).astype(np.int32) if z_spread else np.zeros(n, np.int32)
+    c = cls if cls is not None else rng.choice([2, 27, 6, 1], n).astype(np.uint8)
+    return PointArrays(
+        X,
+        Y,
+        Z,
+        rng.integers(0, 4000, n).astype(np.uint16),
+        np.ones(n, np.uint8),
+        np.ones(n, np.uint8),
+        c,
+    )
+
+
+ALL = ("occupancy", "log_density", "height", "intensity", "return_ratio")
+
+
+def test_shapes_and_point_index():
+    spec = GridSpec((8, 16, 32), features=ALL)
+    pts = _points()
+    vox = voxelize(pts, spec)
+    assert vox.features.shape == (5, 8, 16, 32) and vox.features.dtype == np.float32
+    assert vox.labels.shape == (8, 16, 32) and vox.labels.dtype == np.int64
+    assert len(vox.point_voxel) == len(pts)
+    assert vox.point_voxel.min() >= 0 and vox.point_voxel.max() < spec.num_voxels
+    counts = np.bincount(vox.point_voxel, minlength=spec.num_voxels).reshape(spec.shape)
+    np.testing.assert_array_equal(vox.features[0], (counts > 0).astype(np.float32))
+    # empty voxels are IGNORE, occupied voxels with a mapped point have a class
+    assert (vox.labels[counts == 0] == IGNORE).all()
+
+
+def test_classification_is_never_a_feature():
+    spec = GridSpec((8, 16, 32), features=ALL)
+    pts = _points()
+    a = voxelize(pts, spec).features
+    rng = np.random.default_rng(1)
+    pts.classification = rng.permutation(pts.classification)
+    b = voxelize(pts, spec).features
+    pts.classification = np.full(len(pts), 1, np.uint8)
+    c = voxelize(pts, spec).features
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_row_zero_is_north_and_column_zero_west():
+    X = np.array([0, 100, 0, 100], np.int32)
+    Y = np.array([0, 0, 100, 100], np.int32)  # SW, SE, NW, NE
+    Z = np.array([0, 0, 0, 10], np.int32)
+    pts = PointArrays(X, Y, Z, classification=np.array([2, 2, 2, 6], np.uint8))
+    spec = GridSpec((2, 4, 4), binning="uniform", z_range="minmax")
+    vox = voxelize(pts, spec)
+    d, h, w = np.unravel_index(vox.point_voxel, spec.shape)
+    assert list(zip(h, w)) == [(3, 0), (3, 3), (0, 0), (0, 3)]
+    assert d.tolist() == [0, 0, 0, 1]
+    assert vox.labels[1, 0, 3] == 2
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_degenerate_extents_have_no_nan(n):
+    pts = PointArrays(
+        np.full(n, 5, np.int32),
+        np.full(n, 5, np.int32),
+        np.full(n, 5, np.int32),
+        classification=np.full(n, 2, np.uint8),
+    )
+    spec = GridSpec((4, 8, 8), features=ALL)
+    vox = voxelize(pts, spec)
+    assert np.isfinite(vox.features).all()
+    assert vox.features[0].sum() == 1 and len(vox.point_voxel) == n
+
+
+def test_flat_tile_has_no_nan():
+    vox = voxelize(_points(z_spread=0), GridSpec((4, 8, 8), features=ALL))
+    assert np.isfinite(vox.features).all()
+
+
+def test_outlier_does_not_squeeze_terrain():
+    pts = _points(n=20_000, z_spread=1000)  # 10 m of terrain at scale 0.01
+    pts.Z[0] = 30_000 + 1000  # one noise point 300 m above
+    robust = voxelize(pts, GridSpec((32, 8, 8)))
+    seedlike = voxelize(pts, GridSpec((32, 8, 8), z_range="minmax"))
+    used = lambda v: len(np.unique(np.unravel_index(v.point_voxel[1:], (32, 8, 8))[0]))  # noqa: E731
+    assert used(robust) >= 30  # terrain spread over the whole depth
+    assert used(seedlike) <= 3  # the seed's min-max squeezes it into the lowest bins
+
+
+def test_seed_binning_formula():
+    v = np.array([0, 50, 99, 100], np.int32)
+    pts = PointArrays(v, v, v)
+    vox = voxelize(pts, GridSpec((4, 4, 4), binning="seed", z_range="minmax"), with_labels=False)
+    _d, h, w = np.unravel_index(vox.point_voxel, (4, 4, 4))
+    assert w.tolist() == [0, 1, 2, 3]  # floor(t * 3)
+    assert h.tolist() == [3, 2, 1, 0]
+
+
+def test_majority_vote_and_ties_go_to_rarer_class():
+    flat = np.array([0, 0, 0, 1, 1, 2, 2, 3, 4, 4, 4, 4])
+    cls = np.array([0, 0, 2, 0, 1, 2, 0, IGNORE, 0, 0, 0, 0])
+    lab = voxel_labels(flat, cls, 6)
+    # tile counts: ground 9, plazuela 1, structure 2 -> rarity plazuela > structure > ground
+    assert lab.tolist() == [0, 1, 2, IGNORE, 0, IGNORE]
+    lab_g = voxel_labels(flat, cls, 6, empty_label="ground")
+    assert lab_g[5] == 0 and lab_g[3] == IGNORE
