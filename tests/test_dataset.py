@@ -32,3 +32,35 @@ def test_predict_pair_without_mask(tiny_dataset, tmp_path):
     assert all(p.mask is None and not p.problems for p in pairs)
     s = UXBDataset(pairs, GridSpec((32, 32, 64)), 64)[0]
     assert (s["mask2d"] == IGNORE).all()
+
+
+def test_augmentation_moves_every_key_together():
+    from uxbseg.data.dataset import _flip_rotate
+
+    torch.manual_seed(0)
+    image = torch.zeros(3, 8, 8)
+    image[:, 0:2, 6:8] = 1.0  # north-east corner
+    mask = torch.zeros(4, 4, dtype=torch.int64)
+    mask[0, 3] = 2
+    vox = torch.zeros(2, 3, 4, 4)
+    vox[:, :, 0, 3] = 1.0
+    lab = torch.zeros(3, 4, 4, dtype=torch.int64)
+    lab[:, 0, 3] = 2
+    seen = set()
+    for _ in range(40):
+        s = _flip_rotate(
+            {
+                "image": image,
+                "mask2d": mask,
+                "voxels": vox,
+                "labels3d": lab,
+                "pair_id": "p",
+                "las_path": "x",
+            }
+        )
+        r, c = divmod(int(s["mask2d"].argmax()), 4)
+        seen.add((r, c))
+        assert s["image"][0, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2].min() == 1.0
+        assert (s["voxels"][:, :, r, c] == 1.0).all() and (s["labels3d"][:, r, c] == 2).all()
+        assert s["image"].sum() == image.sum() and s["pair_id"] == "p"
+    assert seen == {(0, 0), (0, 3), (3, 0), (3, 3)}

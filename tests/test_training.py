@@ -1,7 +1,5 @@
 import csv
 import shutil
-import subprocess
-import sys
 
 import lightning.pytorch as pl
 import pytest
@@ -178,38 +176,41 @@ def test_resume_without_checkpoint_is_clear(tiny_dataset, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+class _RecordDraws(pl.Callback):
+    """Each DDP rank writes the tile indices its sampler hands out in epoch 1."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        sampler = trainer.train_dataloader.sampler
+        draw = sampler.global_draw().tolist()
+        with open(f"{self.folder}/rank{trainer.global_rank}.txt", "w") as f:
+            f.write(repr((trainer.world_size, list(sampler), draw)))
+
+
 @pytest.mark.slow
-def test_ddp_two_processes_train(tiny_dataset, tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "uxbseg",
-        "train",
-        "--data",
-        str(tiny_dataset),
-        "--config",
-        str(ROOT / "configs" / "tiny.yaml"),
-        "--out",
-        str(tmp_path / "ddp"),
-        "--set",
-        "trainer.devices=2",
-        "--set",
-        "trainer.strategy=ddp",
-        "--set",
-        "trainer.accelerator=cpu",
-        "--set",
-        "trainer.max_epochs=1",
-        "--set",
-        "grid.shape=[32,32,64]",
-        "--set",
-        "data.image_size=64",
-        "--set",
-        "data.num_workers=0",
-        "--set",
-        "data.batch_size=1",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "ddp" / f"{BEST_WEIGHTS_NAME}.safetensors").is_file()
-    rows = _rows(tmp_path / "ddp" / "metrics.csv")
+def test_ddp_two_processes_train_with_disjoint_sampler_shares(tiny_cfg, tiny_dataset, tmp_path):
+    import ast
+
+    tiny_cfg.trainer.devices = 2
+    tiny_cfg.trainer.strategy = "ddp_spawn"
+    tiny_cfg.trainer.accelerator = "cpu"
+    tiny_cfg.trainer.max_epochs = 1
+    record = tmp_path / "draws"
+    record.mkdir()
+    train(
+        tiny_dataset,
+        tiny_cfg,
+        tmp_path / "run",
+        progress=False,
+        extra_callbacks=[_RecordDraws(record)],
+    )
+    assert (tmp_path / "run" / f"{BEST_WEIGHTS_NAME}.safetensors").is_file()
+    rows = _rows(tmp_path / "run" / "metrics.csv")
     assert any(r.get("val/loss") for r in rows)
+    shares = [ast.literal_eval((record / f"rank{r}.txt").read_text()) for r in (0, 1)]
+    assert shares[0][0] == shares[1][0] == 2
+    draw = shares[0][2]
+    assert draw == shares[1][2]  # one global draw
+    assert shares[0][1] == draw[0::2] and shares[1][1] == draw[1::2]  # disjoint, covering

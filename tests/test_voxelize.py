@@ -112,3 +112,22 @@ def test_majority_vote_and_ties_go_to_rarer_class():
     assert lab.tolist() == [0, 1, 2, IGNORE, 0, IGNORE]
     lab_g = voxel_labels(flat, cls, 6, empty_label="ground")
     assert lab_g[5] == 0 and lab_g[3] == IGNORE
+
+
+def test_relief_marks_mounds_above_the_local_terrain():
+    rng = np.random.default_rng(0)
+    n = 40_000
+    x = rng.uniform(0, 100, n)
+    y = rng.uniform(0, 100, n)
+    z = 0.2 * x + 3.0 * np.exp(-((x - 50) ** 2 + (y - 50) ** 2) / 20.0)  # slope + mound
+    pts = PointArrays(
+        (x * 100).astype(np.int32),
+        (y * 100).astype(np.int32),
+        (z * 100).astype(np.int32),
+        scales=(0.01, 0.01, 0.01),
+    )
+    spec = GridSpec((16, 32, 32), binning="uniform", features=("relief",))
+    rel = voxelize(pts, spec, with_labels=False).features[0]
+    top = rel[:, 14:18, 14:18].max()
+    assert top > 0.4  # ~3 m / 5 m
+    assert np.abs(rel[:, 22:26, 6:10]).max() < 0.1  # plain slope away from mound and edges

@@ -87,6 +87,15 @@ def _add_later_commands(sub) -> None:
     add_model_commands(sub)
 
 
+def quiet_lightning(verbose: bool) -> None:
+    """Keep Lightning's start-up chatter (devices, tips) out of the output unless --verbose.
+
+    Call after importing Lightning: its package import sets its loggers to INFO.
+    """
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _setup_logging(verbose: bool) -> None:
     """Our diagnostics to stderr; Lightning's own chatter only when asked for."""
     handler = logging.StreamHandler()
@@ -95,8 +104,6 @@ def _setup_logging(verbose: bool) -> None:
     if not pkg.handlers or all(isinstance(h, logging.NullHandler) for h in pkg.handlers):
         pkg.addHandler(handler)
     pkg.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

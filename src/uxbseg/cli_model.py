@@ -13,8 +13,10 @@ def _load_cfg(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .cli import quiet_lightning
     from .training.train import train
 
+    quiet_lightning(args.verbose)
     cfg = _load_cfg(args)
     result = train(args.data, cfg, args.out, resume=args.resume, skip_bad=args.skip_bad or None)
     if result.best_weights is None:

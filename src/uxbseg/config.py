@@ -32,7 +32,15 @@ __all__ = [
     "save_config",
 ]
 
-VOXEL_FEATURES = ("occupancy", "log_density", "height", "intensity", "return_ratio")
+VOXEL_FEATURES = (
+    "occupancy",
+    "log_density",
+    "height",
+    "relief",
+    "relief_wide",
+    "intensity",
+    "return_ratio",
+)
 
 
 @dataclass
@@ -48,6 +56,7 @@ class DataConfig:
     batch_size: int = 1
     num_workers: int = 1
     skip_bad: bool = False
+    augment: bool = False  # random flips / quarter turns of the training tiles (not in the seed)
 
 
 @dataclass
@@ -74,6 +83,7 @@ class ModelConfig:
     segformer_sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
     segformer_decoder_size: int = 256
     feature_size: int = 96
+    window_size: int = 7  # SwinUNETR attention window (MONAI default; 4 is ~4x faster on CPU)
     voxel_out_channels: int = 64
     use_checkpoint: bool = False
     use_flash_attention: bool = False

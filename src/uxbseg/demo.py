@@ -24,6 +24,7 @@ def run_demo(
     """Run the whole pipeline on synthetic data; returns the evaluation and prediction results."""
     import torch
 
+    from .cli import quiet_lightning
     from .config import load_config
     from .data.pairs import find_pairs
     from .data.synthetic import synth_dataset
@@ -32,7 +33,7 @@ def run_demo(
     from .predict import PredictJob, predict_files
     from .training.train import train
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    quiet_lightning(False)
     t0 = time.perf_counter()
     data = out / "data"
     if not (data / "train").is_dir():

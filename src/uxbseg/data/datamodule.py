@@ -7,7 +7,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config
 from ..errors import BadDataError
@@ -58,7 +59,9 @@ class UXBDataModule(pl.LightningDataModule):
         self.root = Path(root)
         self.cfg = config
         grid = GridSpec.from_config(config.grid)
-        self.train_ds = UXBDataset(train_pairs, grid, config.data.image_size)
+        self.train_ds = UXBDataset(
+            train_pairs, grid, config.data.image_size, augment=config.data.augment
+        )
         self.val_ds = UXBDataset(val_pairs, grid, config.data.image_size)
         self.sampler: BalancedSampler | None = None
 
@@ -96,4 +99,7 @@ class UXBDataModule(pl.LightningDataModule):
         return self._loader(self.train_ds, sampler=self.sampler)
 
     def val_dataloader(self) -> DataLoader:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # each rank scores its share; the confusion matrices are summed across ranks
+            return self._loader(self.val_ds, sampler=DistributedSampler(self.val_ds, shuffle=False))
         return self._loader(self.val_ds, shuffle=False)

@@ -18,6 +18,24 @@ from .voxelize import GridSpec, bin_points, voxel_labels, voxelize
 __all__ = ["UXBDataset"]
 
 
+def _flip_rotate(sample: dict[str, Any]) -> dict[str, Any]:
+    """One random draw (flip W or not, 0-3 quarter turns) applied to every spatial key.
+
+    The last two axes of every array are (H, W) = (north->south, west->east) of one footprint.
+    """
+    flip = bool(torch.randint(0, 2, ()).item())
+    turns = int(torch.randint(0, 4, ()).item())
+    out = dict(sample)
+    for key in ("image", "voxels", "labels3d", "mask2d"):
+        t = sample[key]
+        if flip:
+            t = torch.flip(t, dims=(-1,))
+        if turns:
+            t = torch.rot90(t, turns, dims=(-2, -1))
+        out[key] = t.contiguous()
+    return out
+
+
 class UXBDataset(Dataset):
     """Samples of UXB pairs, each a dict with fixed keys.
 
@@ -29,15 +47,20 @@ class UXBDataset(Dataset):
         pairs: resolved pair folders (see :func:`~uxbseg.data.pairs.find_pairs`).
         grid: how point clouds become voxels.
         image_size: side of the square image given to SegFormer (seed: 512).
+        augment: draw a random flip and quarter turn per sample and apply the same draw to the
+            image, mask, voxels and labels (they share the north-up footprint).
     """
 
-    def __init__(self, pairs: Sequence[Pair], grid: GridSpec, image_size: int = 512) -> None:
+    def __init__(
+        self, pairs: Sequence[Pair], grid: GridSpec, image_size: int = 512, augment: bool = False
+    ) -> None:
         missing = [p.pair_id for p in pairs if p.las is None or p.image is None]
         if missing:
             raise ValueError(f"pairs without image or point cloud: {missing}; run uxbseg inspect")
         self.pairs = list(pairs)
         self.grid = grid
         self.image_size = image_size
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -49,7 +72,7 @@ class UXBDataset(Dataset):
         vox = voxelize(points, self.grid, with_labels=True)
         labels = vox.labels if vox.labels is not None else np.full(self.grid.shape, IGNORE)
         mask = load_mask(pair.mask, (h, w)) if pair.mask is not None else np.full((h, w), IGNORE)
-        return {
+        sample = {
             "image": torch.from_numpy(load_image(pair.image, self.image_size)),
             "voxels": torch.from_numpy(vox.features),
             "labels3d": torch.from_numpy(labels.astype(np.int64)),
@@ -57,6 +80,7 @@ class UXBDataset(Dataset):
             "pair_id": pair.pair_id,
             "las_path": str(pair.las),
         }
+        return _flip_rotate(sample) if self.augment else sample
 
     def labels3d(self, index: int) -> np.ndarray:
         """Only the 3D labels of one tile (no image, no features): cheap, for the sampler."""

@@ -73,6 +73,7 @@ class PointArrays:
     return_number: np.ndarray | None = None
     number_of_returns: np.ndarray | None = None
     classification: np.ndarray | None = None
+    scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __len__(self) -> int:
         return len(self.X)
@@ -88,6 +89,7 @@ class PointArrays:
             return_number=np.asarray(las.return_number),
             number_of_returns=np.asarray(las.number_of_returns),
             classification=np.asarray(las.classification),
+            scales=tuple(float(s) for s in las.header.scales),
         )
 
 

@@ -53,6 +53,7 @@ class UXBFusionModel(nn.Module):
                 grid_shape=self.grid_shape,
                 use_checkpoint=model.use_checkpoint,
                 use_flash_attention=model.use_flash_attention,
+                window_size=model.window_size,
             )
         self.fusion = FusionHead(
             mode=model.fusion,

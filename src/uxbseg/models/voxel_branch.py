@@ -37,6 +37,7 @@ class VoxelBranch(nn.Module):
         grid_shape: (D, H, W), checked against SwinUNETR's constraints.
         use_checkpoint: gradient checkpointing in the Swin blocks (less memory, more compute).
         use_flash_attention: MONAI's SDPA attention path.
+        window_size: side of the Swin attention window (seed: 7).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class VoxelBranch(nn.Module):
         grid_shape: tuple[int, int, int] = (32, 256, 256),
         use_checkpoint: bool = False,
         use_flash_attention: bool = False,
+        window_size: int = 7,
     ) -> None:
         super().__init__()
         if feature_size < 12 or feature_size % 12 != 0:
@@ -55,6 +57,8 @@ class VoxelBranch(nn.Module):
                 "(e.g. 12, 24, 48, 96)"
             )
         check_grid(grid_shape)
+        if window_size < 1:
+            raise ConfigError(f"model.window_size must be >= 1, got {window_size}")
         self.out_channels = out_channels
         self.net = SwinUNETR(
             in_channels=in_channels,
@@ -63,6 +67,7 @@ class VoxelBranch(nn.Module):
             spatial_dims=3,
             use_checkpoint=use_checkpoint,
             use_flash_attention=use_flash_attention,
+            window_size=window_size,
         )
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:

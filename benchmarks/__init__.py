@@ -1,0 +1,1 @@
+"""Benchmarks of uxbseg against seed-style references measured in the same run (not tests)."""

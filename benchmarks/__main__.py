@@ -1,0 +1,16 @@
+"""python -m benchmarks {voxelize,predict,memory,train} [options]"""
+
+import sys
+
+from . import bench_predict, bench_train, bench_voxelize
+
+COMMANDS = {
+    "voxelize": bench_voxelize.main,
+    "predict": bench_predict.main,
+    "train": bench_train.main,
+}
+
+if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    print(f"usage: python -m benchmarks {{{','.join(COMMANDS)}}} [--help]")
+    sys.exit(2)
+COMMANDS[sys.argv[1]](sys.argv[2:])

@@ -1,0 +1,141 @@
+"""Prediction write-back throughput and memory.
+
+* mapping: per-point class from the voxel grid + classification update + LAS write, uxbseg vs the
+  seed's (voxel lookup through float64 coordinates, np.vectorize inverse map), against a plain
+  laspy read + write of the same uncompressed file;
+* memory: peak RSS of ``uxbseg predict`` on a tiled LAS of ``--memory-points`` points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import laspy
+import numpy as np
+
+from uxbseg.classes import class_to_las_code
+from uxbseg.data.voxelize import GridSpec, voxelize
+from uxbseg.io.las import PointArrays, write_classified
+
+from .common import KM_TILE, tiled_las, timeit
+from .seed_reference import seed_las_to_volume, seed_write_prediction
+
+
+def mapping(repeats: int, workdir: Path) -> None:
+    src = workdir / "km_tile.las"
+    if not src.is_file():
+        workdir.mkdir(parents=True, exist_ok=True)
+        laspy.read(KM_TILE).write(src)
+    spec = GridSpec((32, 256, 256))
+    pred = np.random.default_rng(0).integers(0, 3, spec.shape).astype(np.uint8)
+    out = workdir / "out.las"
+
+    def plain():
+        las = laspy.read(src)
+        las.write(out)
+
+    def ours():
+        las = laspy.read(src)
+        vox = voxelize(PointArrays.from_las(las), spec, with_labels=False)
+        codes = class_to_las_code(pred.ravel()[vox.point_voxel])
+        write_classified(las, codes, out, compress=False)
+
+    def seed():
+        las = laspy.read(src)
+        _, idx = seed_las_to_volume(las, spec.shape)
+        seed_write_prediction(las, pred, idx, str(out))
+
+    las = laspy.read(src)
+    n = len(las.points)
+
+    def ours_mapping_only():
+        vox = voxelize(PointArrays.from_las(las), spec, with_labels=False)
+        las.classification = class_to_las_code(pred.ravel()[vox.point_voxel])
+
+    def seed_mapping_only():
+        _, idx = seed_las_to_volume(las, spec.shape)
+        point_cls = pred[idx[:, 2], idx[:, 1], idx[:, 0]]
+        from .seed_reference import INV_LABEL_MAP_3D
+
+        las.classification = np.vectorize(INV_LABEL_MAP_3D.get)(point_cls).astype(np.uint8)
+
+    t_plain, _ = timeit(plain, repeats)
+    t_ours, _ = timeit(ours, repeats)
+    t_seed, _ = timeit(seed, repeats)
+    m_ours, _ = timeit(ours_mapping_only, repeats)
+    m_seed, _ = timeit(seed_mapping_only, repeats)
+    print(f"write-back on {KM_TILE.name} as uncompressed LAS ({n:,} points), median of {repeats}:")
+    print(
+        f"  plain laspy read + write:           {t_plain:6.3f} s  {n / t_plain / 1e6:6.2f} M pts/s"
+    )
+    print(
+        f"  uxbseg read + map + write:          {t_ours:6.3f} s  {n / t_ours / 1e6:6.2f} M pts/s"
+        f"  (+{100 * (t_ours / t_plain - 1):.0f}% over plain)"
+    )
+    print(f"  seed-style read + map + write:      {t_seed:6.3f} s  {n / t_seed / 1e6:6.2f} M pts/s")
+    print(
+        f"  mapping alone: uxbseg {m_ours * 1e3:.1f} ms, seed-style {m_seed * 1e3:.1f} ms "
+        f"-> {m_seed / m_ours:.1f}x"
+    )
+    print(f"  end to end: uxbseg {t_seed / t_ours:.1f}x the seed-style write-back")
+
+
+def memory(points: int, workdir: Path) -> None:
+    import torch
+
+    from uxbseg.config import load_config
+    from uxbseg.demo import packaged_config
+    from uxbseg.io.weights import save_weights
+    from uxbseg.models import UXBFusionModel
+
+    big = tiled_las(points, workdir / f"tiled_{points}.las")
+    cfg = load_config(packaged_config("tiny"))
+    torch.manual_seed(0)
+    save_weights(UXBFusionModel.from_config(cfg), cfg, workdir / "w")
+    weights = next((workdir / "w").glob("*.safetensors"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "uxbseg",
+        "predict",
+        "--weights",
+        str(weights),
+        "--input",
+        str(big),
+        "--out",
+        str(workdir / "pred"),
+    ]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # KiB -> GiB
+    n = laspy.open(big).header.point_count
+    print(
+        f"uxbseg predict on {n:,} points ({big.stat().st_size / 2**30:.2f} GiB LAS, tiny "
+        f"model): {dt:.1f} s, peak RSS {peak:.2f} GiB (getrusage of the child process)"
+    )
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/uxbseg-bench"))
+    p.add_argument(
+        "--memory-points",
+        type=int,
+        default=0,
+        help="also measure peak RSS of uxbseg predict on a tiled LAS this large",
+    )
+    a = p.parse_args(argv)
+    mapping(a.repeats, a.workdir)
+    if a.memory_points:
+        memory(a.memory_points, a.workdir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Training step and forward pass: uxbseg's fast path vs the seed's formulation, same run.
+
+On the CPU (default ``--config tiny``): the same tiny model with the fast fusion vs the seed's
+broadcast + concat fusion, fp32. On a GPU (``--config seed``): the seed as written (fp32, naive
+fusion) vs bf16 autocast + fast fusion (+ ``--compile``), samples/s and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from uxbseg.config import load_config
+from uxbseg.demo import packaged_config
+from uxbseg.losses import FusionLoss
+from uxbseg.models import UXBFusionModel
+
+
+def _batch(cfg, b, device):
+    d, h, w = cfg.grid.shape
+    s = cfg.data.image_size
+    g = torch.Generator().manual_seed(0)
+    return {
+        "image": torch.randn(b, 3, s, s, generator=g).to(device),
+        "voxels": torch.rand(b, len(cfg.grid.features), d, h, w, generator=g).to(device),
+        "labels3d": torch.randint(0, 3, (b, d, h, w), generator=g).to(device),
+        "mask2d": torch.randint(0, 3, (b, h, w), generator=g).to(device),
+    }
+
+
+def measure(cfg, device, *, naive: bool, bf16: bool, compile_: bool, batch: int, steps: int):
+    cfg.model.fusion_impl = "naive" if naive else "fast"
+    torch.manual_seed(0)
+    model = UXBFusionModel.from_config(cfg).to(device)
+    crit = FusionLoss().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    fwd = torch.compile(model) if compile_ else model
+    data = _batch(cfg, batch, device)
+    ctx = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if bf16
+        else (lambda: torch.autocast(device.type, enabled=False))
+    )
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step():
+        with ctx():
+            loss, _ = crit(fwd(data["image"], data["voxels"]), data)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    step()  # warm-up (compilation happens here)
+    sync()
+    first = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    model.eval()
+    ftimes = []
+    with torch.no_grad():
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            with ctx():
+                fwd(data["image"], data["voxels"])
+            sync()
+            ftimes.append(time.perf_counter() - t0)
+    return statistics.median(times), statistics.median(ftimes), peak, first
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", choices=["tiny", "seed"], default="tiny")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    a = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = load_config(packaged_config(a.config), ["model.pretrained_2d=null"])
+    if a.config == "tiny":
+        cfg.data.batch_size = a.batch
+    variants = [
+        ("seed as written (fp32, broadcast fusion)", dict(naive=True, bf16=False, compile_=False))
+    ]
+    variants.append(("fp32 + fast fusion", dict(naive=False, bf16=False, compile_=False)))
+    if device.type == "cuda":
+        variants.append(("bf16 + fast fusion", dict(naive=False, bf16=True, compile_=False)))
+        if a.compile:
+            variants.append(
+                ("bf16 + fast fusion + compile", dict(naive=False, bf16=True, compile_=True))
+            )
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(
+        f"{a.config} config, grid {cfg.grid.shape}, batch {a.batch}, {name}, "
+        f"median of {a.steps} steps"
+    )
+    base = None
+    for label, kw in variants:
+        step, fwd, peak, first = measure(cfg, device, batch=a.batch, steps=a.steps, **kw)
+        base = base or (step, fwd)
+        print(
+            f"  {label:<44} step {step:7.3f} s ({a.batch / step:6.2f} samples/s, "
+            f"{base[0] / step:4.1f}x)  forward {fwd:7.3f} s ({base[1] / fwd:4.1f}x)  "
+            f"peak {peak:5.1f} GiB  first step {first:6.1f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
