@@ -49,6 +49,6 @@ class SeedFusion(nn.Module):
         )
 
     def forward(self, image_feat: torch.Tensor, voxel_feat: torch.Tensor) -> torch.Tensor:
-        b, _, d, h, w = voxel_feat.shape
+        _b, _, d, h, w = voxel_feat.shape
         desc = image_feat.mean(dim=(2, 3))[:, :, None, None, None].expand(-1, -1, d, h, w)
         return self.fuse(torch.cat([desc, voxel_feat], dim=1))

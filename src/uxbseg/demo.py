@@ -22,7 +22,6 @@ def run_demo(
     out: Path, minutes: float = 5.0, train_tiles: int = 32, seed: int = 0, progress: bool = True
 ) -> dict:
     """Run the whole pipeline on synthetic data; returns the evaluation and prediction results."""
-    import torch
 
     from .cli import quiet_lightning
     from .config import load_config
