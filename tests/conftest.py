@@ -20,6 +20,7 @@ TINY_TEST_OVERRIDES = [
     "data.num_workers=0",
     "trainer.max_epochs=2",
     "trainer.log_every_n_steps=1",
+    "data.voxel_cache=null",
 ]
 
 

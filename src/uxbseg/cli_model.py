@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -124,16 +125,25 @@ def _predict_jobs(args: argparse.Namespace, cfg) -> list:
     return jobs
 
 
+def _codes(text: str) -> list[int]:
+    try:
+        codes = [int(c) for c in text.split(",")]
+    except ValueError:
+        codes = []
+    if len(codes) != 3 or not all(0 <= c <= 255 for c in codes):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give three LAS codes 0-255 for ground,plazuela,structure, e.g. 2,27,6"
+        )
+    return codes
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .io.weights import load_model
     from .predict import predict_files
 
     model, cfg = load_model(args.weights)
     jobs = _predict_jobs(args, cfg)
-    codes = [int(c) for c in args.codes.split(",")] if args.codes else None
-    if codes is not None and len(codes) != 3:
-        print("error: --codes needs three LAS codes: ground,plazuela,structure")
-        return 2
+    codes = args.codes
     out = args.out or (args.data / "predict_out" if args.data else Path("predict_out"))
     results = predict_files(
         model,
@@ -206,7 +216,9 @@ def add_prediction_commands(sub) -> None:
         help="leave classification untouched; write the prediction to uxb_class",
     )
     p.add_argument(
-        "--codes", help="LAS codes written for ground,plazuela,structure (default 2,27,6)"
+        "--codes",
+        type=_codes,
+        help="LAS codes written for ground,plazuela,structure (default 2,27,6)",
     )
     p.set_defaults(func=_cmd_predict)
 

@@ -57,6 +57,9 @@ class DataConfig:
     num_workers: int = 1
     skip_bad: bool = False
     augment: bool = False  # random flips / quarter turns of the training tiles (not in the seed)
+    voxel_cache: str | None = (
+        "auto"  # folder of voxelised tiles; auto = ~/.cache/uxbseg; null = off
+    )
 
 
 @dataclass

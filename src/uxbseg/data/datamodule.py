@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config
 from ..errors import BadDataError
+from .cache import VoxelCache, default_cache_dir
 from .dataset import UXBDataset
 from .pairs import Pair, check_pair, find_pairs
 from .sampler import BalancedSampler
@@ -59,10 +60,14 @@ class UXBDataModule(pl.LightningDataModule):
         self.root = Path(root)
         self.cfg = config
         grid = GridSpec.from_config(config.grid)
+        where = config.data.voxel_cache
+        cache = None
+        if where is not None:
+            cache = VoxelCache(default_cache_dir() if where == "auto" else where, grid)
         self.train_ds = UXBDataset(
-            train_pairs, grid, config.data.image_size, augment=config.data.augment
+            train_pairs, grid, config.data.image_size, augment=config.data.augment, cache=cache
         )
-        self.val_ds = UXBDataset(val_pairs, grid, config.data.image_size)
+        self.val_ds = UXBDataset(val_pairs, grid, config.data.image_size, cache=cache)
         self.sampler: BalancedSampler | None = None
 
     def _minority_flags(self) -> list[bool]:

@@ -13,6 +13,7 @@ from ..classes import IGNORE, las_code_to_class
 from ..io.las import read_points
 from ..io.raster import load_image, load_mask
 from .pairs import Pair
+from .cache import VoxelCache
 from .voxelize import GridSpec, bin_points, voxel_labels, voxelize
 
 __all__ = ["UXBDataset"]
@@ -49,10 +50,16 @@ class UXBDataset(Dataset):
         image_size: side of the square image given to SegFormer (seed: 512).
         augment: draw a random flip and quarter turn per sample and apply the same draw to the
             image, mask, voxels and labels (they share the north-up footprint).
+        cache: voxel cache; tiles voxelised once are read back from it.
     """
 
     def __init__(
-        self, pairs: Sequence[Pair], grid: GridSpec, image_size: int = 512, augment: bool = False
+        self,
+        pairs: Sequence[Pair],
+        grid: GridSpec,
+        image_size: int = 512,
+        augment: bool = False,
+        cache: VoxelCache | None = None,
     ) -> None:
         missing = [p.pair_id for p in pairs if p.las is None or p.image is None]
         if missing:
@@ -61,6 +68,7 @@ class UXBDataset(Dataset):
         self.grid = grid
         self.image_size = image_size
         self.augment = augment
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -68,13 +76,11 @@ class UXBDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]
         _, h, w = self.grid.shape
-        points = read_points(pair.las)
-        vox = voxelize(points, self.grid, with_labels=True)
-        labels = vox.labels if vox.labels is not None else np.full(self.grid.shape, IGNORE)
+        features, labels = self._voxels(pair)
         mask = load_mask(pair.mask, (h, w)) if pair.mask is not None else np.full((h, w), IGNORE)
         sample = {
             "image": torch.from_numpy(load_image(pair.image, self.image_size)),
-            "voxels": torch.from_numpy(vox.features),
+            "voxels": torch.from_numpy(features),
             "labels3d": torch.from_numpy(labels.astype(np.int64)),
             "mask2d": torch.from_numpy(mask.astype(np.int64)),
             "pair_id": pair.pair_id,
@@ -82,8 +88,19 @@ class UXBDataset(Dataset):
         }
         return _flip_rotate(sample) if self.augment else sample
 
+    def _voxels(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache is not None and (hit := self.cache.load(pair.las)) is not None:
+            return hit
+        vox = voxelize(read_points(pair.las), self.grid, with_labels=True)
+        labels = vox.labels if vox.labels is not None else np.full(self.grid.shape, IGNORE)
+        if self.cache is not None:
+            self.cache.store(pair.las, vox.features, labels)
+        return vox.features, labels
+
     def labels3d(self, index: int) -> np.ndarray:
         """Only the 3D labels of one tile (no image, no features): cheap, for the sampler."""
+        if self.cache is not None and (hit := self.cache.load(self.pairs[index].las)) is not None:
+            return hit[1].ravel()
         points = read_points(self.pairs[index].las)
         flat, _ = bin_points(points, self.grid)
         cls = las_code_to_class(points.classification)
