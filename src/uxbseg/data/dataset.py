@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 from ..classes import IGNORE, las_code_to_class
 from ..io.las import read_points
 from ..io.raster import load_image, load_mask
-from .pairs import Pair
 from .cache import VoxelCache
+from .pairs import Pair
 from .voxelize import GridSpec, bin_points, voxel_labels, voxelize
 
 __all__ = ["UXBDataset"]
