@@ -1,13 +1,14 @@
-"""python -m benchmarks {voxelize,predict,memory,train} [options]"""
+"""python -m benchmarks {voxelize,predict,train,data} [options]"""
 
 import sys
 
-from . import bench_predict, bench_train, bench_voxelize
+from . import bench_data, bench_predict, bench_train, bench_voxelize
 
 COMMANDS = {
     "voxelize": bench_voxelize.main,
     "predict": bench_predict.main,
     "train": bench_train.main,
+    "data": bench_data.main,
 }
 
 if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -75,3 +75,18 @@ def test_unreachable_pretrained_is_a_clear_error(tiny_cfg, monkeypatch, tmp_path
     tiny_cfg.model.pretrained_2d = "nvidia/segformer-b0-finetuned-ade-512-512"
     with pytest.raises(ConfigError, match=r"model\.pretrained_2d=null"):
         UXBFusionModel.from_config(tiny_cfg)
+
+
+@pytest.mark.parametrize("fusion", ["global", "column"])
+def test_fast_path_equals_seed_formulation_on_same_weights(tiny_cfg, fusion):
+    tiny_cfg.model.fusion = fusion
+    torch.manual_seed(0)
+    fast = UXBFusionModel.from_config(tiny_cfg).eval()
+    tiny_cfg.model.fusion_impl = "naive"
+    naive = UXBFusionModel.from_config(tiny_cfg).eval()
+    naive.load_state_dict(fast.state_dict())
+    x = (torch.randn(1, 3, 64, 64), torch.randn(1, 5, 32, 32, 64))
+    with torch.no_grad():
+        a, b = fast(*x), naive(*x)
+    torch.testing.assert_close(a["logits3d"], b["logits3d"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a["logits2d"], b["logits2d"], rtol=0, atol=0)

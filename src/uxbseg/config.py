@@ -93,6 +93,7 @@ class ModelConfig:
     fusion: Literal["global", "column", "voxel_only", "image_only"] = "global"
     fusion_hidden: int = 128
     fusion_impl: Literal["fast", "naive"] = "fast"  # naive = the seed's broadcast + concat
+    compile: bool = False  # torch.compile both branches (minutes of start-up; cached on disk)
 
 
 @dataclass

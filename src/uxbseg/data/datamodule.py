@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -88,6 +89,7 @@ class UXBDataModule(pl.LightningDataModule):
             ds,
             batch_size=self.cfg.data.batch_size,
             num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             **kw,
         )

@@ -175,7 +175,7 @@ def _mean_per_voxel(flat: np.ndarray, values: np.ndarray, counts: np.ndarray) ->
 RELIEF_RADIUS = {"relief": 12.5, "relief_wide": 30.0}
 """Half-size (CRS units, metres for most surveys) of the neighbourhood each relief compares with:
 mounds stand out at 12.5 m, whole platforms (up to 40 m across) at 30 m."""
-RELIEF_SCALE = 5.0
+RELIEF_SCALE = 2.0
 """Relief (CRS units) mapped to 1.0; values are clipped to [-1, 1]."""
 
 

@@ -39,6 +39,8 @@ class UXBSegmentationTask(pl.LightningModule):
         self.save_hyperparameters({"config": config})
         self.cfg: Config = config_from_dict(config)
         self.model = UXBFusionModel.from_config(self.cfg)
+        if self.cfg.model.compile:
+            self.model.compile_branches()
         lc = self.cfg.loss
         self.criterion = FusionLoss(lc.class_weights, lc.weight_2d, lc.weight_3d)
         cm = MulticlassConfusionMatrix(NUM_CLASSES, ignore_index=IGNORE)
