@@ -106,7 +106,8 @@ def _predict_jobs(args: argparse.Namespace, cfg) -> list:
         pairs = find_pairs(
             args.data, args.split or cfg.data.predict_split, cfg.data.image_glob, cfg.data.mask_glob
         )
-        return [PredictJob(p.las, p.image, p.short_id) for p in pairs if p.las is not None]
+        # a pair without point cloud stays in the list and fails with a message naming it
+        return [PredictJob(p.las or p.folder, p.image, p.short_id) for p in pairs]
     images = args.image or []
     if images and len(images) != len(args.input):
         raise BadDataError(
