@@ -214,3 +214,36 @@ def test_ddp_two_processes_train_with_disjoint_sampler_shares(tiny_cfg, tiny_dat
     draw = shares[0][2]
     assert draw == shares[1][2]  # one global draw
     assert shares[0][1] == draw[0::2] and shares[1][1] == draw[1::2]  # disjoint, covering
+
+
+def test_freeze_policies_and_parameter_groups(tiny_cfg, tmp_path):
+    from transformers import SegformerConfig, SegformerModel
+
+    tiny_cfg.optim.freeze_policy = "seed"
+    task = UXBSegmentationTask.from_config(tiny_cfg)
+    assert task.scheduled == ["image", "voxel"]
+    opt = task.configure_optimizers()
+    names = [g["name"] for g in opt.param_groups]
+    assert names == ["heads", "encoders"] and opt.param_groups[1]["lr"] == 0.0
+    heads = {id(p) for p in opt.param_groups[0]["params"]}
+    expect = {
+        id(p) for m in (task.model.fusion, task.model.image_branch.head) for p in m.parameters()
+    }
+    assert heads == expect  # the seed's heads: 2D head + fusion; everything else is an encoder
+    assert opt.param_groups[0]["weight_decay"] == 1e-2
+
+    tiny_cfg.optim.freeze_policy = "pretrained"  # nothing pretrained: nothing frozen
+    task = UXBSegmentationTask.from_config(tiny_cfg)
+    assert task.scheduled == []
+    assert [g["name"] for g in task.configure_optimizers().param_groups] == ["heads"]
+
+    cfg = SegformerConfig(
+        hidden_sizes=[8, 8, 16, 16],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 2, 2],
+        decoder_hidden_size=16,
+    )
+    SegformerModel(cfg).save_pretrained(tmp_path / "sf")
+    tiny_cfg.model.pretrained_2d = str(tmp_path / "sf")
+    task = UXBSegmentationTask.from_config(tiny_cfg)
+    assert task.scheduled == ["image"]  # only the loaded branch waits for the warm-up

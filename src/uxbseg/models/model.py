@@ -79,13 +79,6 @@ class UXBFusionModel(nn.Module):
             if branch is not None:
                 branch.compile()
 
-    def head_parameters(self) -> list[nn.Parameter]:
-        """The seed's "heads" group: 2D 1x1 head (or decoder) and the fusion head."""
-        params = list(self.fusion.parameters())
-        if self.image_branch is not None:
-            params += list(self.image_branch.head.parameters())
-        return params
-
     def encoder_modules(self) -> dict[str, nn.Module]:
         """The encoders by branch name (``image``: SegFormer, ``voxel``: SwinUNETR)."""
         mods: dict[str, nn.Module] = {}
