@@ -64,3 +64,17 @@ def test_augmentation_moves_every_key_together():
         assert (s["voxels"][:, :, r, c] == 1.0).all() and (s["labels3d"][:, r, c] == 2).all()
         assert s["image"].sum() == image.sum() and s["pair_id"] == "p"
     assert seen == {(0, 0), (0, 3), (3, 0), (3, 3)}
+
+
+def test_augmentation_keeps_non_square_grids_aligned():
+    from uxbseg.data.dataset import _flip_rotate
+
+    torch.manual_seed(1)
+    lab = torch.arange(4 * 8).reshape(1, 4, 8)
+    img = torch.arange(4 * 8, dtype=torch.float32).reshape(1, 4, 8).expand(3, 4, 8)
+    for _ in range(20):
+        s = _flip_rotate(
+            {"image": img, "mask2d": lab[0], "voxels": lab.float()[None], "labels3d": lab}
+        )
+        assert s["labels3d"].shape == (1, 4, 8) and s["mask2d"].shape == (4, 8)
+        torch.testing.assert_close(s["image"][0], s["labels3d"][0].float())

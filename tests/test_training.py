@@ -1,3 +1,4 @@
+import copy
 import csv
 import shutil
 
@@ -94,7 +95,7 @@ class _Capture(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self.start_epoch = trainer.current_epoch
-        self.opt_state = trainer.optimizers[0].state_dict()
+        self.opt_state = copy.deepcopy(trainer.optimizers[0].state_dict())  # not live refs
 
 
 @pytest.mark.slow
@@ -102,7 +103,7 @@ def test_resume_continues_at_next_epoch_with_same_optimizer(tiny_cfg, tiny_datas
     tiny_cfg.trainer.max_epochs = 1
     train(tiny_dataset, tiny_cfg, tmp_path, progress=False)
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert saved["epoch"] == 0
+    assert saved["epoch"] == 1  # Lightning stores the number of finished epochs
     tiny_cfg.trainer.max_epochs = 2
     cap = _Capture()
     train(tiny_dataset, tiny_cfg, tmp_path, resume=True, progress=False, extra_callbacks=[cap])
@@ -113,7 +114,9 @@ def test_resume_continues_at_next_epoch_with_same_optimizer(tiny_cfg, tiny_datas
     for k in want:
         torch.testing.assert_close(got[k]["exp_avg"], want[k]["exp_avg"])
     after = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert after["epoch"] == 1
+    assert after["epoch"] == 2
+    epochs = [r["epoch"] for r in _rows(tmp_path / "metrics.csv") if r.get("val/loss")]
+    assert epochs == ["0", "1"]  # the first run's rows survive the resume
 
 
 class _PoisonEpoch2(pl.Callback):

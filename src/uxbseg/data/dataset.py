@@ -22,10 +22,15 @@ __all__ = ["UXBDataset"]
 def _flip_rotate(sample: dict[str, Any]) -> dict[str, Any]:
     """One random draw (flip W or not, 0-3 quarter turns) applied to every spatial key.
 
+    Grids with H != W get only half turns, which keep their shape.
+
     The last two axes of every array are (H, W) = (north->south, west->east) of one footprint.
     """
     flip = bool(torch.randint(0, 2, ()).item())
     turns = int(torch.randint(0, 4, ()).item())
+    h, w = sample["labels3d"].shape[-2:]
+    if h != w:  # a quarter turn would swap H and W of a non-square grid: half turns only
+        turns = 2 * (turns % 2)
     out = dict(sample)
     for key in ("image", "voxels", "labels3d", "mask2d"):
         t = sample[key]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +138,46 @@ def train(
         exporter,
         *(extra_callbacks or []),
     ]
-    trainer = pl.Trainer(
+    metrics_csv = run_dir / "metrics.csv"
+    earlier = _read_rows(metrics_csv) if resume else []
+    with warnings.catch_warnings():
+        # our config.yaml is already in the run folder; the CSV logger warns about any file
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        trainer = _trainer(cfg, run_dir, callbacks, progress)
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    finally:
+        if earlier:  # Lightning's CSV logger starts metrics.csv afresh; keep the earlier epochs
+            _prepend_rows(metrics_csv, earlier)
+    best = run_dir / f"{BEST_WEIGHTS_NAME}.safetensors"
+    return TrainResult(
+        run_dir,
+        best if best.is_file() else None,
+        exporter.best,
+        exporter.best_epoch,
+        trainer.current_epoch,
+    )
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _prepend_rows(path: Path, earlier: list[dict[str, str]]) -> None:
+    rows = earlier + _read_rows(path)
+    keys = sorted({k for r in rows for k in r})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _trainer(cfg: Config, run_dir: Path, callbacks: list[Callback], progress: bool) -> pl.Trainer:
+    tc = cfg.trainer
+    return pl.Trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
         strategy=tc.strategy,
@@ -154,13 +195,4 @@ def train(
         enable_model_summary=False,
         use_distributed_sampler=not cfg.sampler.enabled,
         default_root_dir=run_dir,
-    )
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
-    best = run_dir / f"{BEST_WEIGHTS_NAME}.safetensors"
-    return TrainResult(
-        run_dir,
-        best if best.is_file() else None,
-        exporter.best,
-        exporter.best_epoch,
-        trainer.current_epoch,
     )
