@@ -15,7 +15,8 @@ def test_forward_shapes(tiny_cfg, fusion, head):
     tiny_cfg.model.fusion = fusion
     tiny_cfg.model.image_head = head
     model = UXBFusionModel.from_config(tiny_cfg)
-    out = model(torch.randn(1, 3, 64, 64), torch.randn(1, 3, 32, 32, 64))
+    c = len(tiny_cfg.grid.features)
+    out = model(torch.randn(1, 3, 64, 64), torch.randn(1, c, 32, 32, 64))
     assert out["logits3d"].shape == (1, 3, 32, 32, 64)
     if fusion == "voxel_only":
         assert out["logits2d"] is None
@@ -65,7 +66,8 @@ def test_pretrained_from_local_folder(tmp_path, tiny_cfg):
     enc = model.image_branch.encoder
     for (k, a), (_, b) in zip(enc.state_dict().items(), saved.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
-    out = model(torch.randn(1, 3, 64, 64), torch.randn(1, 3, 32, 32, 64))
+    c = len(tiny_cfg.grid.features)
+    out = model(torch.randn(1, 3, 64, 64), torch.randn(1, c, 32, 32, 64))
     assert out["logits3d"].shape == (1, 3, 32, 32, 64)
 
 

@@ -4,6 +4,7 @@ import laspy
 import numpy as np
 import pytest
 
+from uxbseg.config import VOXEL_FEATURES
 from uxbseg.data.voxelize import GridSpec, voxelize
 from uxbseg.io.las import PointArrays, read_las
 

@@ -136,7 +136,7 @@ def predict_one(
     compress = is_compressed(job.las)
     las_out = out_dir / f"pred_{job.out_id}.{'laz' if compress else 'las'}"
     npy_out = out_dir / f"pred_{job.out_id}.npy"
-    write_classified(las, point_codes, las_out, compress, keep_classification, extra)
+    write_classified(las, point_codes, las_out, compress, job.las, keep_classification, extra)
     _save_npy(npy_out, grid)
     counts = np.bincount(point_class, minlength=len(CLASSES))
     return PredictResult(job, npy_out, las_out, n, {c.name: int(counts[c.index]) for c in CLASSES})

@@ -205,7 +205,7 @@ def _relief(
     ext_x = float(points.X.max() - points.X.min()) * points.scales[0]
     ext_y = float(points.Y.max() - points.Y.min()) * points.scales[1]
     cell = max(ext_x / w, ext_y / h, 1e-9)
-    size = max(1, round(2 * radius / cell) | 1)
+    size = min(max(1, round(2 * radius / cell) | 1), 2 * max(h, w) + 1)  # capped: zero extents
     level = ndimage.uniform_filter(surf, size=size, mode="nearest").ravel()
     rel = np.clip((z - level[col]) / RELIEF_SCALE, -1.0, 1.0)
     return _mean_per_voxel(flat, rel, counts)

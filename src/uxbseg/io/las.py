@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +12,15 @@ import numpy as np
 
 from ..errors import BadDataError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "PointArrays",
     "is_compressed",
     "max_classification",
     "read_las",
     "read_points",
+    "read_raw_vlrs",
     "write_classified",
 ]
 
@@ -112,11 +116,115 @@ def is_compressed(path: str | Path) -> bool:
     return name.endswith(".laz")
 
 
+_VLR_HEADER = 54  # reserved 2, user id 16, record id 2, length 2, description 32
+
+
+def read_raw_vlrs(path: str | Path) -> list[tuple[str, int, bytes]]:
+    """The VLRs of a LAS/LAZ file as stored: (user id, record id, header + payload bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(375)
+        header_size = int.from_bytes(head[94:96], "little")
+        count = int.from_bytes(head[100:104], "little")
+        f.seek(header_size)
+        out = []
+        for _ in range(count):
+            vh = f.read(_VLR_HEADER)
+            if len(vh) < _VLR_HEADER:
+                break
+            length = int.from_bytes(vh[20:22], "little")
+            user = vh[2:18].split(b"\0", 1)[0].decode("ascii", "replace")
+            out.append((user, int.from_bytes(vh[18:20], "little"), vh + f.read(length)))
+    return out
+
+
+def _restore_vlr_bytes(src: Path, dst: Path) -> None:
+    """Put the input's VLRs back byte for byte where laspy re-encoded them.
+
+    laspy rebuilds some VLRs from their parsed form: the extra-bytes descriptions lose fields it
+    does not keep (min, max, no_data), a GeoKeyDirectory gets its key count recomputed. A rebuilt
+    record of the same length gets the original bytes back; an extra-bytes record that grew by
+    added dimensions gets the original bytes in front of laspy's new descriptions.
+    """
+    originals: dict[tuple[str, int], list[bytes]] = {}
+    for user, rid, data in read_raw_vlrs(src):
+        originals.setdefault((user, rid), []).append(data)
+    seen: dict[tuple[str, int], int] = {}
+    with open(dst, "r+b") as f:
+        head = f.read(375)
+        pos = int.from_bytes(head[94:96], "little")
+        for _ in range(int.from_bytes(head[100:104], "little")):
+            f.seek(pos)
+            vh = f.read(_VLR_HEADER)
+            length = int.from_bytes(vh[20:22], "little")
+            user = vh[2:18].split(b"\0", 1)[0].decode("ascii", "replace")
+            key = (user, int.from_bytes(vh[18:20], "little"))
+            i = seen[key] = seen.get(key, -1) + 1
+            want = originals.get(key, [])
+            if i < len(want) and user != "laszip encoded":
+                orig = want[i]
+                payload = len(orig) - _VLR_HEADER
+                if length == payload or (key == ("LASF_Spec", 4) and length > payload):
+                    f.seek(pos)
+                    f.write(orig[:20])  # reserved, user id, record id
+                    f.seek(pos + 22)
+                    f.write(orig[22:])  # description, payload (record length stays)
+            pos += _VLR_HEADER + length
+
+
+def _keep_vlrs_verbatim(las: laspy.LasData, src: Path) -> None:
+    """Swap laspy's parsed VLRs for raw ones holding the input's exact bytes.
+
+    laspy re-encodes the VLRs it understands (a WKT string gains a terminating NUL, a
+    GeoKeyDirectory its recomputed key count); raw VLRs are written as they are. The extra-bytes
+    record stays parsed - laspy must describe the point format with it - and gets its original
+    bytes back after writing (:func:`_restore_vlr_bytes`).
+    """
+    raw = [
+        v
+        for v in read_raw_vlrs(src)
+        if v[0] not in ("laszip encoded", "copc") and (v[0], v[1]) != ("LASF_Spec", 4)
+    ]
+    keep = [v for v in las.header.vlrs if not isinstance(v, laspy.vlrs.known.ExtraBytesVlr)]
+    if len(raw) != len(keep):  # unexpected layout: leave laspy's encoding
+        log.debug("%s: %d raw VLRs vs %d parsed; not swapping", src, len(raw), len(keep))
+        return
+    swapped = iter(
+        laspy.VLR(
+            user, rid, data[22:54].split(b"\0", 1)[0].decode("ascii", "replace"), data[_VLR_HEADER:]
+        )
+        for user, rid, data in raw
+    )
+    vlrs = las.header.vlrs  # changed in place: a new list makes laspy rebuild extra bytes
+    for i, v in enumerate(vlrs):
+        if not isinstance(v, laspy.vlrs.known.ExtraBytesVlr):
+            vlrs[i] = next(swapped)
+
+
+def _drop_copc_index(las: laspy.LasData, dst: Path) -> None:
+    """COPC in -> plain LAZ out, without COPC's info VLR and hierarchy EVLR.
+
+    Those records hold byte offsets of the COPC octree, which no longer match a rewritten file
+    (laspy cannot write them either); every other VLR and EVLR is kept.
+    """
+    copc = [v for v in las.header.vlrs if v.user_id == "copc"]
+    if not copc:
+        return
+    for v in copc:
+        las.header.vlrs.remove(v)
+    if las.evlrs:
+        for v in [v for v in las.evlrs if v.user_id == "copc"]:
+            las.evlrs.remove(v)
+    log.warning(
+        "%s: COPC input written as plain LAZ; its COPC index records are not copied", dst.name
+    )
+
+
 def write_classified(
     las: laspy.LasData,
     codes: np.ndarray,
     dst: str | Path,
     compress: bool,
+    src: str | Path | None = None,
     keep_classification: bool = False,
     extra: dict[str, np.ndarray] | None = None,
 ) -> Path:
@@ -126,7 +234,8 @@ def write_classified(
     scales and offsets, all VLRs and EVLRs stay as read. With ``keep_classification`` the codes go
     to a new ``uxb_class`` dimension instead. ``extra`` adds float32 dimensions (probabilities).
     The file is written to a temporary name in the same folder and renamed; on any error no
-    output file is left.
+    output file is left. ``src`` (the input file) lets re-encoded VLRs be restored byte for
+    byte.
     """
     dst = Path(dst)
     codes = np.asarray(codes)
@@ -147,6 +256,9 @@ def write_classified(
             f"{dst.name}: the input already has dimension(s) {clash}; "
             "predict into a copy without them"
         )
+    _drop_copc_index(las, dst)
+    if src is not None:
+        _keep_vlrs_verbatim(las, Path(src))
     if keep_classification:
         las.add_extra_dim(laspy.ExtraBytesParams("uxb_class", "u1", description="uxbseg class"))
         las.uxb_class = codes.astype(np.uint8)
@@ -159,6 +271,8 @@ def write_classified(
     tmp = dst.with_name(f".{dst.name}.partial")
     try:
         las.write(tmp, do_compress=compress)
+        if src is not None:
+            _restore_vlr_bytes(Path(src), tmp)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
