@@ -72,6 +72,9 @@ def test_pretrained_from_local_folder(tmp_path, tiny_cfg):
 
 
 def test_unreachable_pretrained_is_a_clear_error(tiny_cfg, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     tiny_cfg.model.pretrained_2d = "nvidia/segformer-b0-finetuned-ade-512-512"

@@ -19,9 +19,7 @@ def test_real_file_voxelises(path):
     with laspy.open(path) as reader:
         n = reader.header.point_count
     assert len(las.points) == n
-    spec = GridSpec(
-        (32, 64, 64), features=("occupancy", "log_density", "height", "intensity", "return_ratio")
-    )
+    spec = GridSpec((32, 64, 64), features=VOXEL_FEATURES)
     vox = voxelize(PointArrays.from_las(las), spec)
     assert len(vox.point_voxel) == n
     assert np.isfinite(vox.features).all()

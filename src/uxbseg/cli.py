@@ -107,6 +107,8 @@ def _setup_logging(verbose: bool) -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # config.yaml is in the run folder before the CSV logger starts (it warns about any file)
+    warnings.filterwarnings("ignore", message="Experiment logs directory")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

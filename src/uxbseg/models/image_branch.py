@@ -98,7 +98,12 @@ class ImageBranch(nn.Module):
         if self.head_kind == "seed":
             feat = self.encoder(image).last_hidden_state
             return feat, self.head(feat)
-        states = self.encoder(image, output_hidden_states=True).hidden_states
+        # the four stage outputs, walked directly: transformers' output-capturing hooks do not
+        # survive pickling into DDP-spawned processes (hidden_states comes back None there)
+        states, h = [], image
+        for stage in self.encoder.stages:
+            h = stage(h)
+            states.append(h)
         return self._mlp_decode(states)
 
     def _mlp_decode(self, states) -> tuple[torch.Tensor, torch.Tensor]:

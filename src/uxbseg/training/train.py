@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,10 +139,7 @@ def train(
     ]
     metrics_csv = run_dir / "metrics.csv"
     earlier = _read_rows(metrics_csv) if resume else []
-    with warnings.catch_warnings():
-        # our config.yaml is already in the run folder; the CSV logger warns about any file
-        warnings.filterwarnings("ignore", message="Experiment logs directory")
-        trainer = _trainer(cfg, run_dir, callbacks, progress)
+    trainer = _trainer(cfg, run_dir, callbacks, progress)
     try:
         trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     finally:
