@@ -7,6 +7,7 @@ header's scale and offset cancel in min-max normalisation, so no float64 (N, 3) 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,25 +84,38 @@ class VoxelizedTile:
 
 
 def _bin_axis(
-    v: np.ndarray, lo: int, hi: int, n: int, binning: str, want_frac: bool = False
+    v: np.ndarray,
+    n: int,
+    binning: str,
+    limits: tuple[int, int] | None = None,
+    want_frac: bool = False,
+    flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Integer bin index (int64) and, if asked, the fractional position inside the bin.
+    """Bin index (int64) of one axis and, if asked, the position inside the bin.
 
-    Exact integer arithmetic on the raw coordinates; in-place steps keep the peak at about two
-    int64 arrays of the point count (memory follows the grid, not the survey).
+    Exact integer arithmetic on the raw coordinates (scale and offset cancel in min-max
+    binning), in int32 when the products fit (any tile under ~80 km at 1 cm scale), after one
+    gather into a contiguous array (LAS fields are strided views into the point records).
+    ``flip`` counts bins from the top (row 0 = north).
     """
+    t = np.ascontiguousarray(v)
+    lo, hi = limits if limits is not None else (int(t.min()), int(t.max()))
     span = hi - lo
     if span <= 0 or n == 1:  # flat axis or single point: everything in bin 0, mid-height
         frac = np.full(len(v), 0.5, dtype=np.float32) if want_frac else None
         return np.zeros(len(v), dtype=np.int64), frac
-    t = v.astype(np.int64)
-    np.clip(t, lo, hi, out=t)
-    t -= lo
-    t *= n - 1 if binning == "seed" else n
-    idx = t // span
+    mult = n - 1 if binning == "seed" else n
+    small = span * mult < 2**31 - 1 and lo > -(2**31) + 1 and hi < 2**31 - 1
+    dtype = np.int32 if small else np.int64
+    t = t.astype(dtype)  # a copy we may change in place
+    if limits is not None:
+        np.clip(t, lo, hi, out=t)
+    t -= dtype(lo)
+    t *= dtype(mult)
+    idx = t // dtype(span)
     frac = None
     if want_frac:
-        t -= idx * span
+        t -= idx * dtype(span)
         frac = t.astype(np.float32)
         frac /= np.float32(span)
     del t
@@ -110,29 +124,37 @@ def _bin_axis(
         idx[top] = n - 1
         if frac is not None:
             frac[top] = 1.0
-    return idx, frac
+    if flip:
+        np.subtract(n - 1, idx, out=idx)
+    return idx.astype(np.int64, copy=False), frac
 
 
 def _z_limits(Z: np.ndarray, spec: GridSpec) -> tuple[int, int]:
     if spec.z_range == "minmax" or len(Z) < 3:
         return int(Z.min()), int(Z.max())
-    lo, hi = np.percentile(Z, spec.z_percentiles)
+    # a regular subsample of at most ~1M points gives the clip range; deterministic and fast
+    sample = np.asarray(Z[:: max(1, len(Z) // 1_000_000)])
+    lo, hi = np.percentile(sample, spec.z_percentiles)
     return int(np.floor(lo)), int(np.ceil(hi))
 
 
 def bin_points(points: PointArrays, spec: GridSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Flat voxel index of every point and its fractional height inside its voxel."""
+    """Flat voxel index ``(d * H + h) * W + w`` of every point and its height inside its voxel.
+
+    The three axes are binned in parallel threads (numpy releases the GIL in these loops).
+    """
     d, h, w = spec.shape
-    X, Y, Z = points.X, points.Y, points.Z
-    zlo, zhi = _z_limits(Z, spec)
-    flat, zfrac = _bin_axis(Z, zlo, zhi, d, spec.binning, want_frac=True)
-    ih, _ = _bin_axis(Y, int(Y.min()), int(Y.max()), h, spec.binning)
-    flat *= h
-    flat += (h - 1) - ih  # row 0 = north
-    del ih
-    iw, _ = _bin_axis(X, int(X.min()), int(X.max()), w, spec.binning)
-    flat *= w
-    flat += iw
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        z = pool.submit(
+            _bin_axis, points.Z, d, spec.binning, _z_limits(points.Z, spec), want_frac=True
+        )
+        y = pool.submit(_bin_axis, points.Y, h, spec.binning, flip=True)  # row 0 = north
+        x = pool.submit(_bin_axis, points.X, w, spec.binning)
+        flat, zfrac = z.result()
+        flat *= h
+        flat += y.result()[0]
+        flat *= w
+        flat += x.result()[0]
     return flat, zfrac
 
 
@@ -148,16 +170,27 @@ def voxel_labels(
     when ``empty_label='ground'`` and it holds no point at all.
     """
     k = NUM_CLASSES
-    ok = classes >= 0
-    f, c = flat[ok], classes[ok]
-    counts = np.bincount(f * k + c, minlength=num_voxels * k).reshape(num_voxels, k)
-    tile_counts = np.bincount(c, minlength=k)
+    v = num_voxels
+    # class-major counts: row c holds every voxel's count of class c (one pass over the points);
+    # non-voting points go to one extra bin that is dropped
+    key = classes.astype(np.int64) * v
+    key += flat
+    key[classes < 0] = k * v
+    counts = np.bincount(key, minlength=k * v + 1)[: k * v].reshape(k, v)
+    del key
+    tile_counts = counts.sum(axis=1)
     # rank k-1 for the rarest class of the tile, 0 for the most common; stable on equal counts
     rank = np.empty(k, dtype=np.int64)
     rank[np.argsort(-tile_counts, kind="stable")] = np.arange(k)
-    best = np.argmax(counts * k + rank, axis=1)
-    labels = best.astype(np.int64)
-    labels[counts.sum(axis=1) == 0] = IGNORE
+    # row-wise running maximum of count * k + rank (faster than argmax over a short axis)
+    best = counts[0] * k + rank[0]
+    labels = np.zeros(v, dtype=np.int64)
+    for c in range(1, k):
+        score = counts[c] * k + rank[c]
+        better = score > best
+        labels[better] = c
+        np.maximum(best, score, out=best)
+    labels[best < k] = IGNORE  # no vote: only the rank was left
     if empty_label == "ground":
         occupied = np.bincount(flat, minlength=num_voxels) > 0
         labels[~occupied] = 0
@@ -220,7 +253,24 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
         raise ValueError("cannot voxelise an empty point cloud")
     n_vox = spec.num_voxels
     flat, zfrac = bin_points(points, spec)
-    counts = np.bincount(flat, minlength=n_vox).astype(np.float32)
+    labels = None
+    with ThreadPoolExecutor(max_workers=1) as pool:  # labels beside the features (no GIL)
+        if with_labels and points.classification is not None:
+            labels = pool.submit(_labels, points.classification, flat, spec)
+        features = _features(points, flat, zfrac, spec)
+        labels = labels.result() if labels is not None else None
+    return VoxelizedTile(features=features, labels=labels, point_voxel=flat)
+
+
+def _labels(codes: np.ndarray, flat: np.ndarray, spec: GridSpec) -> np.ndarray:
+    cls = las_code_to_class(codes)
+    return voxel_labels(flat, cls, spec.num_voxels, spec.empty_label).reshape(spec.shape)
+
+
+def _features(
+    points: PointArrays, flat: np.ndarray, zfrac: np.ndarray, spec: GridSpec
+) -> np.ndarray:
+    counts = np.bincount(flat, minlength=spec.num_voxels).astype(np.float32)
     channels = []
     for name in spec.features:
         if name == "occupancy":
@@ -246,9 +296,4 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
         else:  # pragma: no cover - GridSpec validates names
             raise ConfigError(f"unknown voxel feature {name!r}")
         channels.append(ch)
-    features = np.stack(channels).reshape(len(channels), *spec.shape)
-    labels = None
-    if with_labels and points.classification is not None:
-        cls = las_code_to_class(points.classification)
-        labels = voxel_labels(flat, cls, n_vox, spec.empty_label).reshape(spec.shape)
-    return VoxelizedTile(features=features, labels=labels, point_voxel=flat)
+    return np.stack(channels).reshape(len(channels), *spec.shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -84,17 +85,39 @@ class PointArrays:
 
     @classmethod
     def from_las(cls, las: laspy.LasData) -> PointArrays:
-        """Views of the LAS record's integer fields (no float64 (N, 3) array is made)."""
-        return cls(
-            X=np.asarray(las.X),
-            Y=np.asarray(las.Y),
-            Z=np.asarray(las.Z),
-            intensity=np.asarray(las.intensity),
-            return_number=np.asarray(las.return_number),
-            number_of_returns=np.asarray(las.number_of_returns),
-            classification=np.asarray(las.classification),
-            scales=tuple(float(s) for s in las.header.scales),
-        )
+        """The fields of a LAS file; the bit-packed ones are unpacked only when first used."""
+        return _LasPointArrays(las)
+
+
+class _LasPointArrays(PointArrays):
+    """:class:`PointArrays` over a LasData: X/Y/Z are views, other fields decoded on demand.
+
+    Return numbers and (in formats 0-5) classification are bit fields that laspy unpacks into
+    new arrays; a voxeliser that does not need them should not pay for them.
+    """
+
+    def __init__(self, las: laspy.LasData) -> None:  # no dataclass __init__: lazy fields
+        self._las = las
+        self.X = np.asarray(las.X)
+        self.Y = np.asarray(las.Y)
+        self.Z = np.asarray(las.Z)
+        self.scales = tuple(float(s) for s in las.header.scales)
+
+    @functools.cached_property
+    def intensity(self) -> np.ndarray:
+        return np.asarray(self._las.intensity)
+
+    @functools.cached_property
+    def return_number(self) -> np.ndarray:
+        return np.asarray(self._las.return_number)
+
+    @functools.cached_property
+    def number_of_returns(self) -> np.ndarray:
+        return np.asarray(self._las.number_of_returns)
+
+    @functools.cached_property
+    def classification(self) -> np.ndarray:
+        return np.asarray(self._las.classification)
 
 
 def read_points(path: str | Path) -> PointArrays:
