@@ -54,15 +54,18 @@ class PredictResult:
     error: str | None = None
 
 
-def render_tpi_image(las, size: int, cell: float = 1.0) -> np.ndarray:
+def render_tpi_image(las, size: int, cell: float | None = None) -> np.ndarray:
     """A TPI image (100 m radius) from the point cloud itself, normalised for SegFormer.
 
-    Used when a LAS has no TPI image beside it: lowest point per ``cell`` as terrain, holes filled,
+    Used when a LAS has no TPI image beside it: lowest point per ``cell`` as terrain (1 m, or
+    coarser so the raster stays under ~1024 cells a side), holes filled,
     the same TPI and colour ramp as the synthetic data. There is no margin beyond the tile, so
     values near the edges use the part of the 100 m disc that lies inside it.
     """
     x, y, z = np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)
     bounds = (x.min(), y.min(), x.max(), y.max())
+    if cell is None:  # 1 m, coarser for large extents: the image is `size` pixels anyway
+        cell = max(1.0, (bounds[2] - bounds[0]) / 1024, (bounds[3] - bounds[1]) / 1024)
     dem = dem_from_points(x, y, z, bounds, cell)
     rgb = colourise_tpi(tpi(dem, cell, TPI_RADIUS_M), TPI_CLIP_M, size)
     arr = (rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD

@@ -251,7 +251,6 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
     """
     if len(points) == 0:
         raise ValueError("cannot voxelise an empty point cloud")
-    n_vox = spec.num_voxels
     flat, zfrac = bin_points(points, spec)
     labels = None
     with ThreadPoolExecutor(max_workers=1) as pool:  # labels beside the features (no GIL)
