@@ -128,8 +128,10 @@ def predict_one(
     probs, _ = infer_tile(model, image, vox.features, device)
     grid = probs.argmax(0).numpy().astype(np.uint8)
     point_class = grid.ravel()[vox.point_voxel]
-    lut = np.asarray(codes if codes is not None else [c.las_code for c in CLASSES])
-    point_codes = lut[point_class] if codes is not None else class_to_las_code(point_class)
+    if codes is None:
+        point_codes = class_to_las_code(point_class)
+    else:  # user-chosen codes (--codes); checked against the point format when writing
+        point_codes = np.asarray(codes, dtype=np.int64)[point_class]
     extra = None
     if probabilities:
         p = probs.reshape(len(CLASSES), -1).numpy()[:, vox.point_voxel]
