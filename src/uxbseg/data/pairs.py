@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,11 +223,3 @@ def check_pair(pair: Pair) -> PairReport:
             )
         )
     return rep
-
-
-def summarise_classes(reports: list[PairReport]) -> Counter:
-    """Total LAS class histogram over several pairs."""
-    total: Counter = Counter()
-    for r in reports:
-        total.update(r.las_classes)
-    return total
