@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..classes import IGNORE, las_code_to_class
+from ..classes import IGNORE
 from ..io.las import read_points
 from ..io.raster import load_image, load_mask
 from .cache import VoxelCache
 from .pairs import Pair
-from .voxelize import GridSpec, bin_points, voxel_labels, voxelize
+from .voxelize import GridSpec, bin_points, tile_labels, voxelize
 
 __all__ = ["UXBDataset"]
 
@@ -108,5 +108,4 @@ class UXBDataset(Dataset):
             return hit[1].ravel()
         points = read_points(self.pairs[index].las)
         flat, _ = bin_points(points, self.grid)
-        cls = las_code_to_class(points.classification)
-        return voxel_labels(flat, cls, self.grid.num_voxels, self.grid.empty_label)
+        return tile_labels(points.classification, flat, self.grid).ravel()

@@ -18,7 +18,7 @@ from ..config import VOXEL_FEATURES, GridConfig
 from ..errors import ConfigError
 from ..io.las import PointArrays
 
-__all__ = ["GridSpec", "VoxelizedTile", "bin_points", "voxel_labels", "voxelize"]
+__all__ = ["GridSpec", "VoxelizedTile", "bin_points", "tile_labels", "voxel_labels", "voxelize"]
 
 
 @dataclass(frozen=True)
@@ -255,13 +255,14 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
     labels = None
     with ThreadPoolExecutor(max_workers=1) as pool:  # labels beside the features (no GIL)
         if with_labels and points.classification is not None:
-            labels = pool.submit(_labels, points.classification, flat, spec)
+            labels = pool.submit(tile_labels, points.classification, flat, spec)
         features = _features(points, flat, zfrac, spec)
         labels = labels.result() if labels is not None else None
     return VoxelizedTile(features=features, labels=labels, point_voxel=flat)
 
 
-def _labels(codes: np.ndarray, flat: np.ndarray, spec: GridSpec) -> np.ndarray:
+def tile_labels(codes: np.ndarray, flat: np.ndarray, spec: GridSpec) -> np.ndarray:
+    """(D, H, W) labels of a tile from its LAS codes and the points' flat voxel indices."""
     cls = las_code_to_class(codes)
     return voxel_labels(flat, cls, spec.num_voxels, spec.empty_label).reshape(spec.shape)
 
