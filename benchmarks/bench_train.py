@@ -1,8 +1,9 @@
 """Training step and forward pass: uxbseg's fast path vs the seed's formulation, same run.
 
-On the CPU (default ``--config tiny``): the same tiny model with the fast fusion vs the seed's
-broadcast + concat fusion, fp32. On a GPU (``--config seed``): the seed as written (fp32, naive
-fusion) vs bf16 autocast + fast fusion (+ ``--compile``), samples/s and peak memory.
+The reference is the seed as written: batch 1 (SEED-FACTS), fp32, broadcast + concat fusion,
+default memory layout. Then, on the same model: the fast fusion alone at batch 1; + channels_last_3d
+weights and activations; + a larger batch (``--fast-batch``); on a GPU bf16 autocast and
+``--compile``. Ratios are samples/s against the reference, measured in the same run.
 """
 
 from __future__ import annotations
@@ -31,8 +32,19 @@ def _batch(cfg, b, device):
     }
 
 
-def measure(cfg, device, *, naive: bool, bf16: bool, compile_: bool, batch: int, steps: int):
+def measure(
+    cfg,
+    device,
+    *,
+    naive: bool,
+    bf16: bool,
+    batch: int,
+    steps: int,
+    channels_last: bool = False,
+    compile_: bool = False,
+):
     cfg.model.fusion_impl = "naive" if naive else "fast"
+    cfg.model.channels_last = channels_last
     torch.manual_seed(0)
     model = UXBFusionModel.from_config(cfg).to(device)
     crit = FusionLoss().to(device)
@@ -85,35 +97,39 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", choices=["tiny", "seed"], default="tiny")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument(
+        "--fast-batch", type=int, nargs="+", default=[2], help="batch sizes for the fast path"
+    )
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     a = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config(packaged_config(a.config), ["model.pretrained_2d=null"])
-    if a.config == "tiny":
-        cfg.data.batch_size = a.batch
+    gpu = device.type == "cuda"
+    fast = dict(naive=False, bf16=gpu)
+    prec = "bf16" if gpu else "fp32"
     variants = [
-        ("seed as written (fp32, broadcast fusion)", dict(naive=True, bf16=False, compile_=False))
+        ("seed as written (fp32, broadcast fusion)", 1, dict(naive=True, bf16=False)),
+        (f"{prec} + fast fusion", 1, fast),
+        (f"{prec} + fast fusion + channels_last", 1, {**fast, "channels_last": True}),
     ]
-    variants.append(("fp32 + fast fusion", dict(naive=False, bf16=False, compile_=False)))
-    if device.type == "cuda":
-        variants.append(("bf16 + fast fusion", dict(naive=False, bf16=True, compile_=False)))
-        if a.compile:
-            variants.append(
-                ("bf16 + fast fusion + compile", dict(naive=False, bf16=True, compile_=True))
-            )
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(
-        f"{a.config} config, grid {cfg.grid.shape}, batch {a.batch}, {name}, "
-        f"median of {a.steps} steps"
-    )
+    variants += [
+        (f"{prec} + fast fusion + channels_last", b, {**fast, "channels_last": True})
+        for b in a.fast_batch
+        if b != 1
+    ]
+    if a.compile:
+        compiled = {**fast, "channels_last": True, "compile_": True}
+        variants.append((f"{prec} + fast fusion + channels_last + compile", 1, compiled))
+    name = torch.cuda.get_device_name() if gpu else "CPU"
+    print(f"{a.config} config, grid {cfg.grid.shape}, {name}, median of {a.steps} steps")
     base = None
-    for label, kw in variants:
-        step, fwd, peak, first = measure(cfg, device, batch=a.batch, steps=a.steps, **kw)
-        base = base or (step, fwd)
+    for label, batch, kw in variants:
+        step, fwd, peak, first = measure(cfg, device, batch=batch, steps=a.steps, **kw)
+        rate, frate = batch / step, batch / fwd
+        base = base or (rate, frate)
         print(
-            f"  {label:<44} step {step:7.3f} s ({a.batch / step:6.2f} samples/s, "
-            f"{base[0] / step:4.1f}x)  forward {fwd:7.3f} s ({base[1] / fwd:4.1f}x)  "
+            f"  {label:<42} batch {batch}  step {step:7.3f} s ({rate:6.2f} samples/s, "
+            f"{rate / base[0]:4.1f}x)  forward {fwd:7.3f} s ({frate / base[1]:4.1f}x)  "
             f"peak {peak:5.1f} GiB  first step {first:6.1f} s"
         )
 

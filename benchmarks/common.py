@@ -37,7 +37,8 @@ def tiled_las(n_points: int, out: Path, source: Path = KM_TILE) -> Path:
 
 
 def timeit(fn, repeats: int = 3) -> tuple[float, object]:
-    """Median wall time of ``fn()`` over ``repeats`` runs, and its last result."""
+    """Median wall time of ``fn()`` over ``repeats`` runs after one untimed warm-up run."""
+    fn()  # page cache, first-call imports and allocations: the same for every contender
     times, result = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -8,6 +8,6 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="$OUT/inductor"
 {
   nvidia-smi --query-gpu=name,memory.total --format=csv
-  python -m benchmarks train --config seed --steps 5 --batch 1 --compile
+  python -m benchmarks train --config seed --steps 5 --fast-batch 1 2 4 --compile
   python -m benchmarks data --config seed --tiles 16 --workers 0 1 2 4
 } 2>&1 | tee "$OUT/gpu.log"

@@ -30,9 +30,16 @@ def test_seed_yaml_matches_defaults_except_hub_id():
 def test_overrides_and_round_trip(tmp_path):
     cfg = load_config(
         ROOT / "configs" / "tiny.yaml",
-        ["trainer.max_epochs=3", "grid.shape=[32,32,64]", "model.pretrained_2d=null"],
+        [
+            "trainer.max_epochs=3",
+            "grid.shape=[32,32,64]",
+            "model.pretrained_2d=null",
+            "optim.lr_main=2e-3",  # YAML 1.1 reads this as a string; a float key accepts it
+            "trainer.gradient_clip_norm=1",
+        ],
     )
     assert cfg.trainer.max_epochs == 3 and cfg.grid.shape == (32, 32, 64)
+    assert cfg.optim.lr_main == 2e-3 and cfg.trainer.gradient_clip_norm == 1.0
     assert cfg.model.pretrained_2d is None
     save_config(cfg, tmp_path / "c.yaml")
     assert config_to_dict(load_config(tmp_path / "c.yaml")) == config_to_dict(cfg)
@@ -48,6 +55,7 @@ def test_overrides_and_round_trip(tmp_path):
         ("sampler.minority_fraction=1.5", "sampler.minority_fraction"),
         ("grid.features=[occupancy,classification]", "grid.features"),
         ("nonsense=1", "nonsense"),
+        ("trainer.gradient_clip_norm=0", "trainer.gradient_clip_norm"),
     ],
 )
 def test_invalid_keys_and_values_name_the_key(override, names):

@@ -95,3 +95,26 @@ def test_fast_path_equals_seed_formulation_on_same_weights(tiny_cfg, fusion):
         a, b = fast(*x), naive(*x)
     torch.testing.assert_close(a["logits3d"], b["logits3d"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a["logits2d"], b["logits2d"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch):
+    """channels_last_3d (oneDNN for every conv on CPU) changes speed, not results or gradients."""
+    torch.manual_seed(0)
+    plain = UXBFusionModel.from_config(tiny_cfg)
+    tiny_cfg.model.channels_last = True
+    fast = UXBFusionModel.from_config(tiny_cfg)
+    fast.load_state_dict(plain.state_dict())
+    conv = fast.voxel_branch.net.encoder1.layer.conv1.conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    x = (torch.randn(batch, 3, 64, 64), torch.randn(batch, 5, 32, 32, 64))
+    outs = []
+    for model in (plain, fast):
+        torch.manual_seed(1)  # same dropout / drop-path draws in training mode
+        out = model(*x)
+        (out["logits3d"].square().mean() + out["logits2d"].mean()).backward()
+        outs.append((out["logits3d"], dict(model.named_parameters())))
+    (a, pa), (b, pb) = outs
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for name in ("voxel_branch.net.encoder1.layer.conv1.conv.weight", "fusion.conv1.weight"):
+        torch.testing.assert_close(pa[name].grad, pb[name].grad, rtol=1e-3, atol=1e-6)

@@ -131,3 +131,24 @@ def test_relief_marks_mounds_above_the_local_terrain():
     top = rel[:, 14:18, 14:18].max()
     assert top > 0.9  # ~3 m, above the 2 m scale
     assert np.abs(rel[:, 22:26, 6:10]).max() < 0.25  # plain slope away from mound and edges
+
+
+def test_surface_features_are_dense_columns_of_the_ground_relief():
+    rng = np.random.default_rng(1)
+    n = 40_000
+    x, y = rng.uniform(0, 100, n), rng.uniform(0, 100, n)
+    z = 0.2 * x + 3.0 * np.exp(-((x - 50) ** 2 + (y - 50) ** 2) / 20.0)
+    z[:2000] += 2.5  # low returns above the ground must not lift the surface
+    pts = PointArrays(*(np.round(a * 100).astype(np.int32) for a in (x, y, z)), scales=(0.01,) * 3)
+    feats = ("occupancy", "relief", "surface_relief", "above_surface")
+    spec = GridSpec((16, 32, 32), binning="uniform", features=feats)
+    occ, rel, srel, above = voxelize(pts, spec, with_labels=False).features
+    assert (srel == srel[:1]).all()  # one value per column, in every depth slice
+    lowest = occ.argmax(axis=0)
+    ground_rel = np.take_along_axis(rel, lowest[None], 0)[0]
+    np.testing.assert_allclose(srel[0], ground_rel, atol=1e-6)  # = relief of the ground voxel
+    assert srel[0, 14:18, 14:18].max() > 0.75 and np.abs(srel[0, 22:26, 6:10]).max() < 0.25
+    assert (np.diff(above, axis=0) >= 0).all()  # grows with depth (clipped at +-1)
+    col = above[:, 24, 8]
+    assert col[lowest[24, 8]] == pytest.approx(0.0, abs=0.35)  # ground voxel ~ at the surface
+    assert col[0] < 0 < col[-1]

@@ -6,6 +6,7 @@ bad values with a message that names the key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -38,6 +39,9 @@ VOXEL_FEATURES = (
     "height",
     "relief",
     "relief_wide",
+    "surface_relief",
+    "surface_relief_wide",
+    "above_surface",
     "intensity",
     "return_ratio",
 )
@@ -94,6 +98,7 @@ class ModelConfig:
     fusion_hidden: int = 128
     fusion_impl: Literal["fast", "naive"] = "fast"  # naive = the seed's broadcast + concat
     compile: bool = False  # torch.compile both branches (minutes of start-up; cached on disk)
+    channels_last: bool = False  # 3D convs in channels_last_3d (all oneDNN on CPU; see BENCHMARKS)
 
 
 @dataclass
@@ -137,6 +142,7 @@ class TrainerConfig:
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     seed: int = 0
     max_time_minutes: float | None = None
+    gradient_clip_norm: float | None = None  # seed: none; clips the global gradient L2 norm
     log_every_n_steps: int = 10
 
 
@@ -188,6 +194,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
     if cfg.optim.warmup_epochs < 0:
         raise ConfigError(f"optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")
+    clip = cfg.trainer.gradient_clip_norm
+    if clip is not None and not clip > 0:
+        raise ConfigError(f"trainer.gradient_clip_norm must be > 0 or null, got {clip}")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -220,6 +229,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)

@@ -91,14 +91,16 @@ def _bin_axis(
     want_frac: bool = False,
     flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Bin index (int64) of one axis and, if asked, the position inside the bin.
+    """Bin index (int32 or int64) of one axis and, if asked, the position inside the bin.
 
     Exact integer arithmetic on the raw coordinates (scale and offset cancel in min-max
     binning), in int32 when the products fit (any tile under ~80 km at 1 cm scale), after one
-    gather into a contiguous array (LAS fields are strided views into the point records).
-    ``flip`` counts bins from the top (row 0 = north).
+    gather into a contiguous array (LAS fields are strided views into the point records); the
+    other steps work in place. ``flip`` counts bins from the top (row 0 = north).
     """
-    t = np.ascontiguousarray(v)
+    # one gather into a contiguous copy that the steps below change in place
+    t = np.empty(len(v), dtype=np.int32 if v.dtype.itemsize <= 4 else np.int64)
+    np.copyto(t, v, casting="unsafe")
     lo, hi = limits if limits is not None else (int(t.min()), int(t.max()))
     span = hi - lo
     if span <= 0 or n == 1:  # flat axis or single point: everything in bin 0, mid-height
@@ -107,55 +109,117 @@ def _bin_axis(
     mult = n - 1 if binning == "seed" else n
     small = span * mult < 2**31 - 1 and lo > -(2**31) + 1 and hi < 2**31 - 1
     dtype = np.int32 if small else np.int64
-    t = t.astype(dtype)  # a copy we may change in place
+    t = t.astype(dtype, copy=False)
     if limits is not None:
         np.clip(t, lo, hi, out=t)
     t -= dtype(lo)
     t *= dtype(mult)
-    idx = t // dtype(span)
     frac = None
     if want_frac:
-        t -= idx * dtype(span)
-        frac = t.astype(np.float32)
-        frac /= np.float32(span)
-    del t
-    if binning != "seed":
-        top = idx >= n  # only the maximum itself lands on n
-        idx[top] = n - 1
-        if frac is not None:
+        idx, rem = np.divmod(t, dtype(span))
+        del t
+        frac = np.multiply(rem, np.float32(1.0 / span), dtype=np.float32)
+        del rem
+        if binning != "seed":
+            top = idx >= n  # only the maximum itself lands on n
+            idx[top] = n - 1
             frac[top] = 1.0
+    else:
+        idx = t
+        idx //= dtype(span)
+        if binning != "seed":
+            np.minimum(idx, n - 1, out=idx)
     if flip:
         np.subtract(n - 1, idx, out=idx)
-    return idx.astype(np.int64, copy=False), frac
+    return idx, frac
+
+
+_Z_SAMPLE = 1 << 18
+_THREAD_MIN_POINTS = 1 << 20  # below this, thread start-up costs more than it saves
 
 
 def _z_limits(Z: np.ndarray, spec: GridSpec) -> tuple[int, int]:
     if spec.z_range == "minmax" or len(Z) < 3:
         return int(Z.min()), int(Z.max())
-    # a regular subsample of at most ~1M points gives the clip range; deterministic and fast
-    sample = np.asarray(Z[:: max(1, len(Z) // 1_000_000)])
+    # a regular subsample of at most ~256 k points gives the clip range (the 0.1 % tail still
+    # holds 256 points); deterministic and fast
+    sample = np.asarray(Z[:: max(1, len(Z) // _Z_SAMPLE)])
     lo, hi = np.percentile(sample, spec.z_percentiles)
     return int(np.floor(lo)), int(np.ceil(hi))
 
 
-def bin_points(points: PointArrays, spec: GridSpec) -> tuple[np.ndarray, np.ndarray]:
+def bin_points(
+    points: PointArrays, spec: GridSpec, z_limits: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat voxel index ``(d * H + h) * W + w`` of every point and its height inside its voxel.
 
-    The three axes are binned in parallel threads (numpy releases the GIL in these loops).
+    ``z_limits`` (raw integer Z) defaults to the spec's ``z_range`` rule. The three axes are
+    binned in parallel threads (numpy releases the GIL in these loops).
     """
     d, h, w = spec.shape
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        z = pool.submit(
-            _bin_axis, points.Z, d, spec.binning, _z_limits(points.Z, spec), want_frac=True
-        )
-        y = pool.submit(_bin_axis, points.Y, h, spec.binning, flip=True)  # row 0 = north
-        x = pool.submit(_bin_axis, points.X, w, spec.binning)
-        flat, zfrac = z.result()
-        flat *= h
-        flat += y.result()[0]
-        flat *= w
-        flat += x.result()[0]
+    if z_limits is None:
+        z_limits = _z_limits(points.Z, spec)
+    jobs = (
+        (points.Z, d, spec.binning, z_limits, True),
+        (points.Y, h, spec.binning, None, False, True),  # row 0 = north
+        (points.X, w, spec.binning),
+    )
+    if len(points) < _THREAD_MIN_POINTS:
+        (flat, zfrac), (y, _), (x, _) = (_bin_axis(*job) for job in jobs)
+    else:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = [pool.submit(_bin_axis, *job) for job in jobs]
+            (flat, zfrac), (y, _), (x, _) = (f.result() for f in futures)
+    flat = flat.astype(np.int64, copy=False)
+    flat *= h
+    flat += y
+    flat *= w
+    flat += x
     return flat, zfrac
+
+
+def _class_counts(
+    flat: np.ndarray, rows: np.ndarray, num_voxels: int, lut: np.ndarray | None = None
+) -> np.ndarray:
+    """(K + 1, V) class-major counts in one pass over the points; row K counts non-voting points.
+
+    ``rows`` is each point's class index, with K for points that do not vote; with ``lut``,
+    ``rows`` holds LAS codes and ``lut`` maps them to class rows (one gather, no temporary).
+    """
+    if lut is not None:
+        key = (lut.astype(np.int64) * num_voxels).take(np.asarray(rows, dtype=np.uint8))
+    else:
+        key = np.multiply(rows, num_voxels, dtype=np.int64)
+    key += flat
+    return np.bincount(key, minlength=(NUM_CLASSES + 1) * num_voxels).reshape(
+        NUM_CLASSES + 1, num_voxels
+    )
+
+
+def _vote(
+    class_counts: np.ndarray, counts: np.ndarray, empty_label: Literal["ignore", "ground"]
+) -> np.ndarray:
+    """Majority vote per voxel from :func:`_class_counts` (``counts``: its column sums).
+
+    Only occupied voxels are visited. Ties go to the tile's rarer class.
+    """
+    k = NUM_CLASSES
+    occupied = np.flatnonzero(counts)
+    c = class_counts[:k, occupied]
+    # rank k-1 for the rarest class of the tile, 0 for the most common; stable on equal counts
+    rank = np.empty(k, dtype=np.int64)
+    rank[np.argsort(-c.sum(axis=1), kind="stable")] = np.arange(k)
+    # running maximum of count * k + rank over the classes (distinct ranks: no exact ties)
+    best = c[0] * k + rank[0]
+    vote = np.zeros(len(occupied), dtype=np.int64)
+    for j in range(1, k):
+        score = c[j] * k + rank[j]
+        vote[score > best] = j
+        np.maximum(best, score, out=best)
+    vote[best < k] = IGNORE  # no voting point: only the rank was left
+    labels = np.full(counts.shape, 0 if empty_label == "ground" else IGNORE, dtype=np.int64)
+    labels[occupied] = vote
+    return labels
 
 
 def voxel_labels(
@@ -169,79 +233,101 @@ def voxel_labels(
     Points with class IGNORE do not vote. A voxel with no voting point is IGNORE, or ground (0)
     when ``empty_label='ground'`` and it holds no point at all.
     """
-    k = NUM_CLASSES
-    v = num_voxels
-    # class-major counts: row c holds every voxel's count of class c (one pass over the points);
-    # non-voting points go to one extra bin that is dropped
-    key = classes.astype(np.int64) * v
-    key += flat
-    key[classes < 0] = k * v
-    counts = np.bincount(key, minlength=k * v + 1)[: k * v].reshape(k, v)
-    del key
-    tile_counts = counts.sum(axis=1)
-    # rank k-1 for the rarest class of the tile, 0 for the most common; stable on equal counts
-    rank = np.empty(k, dtype=np.int64)
-    rank[np.argsort(-tile_counts, kind="stable")] = np.arange(k)
-    # row-wise running maximum of count * k + rank (faster than argmax over a short axis)
-    best = counts[0] * k + rank[0]
-    labels = np.zeros(v, dtype=np.int64)
-    for c in range(1, k):
-        score = counts[c] * k + rank[c]
-        better = score > best
-        labels[better] = c
-        np.maximum(best, score, out=best)
-    labels[best < k] = IGNORE  # no vote: only the rank was left
-    if empty_label == "ground":
-        occupied = np.bincount(flat, minlength=num_voxels) > 0
-        labels[~occupied] = 0
-    return labels
+    rows = np.where(np.asarray(classes) < 0, NUM_CLASSES, classes)
+    class_counts = _class_counts(flat, rows, num_voxels)
+    return _vote(class_counts, class_counts.sum(axis=0), empty_label)
 
 
-def _mean_per_voxel(flat: np.ndarray, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    sums = np.bincount(flat, weights=values, minlength=len(counts))
-    out = np.zeros(len(counts), dtype=np.float32)
-    nz = counts > 0
-    out[nz] = sums[nz] / counts[nz]
-    return out
+_CLASS_OF_CODE = las_code_to_class(np.arange(256))
+_ROW_OF_CODE = np.where(_CLASS_OF_CODE < 0, NUM_CLASSES, _CLASS_OF_CODE).astype(np.uint8)
+"""LAS code -> class row of :func:`_class_counts` (NUM_CLASSES for codes outside the map)."""
 
 
-RELIEF_RADIUS = {"relief": 12.5, "relief_wide": 30.0}
+RELIEF_RADIUS = {
+    "relief": 12.5,
+    "relief_wide": 30.0,
+    "surface_relief": 12.5,
+    "surface_relief_wide": 30.0,
+}
 """Half-size (CRS units, metres for most surveys) of the neighbourhood each relief compares with:
-mounds stand out at 12.5 m, whole platforms (up to 40 m across) at 30 m."""
+mounds stand out at 12.5 m, whole platforms (up to 40 m across) at 30 m. ``relief*`` is set in
+occupied voxels only; ``surface_relief*`` is the column's ground relief in every voxel of the
+column (a dense 2D map in each depth slice, whatever the terrain's slope)."""
+SURFACE_FEATURES = (*RELIEF_RADIUS, "above_surface")
 RELIEF_SCALE = 2.0
 """Relief (CRS units) mapped to 1.0; values are clipped to [-1, 1]."""
 
 
-def _relief(
-    points: PointArrays, flat: np.ndarray, counts: np.ndarray, spec: GridSpec, radius: float
-) -> np.ndarray:
-    """Mean height of the voxel's points above the local terrain level, from geometry only.
+@dataclass
+class _Surface:
+    """Ground surface of a tile's voxel columns, from geometry only (CRS units, grid floor = 0).
 
-    A local relief model, as used in lidar archaeology: the terrain level of each column is the
-    mean height of its points averaged over a ``2 * radius`` box around it (empty columns filled
-    from the nearest occupied one), so mounds and platforms stand out whatever the tile's slope.
+    ``heights`` (D, H * W): mean height of each voxel's points; ``surface`` (H, W): the mean
+    height in each column's lowest occupied voxel (the ground under any low returns; empty columns
+    take the nearest occupied one); ``step``: voxel height; ``cell``: voxel side in XY.
     """
+
+    heights: np.ndarray
+    occupied: np.ndarray
+    surface: np.ndarray
+    step: float
+    cell: float
+
+    def level(self, radius: float) -> np.ndarray:
+        """The surface averaged over a ``2 * radius`` box: the local terrain level (H * W,)."""
+        from scipy import ndimage
+
+        h, w = self.surface.shape
+        size = min(max(1, round(2 * radius / max(self.cell, 1e-9)) | 1), 2 * max(h, w) + 1)
+        return ndimage.uniform_filter(self.surface, size=size, mode="nearest").ravel()
+
+
+def _surface(
+    points: PointArrays,
+    counts: np.ndarray,
+    mean_frac: np.ndarray,
+    spec: GridSpec,
+    z_limits: tuple[int, int],
+) -> _Surface:
     from scipy import ndimage
 
-    _d, h, w = spec.shape
-    z = points.Z.astype(np.float64) * points.scales[2]
-    col = flat % (h * w)
-    ncol = np.bincount(col, minlength=h * w)
-    surf = np.bincount(col, weights=z, minlength=h * w)
-    occupied = ncol > 0
-    surf[occupied] /= ncol[occupied]
-    surf = surf.reshape(h, w)
-    empty = ~occupied.reshape(h, w)
-    if empty.any():
+    d, h, w = spec.shape
+    lo, hi = z_limits
+    mult = d - 1 if spec.binning == "seed" else d
+    step = (hi - lo) / mult * points.scales[2] if hi > lo and d > 1 else 0.0
+    heights = mean_frac.reshape(d, -1).astype(np.float64)
+    heights += np.arange(d, dtype=np.float64)[:, None]
+    heights *= step
+    occupied = (counts > 0).reshape(d, h * w)
+    surf = heights[occupied.argmax(axis=0), np.arange(h * w)].reshape(h, w)
+    empty = ~occupied.any(axis=0).reshape(h, w)
+    if empty.any():  # never all: voxelize rejects empty clouds
         idx = ndimage.distance_transform_edt(empty, return_distances=False, return_indices=True)
         surf = surf[tuple(idx)]
     ext_x = float(points.X.max() - points.X.min()) * points.scales[0]
     ext_y = float(points.Y.max() - points.Y.min()) * points.scales[1]
-    cell = max(ext_x / w, ext_y / h, 1e-9)
-    size = min(max(1, round(2 * radius / cell) | 1), 2 * max(h, w) + 1)  # capped: zero extents
-    level = ndimage.uniform_filter(surf, size=size, mode="nearest").ravel()
-    rel = np.clip((z - level[col]) / RELIEF_SCALE, -1.0, 1.0)
-    return _mean_per_voxel(flat, rel, counts)
+    return _Surface(heights, occupied, surf, step, max(ext_x / w, ext_y / h))
+
+
+def _surface_feature(name: str, geo: _Surface) -> np.ndarray:
+    """(D, H * W) float32 channel ``name`` of :data:`SURFACE_FEATURES`, in [-1, 1].
+
+    A local relief model, as used in lidar archaeology: height above the local terrain level,
+    so mounds and platforms stand out whatever the tile's slope. Works on voxels, not points:
+    its cost does not grow with the point count.
+    """
+    d = geo.heights.shape[0]
+    surf = geo.surface.reshape(1, -1)
+    if name == "above_surface":  # voxel centre above the column's ground
+        rel = (np.arange(d, dtype=np.float64)[:, None] + 0.5) * geo.step - surf
+    elif name.startswith("surface_"):
+        rel = np.broadcast_to(surf - geo.level(RELIEF_RADIUS[name]), geo.heights.shape)
+    else:
+        rel = geo.heights - geo.level(RELIEF_RADIUS[name])
+    out = np.clip(rel / RELIEF_SCALE, -1.0, 1.0).astype(np.float32)
+    if name in ("relief", "relief_wide"):
+        out[~geo.occupied] = 0.0
+    return out
 
 
 def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> VoxelizedTile:
@@ -251,49 +337,78 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
     """
     if len(points) == 0:
         raise ValueError("cannot voxelise an empty point cloud")
-    flat, zfrac = bin_points(points, spec)
-    labels = None
-    with ThreadPoolExecutor(max_workers=1) as pool:  # labels beside the features (no GIL)
-        if with_labels and points.classification is not None:
-            labels = pool.submit(tile_labels, points.classification, flat, spec)
-        features = _features(points, flat, zfrac, spec)
-        labels = labels.result() if labels is not None else None
+    z_limits = _z_limits(points.Z, spec)
+    flat, zfrac = bin_points(points, spec, z_limits)
+    v = spec.num_voxels
+    need_height = any(f in ("height", *SURFACE_FEATURES) for f in spec.features)
+    if not with_labels or points.classification is None:
+        counts = np.bincount(flat, minlength=v)
+        z_sums = np.bincount(flat, weights=zfrac, minlength=v) if need_height else None
+        return VoxelizedTile(
+            features=_features(points, flat, counts, z_sums, spec, z_limits),
+            labels=None,
+            point_voxel=flat,
+        )
+    # one pass gives the class counts and (their sum) the point counts; numpy releases the GIL,
+    # so the per-voxel height sums and then the features run beside it and the vote
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(_class_counts, flat, points.classification, v, _ROW_OF_CODE)
+        z_sums = np.bincount(flat, weights=zfrac, minlength=v) if need_height else None
+        class_counts = future.result()
+        counts = class_counts.sum(axis=0)
+        future = pool.submit(_vote, class_counts, counts, spec.empty_label)
+        features = _features(points, flat, counts, z_sums, spec, z_limits)
+        labels = future.result().reshape(spec.shape)
     return VoxelizedTile(features=features, labels=labels, point_voxel=flat)
 
 
 def tile_labels(codes: np.ndarray, flat: np.ndarray, spec: GridSpec) -> np.ndarray:
     """(D, H, W) labels of a tile from its LAS codes and the points' flat voxel indices."""
-    cls = las_code_to_class(codes)
-    return voxel_labels(flat, cls, spec.num_voxels, spec.empty_label).reshape(spec.shape)
+    class_counts = _class_counts(flat, codes, spec.num_voxels, _ROW_OF_CODE)
+    labels = _vote(class_counts, class_counts.sum(axis=0), spec.empty_label)
+    return labels.reshape(spec.shape)
 
 
 def _features(
-    points: PointArrays, flat: np.ndarray, zfrac: np.ndarray, spec: GridSpec
+    points: PointArrays,
+    flat: np.ndarray,
+    counts: np.ndarray,
+    z_sums: np.ndarray | None,
+    spec: GridSpec,
+    z_limits: tuple[int, int],
 ) -> np.ndarray:
-    counts = np.bincount(flat, minlength=spec.num_voxels).astype(np.float32)
-    channels = []
-    for name in spec.features:
+    """(C, D, H, W) float32 channels; per-voxel work only where points fall."""
+    out = np.zeros((len(spec.features), spec.num_voxels), dtype=np.float32)
+    occ = np.flatnonzero(counts)
+    n_occ = counts[occ].astype(np.float64)
+    mean_frac = geo = None
+    for i, name in enumerate(spec.features):
         if name == "occupancy":
-            ch = (counts > 0).astype(np.float32)
+            out[i, occ] = 1.0
         elif name == "log_density":
-            mean_nonempty = counts[counts > 0].mean()
-            ch = np.log1p(counts / mean_nonempty).astype(np.float32)
-        elif name == "height":
-            ch = _mean_per_voxel(flat, zfrac, counts)
-        elif name in RELIEF_RADIUS:
-            ch = _relief(points, flat, counts, spec, RELIEF_RADIUS[name])
+            out[i, occ] = np.log1p(n_occ / n_occ.mean())
+        elif name == "height" or name in SURFACE_FEATURES:
+            if mean_frac is None:
+                mean_frac = np.zeros(spec.num_voxels, dtype=np.float32)
+                mean_frac[occ] = z_sums[occ] / n_occ
+            if name == "height":
+                out[i] = mean_frac
+                continue
+            if geo is None:
+                geo = _surface(points, counts, mean_frac, spec, z_limits)
+            out[i] = _surface_feature(name, geo).ravel()
         elif name == "intensity":
             inten = points.intensity if points.intensity is not None else np.zeros(len(flat))
             ref = max(float(np.percentile(inten, 99)), 1.0)
-            ch = np.minimum(_mean_per_voxel(flat, inten / ref, counts), 1.0)
+            sums = np.bincount(flat, weights=inten, minlength=spec.num_voxels)
+            out[i, occ] = np.minimum(sums[occ] / n_occ / ref, 1.0)
         elif name == "return_ratio":
             rn, nr = points.return_number, points.number_of_returns
             if rn is None or nr is None:
-                ratio = np.ones(len(flat), dtype=np.float32)
-            else:
-                ratio = rn.astype(np.float32) / np.maximum(nr, 1).astype(np.float32)
-            ch = _mean_per_voxel(flat, ratio, counts)
+                out[i, occ] = 1.0
+                continue
+            ratio = rn.astype(np.float32) / np.maximum(nr, 1).astype(np.float32)
+            out[i, occ] = np.bincount(flat, weights=ratio, minlength=spec.num_voxels)[occ] / n_occ
         else:  # pragma: no cover - GridSpec validates names
             raise ConfigError(f"unknown voxel feature {name!r}")
-        channels.append(ch)
-    return np.stack(channels).reshape(len(channels), *spec.shape)
+    return out.reshape(len(spec.features), *spec.shape)

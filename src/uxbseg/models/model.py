@@ -63,6 +63,11 @@ class UXBFusionModel(nn.Module):
             num_classes=num_classes,
             materialise=model.fusion_impl == "naive",
         )
+        self.channels_last = model.channels_last
+        if self.channels_last:  # weights in the same layout as the activations
+            for branch in (self.voxel_branch, self.fusion):
+                if branch is not None:
+                    branch.to(memory_format=torch.channels_last_3d)
 
     @classmethod
     def from_config(cls, cfg: Config) -> UXBFusionModel:
@@ -94,6 +99,8 @@ class UXBFusionModel(nn.Module):
         if self.image_branch is not None:
             image_feat, logits = self.image_branch(image)
             logits2d = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        if self.channels_last:
+            voxels = voxels.contiguous(memory_format=torch.channels_last_3d)
         voxel_feat = self.voxel_branch(voxels) if self.voxel_branch is not None else None
         logits3d = self.fusion(image_feat, voxel_feat, self.grid_shape)
         return {"logits2d": logits2d, "logits3d": logits3d}

@@ -180,6 +180,8 @@ def _trainer(cfg: Config, run_dir: Path, callbacks: list[Callback], progress: bo
         precision=_precision(cfg),
         max_epochs=tc.max_epochs,
         max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
+        gradient_clip_val=tc.gradient_clip_norm,
+        gradient_clip_algorithm="norm",
         callbacks=callbacks,
         logger=[
             CSVLogger(run_dir, name="", version=""),
