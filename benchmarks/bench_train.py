@@ -119,12 +119,18 @@ def main(argv=None) -> None:
     ]
     if a.compile:
         compiled = {**fast, "channels_last": True, "compile_": True}
-        variants.append((f"{prec} + fast fusion + channels_last + compile", 1, compiled))
+        batch = max(a.fast_batch)
+        variants.append((f"{prec} + fast fusion + channels_last + compile", batch, compiled))
     name = torch.cuda.get_device_name() if gpu else "CPU"
     print(f"{a.config} config, grid {cfg.grid.shape}, {name}, median of {a.steps} steps")
     base = None
     for label, batch, kw in variants:
-        step, fwd, peak, first = measure(cfg, device, batch=batch, steps=a.steps, **kw)
+        try:
+            step, fwd, peak, first = measure(cfg, device, batch=batch, steps=a.steps, **kw)
+        except torch.OutOfMemoryError:
+            print(f"  {label:<42} batch {batch}  out of memory on this device")
+            torch.cuda.empty_cache()
+            continue
         rate, frate = batch / step, batch / fwd
         base = base or (rate, frate)
         print(

@@ -45,3 +45,16 @@ def timeit(fn, repeats: int = 3) -> tuple[float, object]:
         result = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), result
+
+
+def timeit_interleaved(fns: dict, repeats: int = 5) -> dict:
+    """Median wall time of each function, run in turn each round (after one warm-up round), so
+    that drift in the machine's load falls on every contender alike."""
+    times = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}

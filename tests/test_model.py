@@ -90,7 +90,7 @@ def test_fast_path_equals_seed_formulation_on_same_weights(tiny_cfg, fusion):
     tiny_cfg.model.fusion_impl = "naive"
     naive = UXBFusionModel.from_config(tiny_cfg).eval()
     naive.load_state_dict(fast.state_dict())
-    x = (torch.randn(1, 3, 64, 64), torch.randn(1, 5, 32, 32, 64))
+    x = (torch.randn(1, 3, 64, 64), torch.randn(1, len(tiny_cfg.grid.features), 32, 32, 64))
     with torch.no_grad():
         a, b = fast(*x), naive(*x)
     torch.testing.assert_close(a["logits3d"], b["logits3d"], rtol=1e-4, atol=1e-5)
@@ -107,7 +107,8 @@ def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch):
     fast.load_state_dict(plain.state_dict())
     conv = fast.voxel_branch.net.encoder1.layer.conv1.conv.weight
     assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
-    x = (torch.randn(batch, 3, 64, 64), torch.randn(batch, 5, 32, 32, 64))
+    c = len(tiny_cfg.grid.features)
+    x = (torch.randn(batch, 3, 64, 64), torch.randn(batch, c, 32, 32, 64))
     outs = []
     for model in (plain, fast):
         torch.manual_seed(1)  # same dropout / drop-path draws in training mode

@@ -22,7 +22,7 @@ __all__ = ["VoxelCache", "default_cache_dir", "file_digest"]
 
 log = logging.getLogger(__name__)
 _DIGESTS: dict[tuple[str, int, int], str] = {}
-FORMAT_VERSION = 2  # bump when the voxeliser's output changes for the same settings
+FORMAT_VERSION = 3  # bump when the voxeliser's output changes for the same settings
 
 
 def default_cache_dir() -> Path:

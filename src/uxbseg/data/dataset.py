@@ -107,5 +107,5 @@ class UXBDataset(Dataset):
         if self.cache is not None and (hit := self.cache.load(self.pairs[index].las)) is not None:
             return hit[1].ravel()
         points = read_points(self.pairs[index].las)
-        flat, _ = bin_points(points, self.grid)
+        flat, _ = bin_points(points, self.grid, with_height=False)
         return tile_labels(points.classification, flat, self.grid).ravel()

@@ -160,7 +160,7 @@ def read_raw_vlrs(path: str | Path) -> list[tuple[str, int, bytes]]:
     return out
 
 
-def _restore_vlr_bytes(src: Path, dst: Path) -> None:
+def _restore_vlr_bytes(raw_vlrs: list[tuple[str, int, bytes]], dst: Path) -> None:
     """Put the input's VLRs back byte for byte where laspy re-encoded them.
 
     laspy rebuilds some VLRs from their parsed form: the extra-bytes descriptions lose fields it
@@ -169,7 +169,7 @@ def _restore_vlr_bytes(src: Path, dst: Path) -> None:
     added dimensions gets the original bytes in front of laspy's new descriptions.
     """
     originals: dict[tuple[str, int], list[bytes]] = {}
-    for user, rid, data in read_raw_vlrs(src):
+    for user, rid, data in raw_vlrs:
         originals.setdefault((user, rid), []).append(data)
     seen: dict[tuple[str, int], int] = {}
     with open(dst, "r+b") as f:
@@ -194,7 +194,7 @@ def _restore_vlr_bytes(src: Path, dst: Path) -> None:
             pos += _VLR_HEADER + length
 
 
-def _keep_vlrs_verbatim(las: laspy.LasData, src: Path) -> None:
+def _keep_vlrs_verbatim(las: laspy.LasData, raw_vlrs: list[tuple[str, int, bytes]]) -> None:
     """Swap laspy's parsed VLRs for raw ones holding the input's exact bytes.
 
     laspy re-encodes the VLRs it understands (a WKT string gains a terminating NUL, a
@@ -204,12 +204,12 @@ def _keep_vlrs_verbatim(las: laspy.LasData, src: Path) -> None:
     """
     raw = [
         v
-        for v in read_raw_vlrs(src)
+        for v in raw_vlrs
         if v[0] not in ("laszip encoded", "copc") and (v[0], v[1]) != ("LASF_Spec", 4)
     ]
     keep = [v for v in las.header.vlrs if not isinstance(v, laspy.vlrs.known.ExtraBytesVlr)]
     if len(raw) != len(keep):  # unexpected layout: leave laspy's encoding
-        log.debug("%s: %d raw VLRs vs %d parsed; not swapping", src, len(raw), len(keep))
+        log.debug("%d raw VLRs vs %d parsed; not swapping", len(raw), len(keep))
         return
     swapped = iter(
         laspy.VLR(
@@ -280,8 +280,9 @@ def write_classified(
             "predict into a copy without them"
         )
     _drop_copc_index(las, dst)
-    if src is not None:
-        _keep_vlrs_verbatim(las, Path(src))
+    raw_vlrs = read_raw_vlrs(src) if src is not None else None
+    if raw_vlrs is not None:
+        _keep_vlrs_verbatim(las, raw_vlrs)
     if keep_classification:
         las.add_extra_dim(laspy.ExtraBytesParams("uxb_class", "u1", description="uxbseg class"))
         las.uxb_class = codes.astype(np.uint8)
@@ -294,8 +295,8 @@ def write_classified(
     tmp = dst.with_name(f".{dst.name}.partial")
     try:
         las.write(tmp, do_compress=compress)
-        if src is not None:
-            _restore_vlr_bytes(Path(src), tmp)
+        if raw_vlrs is not None:
+            _restore_vlr_bytes(raw_vlrs, tmp)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
