@@ -148,8 +148,8 @@ def _z_limits(Z: np.ndarray, spec: GridSpec) -> tuple[int, int]:
     # percentile lies between them; floor / ceil of the pair is what the grid needs)
     pos = [p / 100.0 * (len(sample) - 1) for p in spec.z_percentiles]
     kth = sorted({int(np.floor(pos[0])), int(np.ceil(pos[1]))})
-    part = np.partition(sample, kth)
-    return int(part[kth[0]]), int(part[kth[-1]])
+    sample.partition(kth)  # in place: the sample is already a copy
+    return int(sample[kth[0]]), int(sample[kth[-1]])
 
 
 def bin_points(
@@ -194,7 +194,8 @@ def _class_counts(
     """(K + 1, V) class-major counts in one pass over the points; row K counts non-voting points.
 
     ``rows`` is each point's class index, with K for points that do not vote; with ``lut``,
-    ``rows`` holds LAS codes and ``lut`` maps them to class rows (one gather, no temporary).
+    ``rows`` holds LAS codes and ``lut`` maps them to class rows (one gather from a 256-entry
+    table of pre-multiplied keys).
     """
     if lut is not None:
         key = (lut.astype(np.int64) * num_voxels).take(np.asarray(rows, dtype=np.uint8))
