@@ -90,8 +90,8 @@ def _bin_axis(
     limits: tuple[int, int] | None = None,
     want_frac: bool = False,
     flip: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Bin index (int32 or int64) of one axis and, if asked, the position inside the bin.
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Bin index (int32 or int64) of one axis, the position inside the bin if asked, the span.
 
     Exact integer arithmetic on the raw coordinates (scale and offset cancel in min-max
     binning), in int32 when the products fit (any tile under ~80 km at 1 cm scale), after one
@@ -105,7 +105,7 @@ def _bin_axis(
     span = hi - lo
     if span <= 0 or n == 1:  # flat axis or single point: everything in bin 0, mid-height
         frac = np.full(len(v), 0.5, dtype=np.float32) if want_frac else None
-        return np.zeros(len(v), dtype=np.int64), frac
+        return np.zeros(len(v), dtype=np.int64), frac, 0
     mult = n - 1 if binning == "seed" else n
     small = span * mult < 2**31 - 1 and lo > -(2**31) + 1 and hi < 2**31 - 1
     dtype = np.int32 if small else np.int64
@@ -131,7 +131,7 @@ def _bin_axis(
             np.minimum(idx, n - 1, out=idx)
     if flip:
         np.subtract(n - 1, idx, out=idx)
-    return idx, frac
+    return idx, frac, span
 
 
 _Z_SAMPLE = 1 << 16
@@ -164,6 +164,17 @@ def bin_points(
     returns None for the heights (the point -> voxel mapping alone). From 1 M points the three
     axes are binned in parallel threads (numpy releases the GIL in these loops).
     """
+    flat, zfrac, _cell = _bin_points(points, spec, z_limits, with_height)
+    return flat, zfrac
+
+
+def _bin_points(
+    points: PointArrays,
+    spec: GridSpec,
+    z_limits: tuple[int, int] | None,
+    with_height: bool,
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """:func:`bin_points` plus the voxel side in XY (CRS units), from the spans it measured."""
     d, h, w = spec.shape
     if z_limits is None:
         z_limits = _z_limits(points.Z, spec)
@@ -173,11 +184,11 @@ def bin_points(
         (points.X, w, spec.binning),
     )
     if len(points) < _THREAD_MIN_POINTS:
-        (flat, zfrac), (y, _), (x, _) = (_bin_axis(*job) for job in jobs)
+        (flat, zfrac, _), (y, _, y_span), (x, _, x_span) = (_bin_axis(*job) for job in jobs)
     else:
         with ThreadPoolExecutor(max_workers=3) as pool:
             futures = [pool.submit(_bin_axis, *job) for job in jobs]
-            (flat, zfrac), (y, _), (x, _) = (f.result() for f in futures)
+            (flat, zfrac, _), (y, _, y_span), (x, _, x_span) = (f.result() for f in futures)
     if spec.num_voxels < 2**31 and flat.dtype == y.dtype == x.dtype == np.int32:
         flat = flat * np.int32(h)  # in int32 (half the bytes), widened once at the end
     else:
@@ -185,7 +196,8 @@ def bin_points(
     flat += y
     flat *= w
     flat += x
-    return flat.astype(np.int64, copy=False), zfrac
+    cell = max(x_span * points.scales[0] / w, y_span * points.scales[1] / h)
+    return flat.astype(np.int64, copy=False), zfrac, cell
 
 
 def _class_counts(
@@ -294,18 +306,19 @@ class _Surface:
 
 
 def _surface(
-    points: PointArrays,
     counts: np.ndarray,
     mean_frac: np.ndarray,
     spec: GridSpec,
     z_limits: tuple[int, int],
+    z_scale: float,
+    cell: float,
 ) -> _Surface:
     from scipy import ndimage
 
     d, h, w = spec.shape
     lo, hi = z_limits
     mult = d - 1 if spec.binning == "seed" else d
-    step = (hi - lo) / mult * points.scales[2] if hi > lo and d > 1 else 0.0
+    step = (hi - lo) / mult * z_scale if hi > lo and d > 1 else 0.0
     heights = mean_frac.reshape(d, -1).astype(np.float64)
     heights += np.arange(d, dtype=np.float64)[:, None]
     heights *= step
@@ -315,9 +328,7 @@ def _surface(
     if empty.any():  # never all: voxelize rejects empty clouds
         idx = ndimage.distance_transform_edt(empty, return_distances=False, return_indices=True)
         surf = surf[tuple(idx)]
-    ext_x = float(points.X.max() - points.X.min()) * points.scales[0]
-    ext_y = float(points.Y.max() - points.Y.min()) * points.scales[1]
-    return _Surface(heights, occupied, surf, step, max(ext_x / w, ext_y / h))
+    return _Surface(heights, occupied, surf, step, cell)
 
 
 def _surface_feature(name: str, geo: _Surface) -> np.ndarray:
@@ -349,14 +360,14 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
     if len(points) == 0:
         raise ValueError("cannot voxelise an empty point cloud")
     z_limits = _z_limits(points.Z, spec)
-    flat, zfrac = bin_points(points, spec, z_limits)
+    flat, zfrac, cell = _bin_points(points, spec, z_limits, with_height=True)
     v = spec.num_voxels
     need_height = any(f in ("height", *SURFACE_FEATURES) for f in spec.features)
     if not with_labels or points.classification is None:
         counts = np.bincount(flat, minlength=v)
         z_sums = np.bincount(flat, weights=zfrac, minlength=v) if need_height else None
         return VoxelizedTile(
-            features=_features(points, flat, counts, z_sums, spec, z_limits),
+            features=_features(points, flat, counts, z_sums, spec, z_limits, cell),
             labels=None,
             point_voxel=flat,
         )
@@ -368,7 +379,7 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
         class_counts = future.result()
         counts = class_counts.sum(axis=0)
         future = pool.submit(_vote, class_counts, counts, spec.empty_label)
-        features = _features(points, flat, counts, z_sums, spec, z_limits)
+        features = _features(points, flat, counts, z_sums, spec, z_limits, cell)
         labels = future.result().reshape(spec.shape)
     return VoxelizedTile(features=features, labels=labels, point_voxel=flat)
 
@@ -387,8 +398,11 @@ def _features(
     z_sums: np.ndarray | None,
     spec: GridSpec,
     z_limits: tuple[int, int],
+    cell: float,
 ) -> np.ndarray:
-    """(C, D, H, W) float32 channels; per-voxel work only where points fall."""
+    """(C, D, H, W) float32 channels; per-voxel work only where points fall.
+
+    ``cell``: voxel side in XY (CRS units), for the relief neighbourhoods."""
     out = np.zeros((len(spec.features), spec.num_voxels), dtype=np.float32)
     occ = np.flatnonzero(counts)
     n_occ = counts[occ].astype(np.float64)
@@ -406,7 +420,7 @@ def _features(
                 out[i] = mean_frac
                 continue
             if geo is None:
-                geo = _surface(points, counts, mean_frac, spec, z_limits)
+                geo = _surface(counts, mean_frac, spec, z_limits, points.scales[2], cell)
             out[i] = _surface_feature(name, geo).ravel()
         elif name == "intensity":
             inten = points.intensity if points.intensity is not None else np.zeros(len(flat))
