@@ -10,7 +10,7 @@ import laspy
 from uxbseg.data.voxelize import GridSpec, voxelize
 from uxbseg.io.las import PointArrays
 
-from .common import tiled_las, timeit
+from .common import tiled_las, timeit, timeit_interleaved
 from .seed_reference import seed_las_to_volume
 
 
@@ -19,11 +19,17 @@ def run(points: int, repeats: int, workdir: Path) -> dict:
     las = laspy.read(path)
     n = len(las.points)
     spec = GridSpec((32, 256, 256))
-    t_ours, _ = timeit(lambda: voxelize(PointArrays.from_las(las), spec), repeats)
-    t_seed, _ = timeit(lambda: seed_las_to_volume(las, spec.shape), repeats)
+    t = timeit_interleaved(
+        {
+            "ours": lambda: voxelize(PointArrays.from_las(las), spec),
+            "seed": lambda: seed_las_to_volume(las, spec.shape),
+        },
+        repeats,
+    )
+    t_ours, t_seed = t["ours"], t["seed"]
     t_read, _ = timeit(lambda: laspy.read(path), repeats)
     res = {"points": n, "ours_s": t_ours, "seed_s": t_seed, "read_s": t_read}
-    print(f"voxelise {n:,} points, grid {spec.shape}, median of {repeats}:")
+    print(f"voxelise {n:,} points, grid {spec.shape}, median of {repeats} interleaved rounds:")
     print(
         f"  uxbseg voxelize (3 features + labels + point index): {t_ours:7.3f} s "
         f"{n / t_ours / 1e6:7.2f} M points/s"

@@ -83,59 +83,117 @@ class VoxelizedTile:
     point_voxel: np.ndarray
 
 
-def _bin_axis(
-    v: np.ndarray,
-    n: int,
-    binning: str,
-    limits: tuple[int, int] | None = None,
-    want_frac: bool = False,
-    flip: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Bin index (int32 or int64) of one axis, the position inside the bin if asked, the span.
+@dataclass(frozen=True)
+class _Axis:
+    """How one axis is binned: ``idx = floor((clip(v) - lo) * mult / span)``, counted from the
+    top when ``flip`` (row 0 = north), times ``weight`` (the axis' stride in the flat index).
 
-    Exact integer arithmetic on the raw coordinates (scale and offset cancel in min-max
-    binning), in int32 when the products fit (any tile under ~80 km at 1 cm scale), after one
-    gather into a contiguous array (LAS fields are strided views into the point records); the
-    other steps work in place. ``flip`` counts bins from the top (row 0 = north).
+    A degenerate axis (zero span or one bin) puts every point in bin 0 at mid-height.
     """
-    # one gather into a contiguous copy that the steps below change in place
-    t = np.empty(len(v), dtype=np.int32 if v.dtype.itemsize <= 4 else np.int64)
-    np.copyto(t, v, casting="unsafe")
-    lo, hi = limits if limits is not None else (int(t.min()), int(t.max()))
-    span = hi - lo
-    if span <= 0 or n == 1:  # flat axis or single point: everything in bin 0, mid-height
-        frac = np.full(len(v), 0.5, dtype=np.float32) if want_frac else None
-        return np.zeros(len(v), dtype=np.int64), frac, 0
-    mult = n - 1 if binning == "seed" else n
-    small = span * mult < 2**31 - 1 and lo > -(2**31) + 1 and hi < 2**31 - 1
-    dtype = np.int32 if small else np.int64
-    t = t.astype(dtype, copy=False)
-    if limits is not None:
-        np.clip(t, lo, hi, out=t)
-    t -= dtype(lo)
-    t *= dtype(mult)
-    frac = None
-    if want_frac:
-        idx, rem = np.divmod(t, dtype(span))
-        del t
-        frac = np.multiply(rem, np.float32(1.0 / span), dtype=np.float32)
-        del rem
-        if binning != "seed":
-            top = idx >= n  # only the maximum itself lands on n
-            idx[top] = n - 1
-            frac[top] = 1.0
-    else:
-        idx = t
-        idx //= dtype(span)
-        if binning != "seed":
-            np.minimum(idx, n - 1, out=idx)
-    if flip:
-        np.subtract(n - 1, idx, out=idx)
-    return idx, frac, span
+
+    lo: int
+    hi: int
+    n: int
+    binning: str
+    weight: int
+    flip: bool = False
+    clip: bool = False
+
+    @property
+    def span(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def mult(self) -> int:
+        return self.n - 1 if self.binning == "seed" else self.n
+
+    @property
+    def degenerate(self) -> bool:
+        return self.span <= 0 or self.n == 1
+
+    def fits_int32(self) -> bool:
+        """Whether the raw values and ``(v - lo) * mult`` fit int32 arithmetic."""
+        lim = 2**31 - 1
+        return self.degenerate or (self.span * self.mult < lim and -lim < self.lo and self.hi < lim)
+
+    def add_to(
+        self,
+        acc: np.ndarray,
+        src: np.ndarray,
+        t: np.ndarray,
+        q: np.ndarray,
+        frac: np.ndarray | None = None,
+    ) -> None:
+        """``acc += weight * bin(src)``; ``frac`` gets the position inside the bin, in [0, 1].
+
+        Exact integer arithmetic in ``acc``'s type; ``t`` and ``q`` are scratch buffers.
+        """
+        if self.degenerate:
+            if frac is not None:
+                frac.fill(0.5)
+            return
+        dtype = t.dtype.type
+        if self.clip:  # gather first: np.clip straight from a strided field is ~10x slower
+            np.copyto(t, src, casting="unsafe")
+            np.clip(t, dtype(self.lo), dtype(self.hi), out=t)
+            t -= dtype(self.lo)
+        else:
+            np.subtract(src, dtype(self.lo), out=t, casting="unsafe")
+        t *= dtype(self.mult)
+        np.floor_divide(t, dtype(self.span), out=q)
+        if self.binning != "seed":
+            np.minimum(q, dtype(self.n - 1), out=q)  # only the maximum itself lands on n
+        if frac is not None:  # (t - q * span) / span; the maximum of uniform binning gets 1.0
+            np.subtract(t, q * dtype(self.span), out=t)
+            np.multiply(t, 1.0 / self.span, out=frac)
+        if self.flip:
+            q *= dtype(-self.weight)
+            q += dtype((self.n - 1) * self.weight)
+        elif self.weight != 1:
+            q *= dtype(self.weight)
+        acc += q
 
 
+_CHUNK = 1 << 16
+"""Points per chunk: the dozen numpy passes that bin a chunk work in the CPU cache, so the point
+records are read from memory about once instead of once per numpy operation."""
+_THREAD_MIN_POINTS = 1 << 20  # below this, a second thread costs more than it saves
 _Z_SAMPLE = 1 << 16
-_THREAD_MIN_POINTS = 1 << 20  # below this, thread start-up costs more than it saves
+
+
+def _ranges(n: int) -> list[tuple[int, int]]:
+    """[0, n) whole, or in two halves (one per thread) from :data:`_THREAD_MIN_POINTS` points."""
+    return [(0, n)] if n < _THREAD_MIN_POINTS else [(0, n // 2), (n // 2, n)]
+
+
+def _in_threads(fn, ranges: list[tuple[int, int]]) -> list:
+    """``fn(start, stop)`` for each range, all but the last in threads (numpy drops the GIL)."""
+    if len(ranges) == 1:
+        return [fn(*ranges[0])]
+    with ThreadPoolExecutor(max_workers=len(ranges) - 1) as pool:
+        futures = [pool.submit(fn, *r) for r in ranges[:-1]]
+        last = fn(*ranges[-1])
+        return [f.result() for f in futures] + [last]
+
+
+def _xy_limits(points: PointArrays) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(min, max) of the raw X and of the raw Y, chunk by chunk: reducing a strided LAS field
+    directly is several times slower than gathering a chunk and reducing that."""
+
+    def limits(a: int, b: int) -> np.ndarray:
+        buf = np.empty(min(_CHUNK, b - a), dtype=np.result_type(points.X, points.Y))
+        out = []
+        for s in range(a, b, _CHUNK):
+            e = min(s + _CHUNK, b)
+            c = buf[: e - s]
+            for v in (points.X, points.Y):
+                np.copyto(c, v[s:e])
+                out.append((int(c.min()), int(c.max())))
+        return np.array(out, dtype=np.int64).reshape(-1, 2, 2)
+
+    lim = np.concatenate(_in_threads(limits, _ranges(len(points))))
+    lo, hi = lim[:, :, 0].min(axis=0), lim[:, :, 1].max(axis=0)
+    return (int(lo[0]), int(hi[0])), (int(lo[1]), int(hi[1]))
 
 
 def _z_limits(Z: np.ndarray, spec: GridSpec) -> tuple[int, int]:
@@ -161,10 +219,9 @@ def bin_points(
     """Flat voxel index ``(d * H + h) * W + w`` of every point and its height inside its voxel.
 
     ``z_limits`` (raw integer Z) defaults to the spec's ``z_range`` rule; ``with_height=False``
-    returns None for the heights (the point -> voxel mapping alone). From 1 M points the three
-    axes are binned in parallel threads (numpy releases the GIL in these loops).
+    returns None for the heights (the point -> voxel mapping alone).
     """
-    flat, zfrac, _cell = _bin_points(points, spec, z_limits, with_height)
+    flat, zfrac, _key, _cell = _bin_points(points, spec, z_limits, with_height)
     return flat, zfrac
 
 
@@ -173,31 +230,53 @@ def _bin_points(
     spec: GridSpec,
     z_limits: tuple[int, int] | None,
     with_height: bool,
-) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """:func:`bin_points` plus the voxel side in XY (CRS units), from the spans it measured."""
+    codes: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]:
+    """:func:`bin_points`, the class-major key of :func:`_class_counts` for LAS ``codes`` (None
+    without codes) and the voxel side in XY (CRS units) from the spans it measured.
+
+    One pass over the points in cache-sized chunks, in two threads from 1 M points. (Summing
+    per voxel inside the chunk loop with ``np.add.at`` would spare the per-point key and height
+    arrays, but ``ufunc.at`` holds the GIL: two threads then run slower than one.)
+    """
     d, h, w = spec.shape
+    n, v = len(points), spec.num_voxels
     if z_limits is None:
         z_limits = _z_limits(points.Z, spec)
-    jobs = (
-        (points.Z, d, spec.binning, z_limits, with_height),
-        (points.Y, h, spec.binning, None, False, True),  # row 0 = north
-        (points.X, w, spec.binning),
+    X, Y = points.X, points.Y
+    if n < _THREAD_MIN_POINTS:  # the records fit the cache: gather X and Y once, bin the copies
+        X, Y = np.ascontiguousarray(X), np.ascontiguousarray(Y)
+        (xlo, xhi), (ylo, yhi) = (int(X.min()), int(X.max())), (int(Y.min()), int(Y.max()))
+    else:
+        (xlo, xhi), (ylo, yhi) = _xy_limits(points)
+    axes = (
+        (_Axis(*z_limits, d, spec.binning, h * w, clip=True), points.Z),
+        (_Axis(ylo, yhi, h, spec.binning, w, flip=True), Y),  # row 0 = north
+        (_Axis(xlo, xhi, w, spec.binning, 1), X),
     )
-    if len(points) < _THREAD_MIN_POINTS:
-        (flat, zfrac, _), (y, _, y_span), (x, _, x_span) = (_bin_axis(*job) for job in jobs)
-    else:
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            futures = [pool.submit(_bin_axis, *job) for job in jobs]
-            (flat, zfrac, _), (y, _, y_span), (x, _, x_span) = (f.result() for f in futures)
-    if spec.num_voxels < 2**31 and flat.dtype == y.dtype == x.dtype == np.int32:
-        flat = flat * np.int32(h)  # in int32 (half the bytes), widened once at the end
-    else:
-        flat = flat.astype(np.int64) * h
-    flat += y
-    flat *= w
-    flat += x
-    cell = max(x_span * points.scales[0] / w, y_span * points.scales[1] / h)
-    return flat.astype(np.int64, copy=False), zfrac, cell
+    dtype = np.int32 if v < 2**31 and all(a.fits_int32() for a, _ in axes) else np.int64
+    flat = np.empty(n, dtype=np.int64)
+    zfrac = np.empty(n, dtype=np.float64) if with_height else None  # what bincount weighs with
+    key = np.empty(n, dtype=np.int64) if codes is not None else None
+    lut = _ROW_OF_CODE.astype(np.int64) * v
+
+    def work(a: int, b: int) -> None:
+        acc, t, q = (np.empty(min(_CHUNK, b - a), dtype=dtype) for _ in range(3))
+        for s in range(a, b, _CHUNK):
+            e = min(s + _CHUNK, b)
+            k = e - s
+            acc[:k] = 0
+            for i, (axis, src) in enumerate(axes):
+                fr = zfrac[s:e] if i == 0 and zfrac is not None else None
+                axis.add_to(acc[:k], src[s:e], t[:k], q[:k], fr)
+            np.copyto(flat[s:e], acc[:k])
+            if key is not None:  # class row * V + voxel, the row from a 256-entry code table
+                np.take(lut, codes[s:e], out=key[s:e], mode="clip")
+                key[s:e] += flat[s:e]
+
+    _in_threads(work, _ranges(n))
+    cell = max(axes[2][0].span * points.scales[0] / w, axes[1][0].span * points.scales[1] / h)
+    return flat, zfrac, key, cell
 
 
 def _class_counts(
@@ -220,18 +299,23 @@ def _class_counts(
 
 
 def _vote(
-    class_counts: np.ndarray, counts: np.ndarray, empty_label: Literal["ignore", "ground"]
+    class_counts: np.ndarray,
+    counts: np.ndarray,
+    empty_label: Literal["ignore", "ground"],
+    occupied: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Majority vote per voxel from :func:`_class_counts` (``counts``: its column sums).
+    """Majority vote per voxel from :func:`_class_counts` (``counts``: its column sums;
+    ``occupied``: their nonzero indices, when known).
 
     Only occupied voxels are visited. Ties go to the tile's rarer class.
     """
     k = NUM_CLASSES
-    occupied = np.flatnonzero(counts)
-    c = class_counts[:k, occupied]
+    if occupied is None:
+        occupied = np.flatnonzero(counts)
+    c = [class_counts[j].take(occupied) for j in range(k)]
     # rank k-1 for the rarest class of the tile, 0 for the most common; stable on equal counts
     rank = np.empty(k, dtype=np.int64)
-    rank[np.argsort(-c.sum(axis=1), kind="stable")] = np.arange(k)
+    rank[np.argsort([-int(cj.sum()) for cj in c], kind="stable")] = np.arange(k)
     # running maximum of count * k + rank over the classes (distinct ranks: no exact ties)
     best = c[0] * k + rank[0]
     vote = np.zeros(len(occupied), dtype=np.int64)
@@ -360,10 +444,11 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
     if len(points) == 0:
         raise ValueError("cannot voxelise an empty point cloud")
     z_limits = _z_limits(points.Z, spec)
-    flat, zfrac, cell = _bin_points(points, spec, z_limits, with_height=True)
     v = spec.num_voxels
     need_height = any(f in ("height", *SURFACE_FEATURES) for f in spec.features)
-    if not with_labels or points.classification is None:
+    codes = points.classification if with_labels else None
+    flat, zfrac, key, cell = _bin_points(points, spec, z_limits, need_height, codes)
+    if key is None:
         counts = np.bincount(flat, minlength=v)
         z_sums = np.bincount(flat, weights=zfrac, minlength=v) if need_height else None
         return VoxelizedTile(
@@ -371,15 +456,18 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
             labels=None,
             point_voxel=flat,
         )
-    # one pass gives the class counts and (their sum) the point counts; numpy releases the GIL,
-    # so the per-voxel height sums and then the features run beside it and the vote
+    # the class counts give (their sum) the point counts; numpy releases the GIL, so the
+    # per-voxel height sums and then the features run beside the count and the vote
     with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(_class_counts, flat, points.classification, v, _ROW_OF_CODE)
+        future = pool.submit(np.bincount, key, minlength=(NUM_CLASSES + 1) * v)
         z_sums = np.bincount(flat, weights=zfrac, minlength=v) if need_height else None
-        class_counts = future.result()
+        del zfrac
+        class_counts = future.result().reshape(NUM_CLASSES + 1, v)
+        del key
         counts = class_counts.sum(axis=0)
-        future = pool.submit(_vote, class_counts, counts, spec.empty_label)
-        features = _features(points, flat, counts, z_sums, spec, z_limits, cell)
+        occupied = np.flatnonzero(counts)
+        future = pool.submit(_vote, class_counts, counts, spec.empty_label, occupied)
+        features = _features(points, flat, counts, z_sums, spec, z_limits, cell, occupied)
         labels = future.result().reshape(spec.shape)
     return VoxelizedTile(features=features, labels=labels, point_voxel=flat)
 
@@ -399,41 +487,44 @@ def _features(
     spec: GridSpec,
     z_limits: tuple[int, int],
     cell: float,
+    occ: np.ndarray | None = None,
 ) -> np.ndarray:
     """(C, D, H, W) float32 channels; per-voxel work only where points fall.
 
-    ``cell``: voxel side in XY (CRS units), for the relief neighbourhoods."""
+    ``cell``: voxel side in XY (CRS units), for the relief neighbourhoods; ``occ``: the
+    occupied voxels (nonzero ``counts``), when known."""
     out = np.zeros((len(spec.features), spec.num_voxels), dtype=np.float32)
-    occ = np.flatnonzero(counts)
+    if occ is None:
+        occ = np.flatnonzero(counts)
     n_occ = counts[occ].astype(np.float64)
     mean_frac = geo = None
-    for i, name in enumerate(spec.features):
+    for row, name in zip(out, spec.features):  # rows are views: 1D scatters, no 2D indexing
         if name == "occupancy":
-            out[i, occ] = 1.0
+            row[occ] = 1.0
         elif name == "log_density":
-            out[i, occ] = np.log1p(n_occ / n_occ.mean())
+            row[occ] = np.log1p(n_occ / n_occ.mean())
         elif name == "height" or name in SURFACE_FEATURES:
             if mean_frac is None:
-                mean_frac = np.zeros(spec.num_voxels, dtype=np.float32)
-                mean_frac[occ] = z_sums[occ] / n_occ
+                mean_frac = row if name == "height" else np.zeros_like(row)
+                mean_frac[occ] = z_sums.take(occ) / n_occ
             if name == "height":
-                out[i] = mean_frac
+                row[:] = mean_frac
                 continue
             if geo is None:
                 geo = _surface(counts, mean_frac, spec, z_limits, points.scales[2], cell)
-            out[i] = _surface_feature(name, geo).ravel()
+            row[:] = _surface_feature(name, geo).ravel()
         elif name == "intensity":
             inten = points.intensity if points.intensity is not None else np.zeros(len(flat))
             ref = max(float(np.percentile(inten, 99)), 1.0)
             sums = np.bincount(flat, weights=inten, minlength=spec.num_voxels)
-            out[i, occ] = np.minimum(sums[occ] / n_occ / ref, 1.0)
+            row[occ] = np.minimum(sums[occ] / n_occ / ref, 1.0)
         elif name == "return_ratio":
             rn, nr = points.return_number, points.number_of_returns
             if rn is None or nr is None:
-                out[i, occ] = 1.0
+                row[occ] = 1.0
                 continue
             ratio = rn.astype(np.float32) / np.maximum(nr, 1).astype(np.float32)
-            out[i, occ] = np.bincount(flat, weights=ratio, minlength=spec.num_voxels)[occ] / n_occ
+            row[occ] = np.bincount(flat, weights=ratio, minlength=spec.num_voxels)[occ] / n_occ
         else:  # pragma: no cover - GridSpec validates names
             raise ConfigError(f"unknown voxel feature {name!r}")
     return out.reshape(len(spec.features), *spec.shape)
