@@ -15,13 +15,18 @@ LABEL_MAP_3D = {2: 0, 27: 1, 6: 2}
 INV_LABEL_MAP_3D = {v: k for k, v in LABEL_MAP_3D.items()}
 
 
-def seed_las_to_volume(las: laspy.LasData, grid=(32, 256, 256)) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's las_to_volume: min-max normalise x/y/z, write mapped codes into the volume."""
+def seed_point_index(las: laspy.LasData, grid=(32, 256, 256)) -> np.ndarray:
+    """The point -> voxel part of the seed's las_to_volume: (N, 3) x/y/z bins via float64."""
     d, h, w = grid
     pts = np.vstack([las.x, las.y, las.z]).T
     mins, maxs = pts.min(axis=0), pts.max(axis=0)
     norm = (pts - mins) / (maxs - mins)
-    idx = np.floor(norm * (np.array([w, h, d]) - 1)).astype(int)
+    return np.floor(norm * (np.array([w, h, d]) - 1)).astype(int)
+
+
+def seed_las_to_volume(las: laspy.LasData, grid=(32, 256, 256)) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's las_to_volume: min-max normalise x/y/z, write mapped codes into the volume."""
+    idx = seed_point_index(las, grid)
     labels = np.vectorize(lambda c: LABEL_MAP_3D.get(int(c), 0))(np.asarray(las.classification))
     vol = np.zeros(grid, dtype=np.float32)
     for c in range(3):

@@ -233,3 +233,34 @@ def test_evaluate_reports_three_levels_and_baseline(weights, tiny_dataset, capsy
         assert np.array(res[lvl]["confusion"]).shape == (3, 3)
     assert main(["evaluate", "--weights", str(weights), "--data", str(tiny_dataset)]) == 0
     assert "points (all-ground)" in capsys.readouterr().out
+
+
+@pytest.mark.real
+def test_uncompressed_write_keeps_every_byte_but_classification(tmp_path):
+    """LAS in -> LAS out changes the classification bytes and nothing else (header, VLRs,
+    padding, records, EVLRs as stored), for every uncompressed real file."""
+    from uxbseg.io.las import read_las, write_classified
+
+    files = [p for p in real_las_files() if p.suffix.lower() == ".las"]
+    assert files
+    for src in files:
+        las = read_las(src)
+        n, fmt = len(las.points), las.header.point_format
+        codes = np.random.default_rng(0).choice(np.array([2, 27, 6], np.uint8), n)
+        dst = write_classified(las, codes, tmp_path / src.name, compress=False, src=src)
+        a, b = src.read_bytes(), dst.read_bytes()
+        assert len(a) == len(b), src.name
+        start, size = las.header.offset_to_point_data, fmt.size
+        end = start + n * size
+        assert a[:start] == b[:start] and a[end:] == b[end:], src.name
+        ra = np.frombuffer(a[start:end], np.uint8).reshape(n, size)
+        rb = np.frombuffer(b[start:end], np.uint8).reshape(n, size)
+        col = 16 if fmt.id >= 6 else 15  # the classification byte
+        others = np.ones(size, bool)
+        others[col] = False
+        np.testing.assert_array_equal(ra[:, others], rb[:, others], err_msg=src.name)
+        back = laspy.read(dst)
+        np.testing.assert_array_equal(np.asarray(back.classification), codes)
+        if fmt.id < 6:  # flags sharing the byte survive
+            for flag in LEGACY_FLAGS:
+                np.testing.assert_array_equal(back[flag], laspy.read(src)[flag])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,6 +224,40 @@ def _keep_vlrs_verbatim(las: laspy.LasData, raw_vlrs: list[tuple[str, int, bytes
             vlrs[i] = next(swapped)
 
 
+def _copy_with_records(las: laspy.LasData, src: str | Path, dst: Path) -> bool:
+    """Write ``dst`` as the uncompressed LAS ``src`` byte for byte, with ``las``'s point records.
+
+    When only point values changed (same count, same record layout), the header (its counts
+    and bounds stay true), every VLR, any padding, the EVLRs all stay as stored - and laspy's
+    re-encoding and per-file statistics are skipped. Returns False, writing nothing, when
+    ``src`` is compressed or its layout does not match ``las``.
+    """
+    records = las.points.array
+    try:
+        with laspy.open(src) as reader:
+            h = reader.header
+            if h.are_points_compressed:
+                return False
+            start, size, count = h.offset_to_point_data, h.point_format.size, h.point_count
+    except Exception:  # an unreadable source: let laspy's own writer decide
+        return False
+    end = start + size * count
+    if (
+        h.point_format.id != las.header.point_format.id
+        or count != len(records)
+        or records.dtype.itemsize != size
+        or not records.flags.c_contiguous
+        or Path(src).stat().st_size < end
+    ):
+        return False
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.write(fin.read(start))  # header, VLRs and anything up to the points
+        fout.write(records.view(np.uint8).reshape(-1))
+        fin.seek(end)
+        shutil.copyfileobj(fin, fout)  # EVLRs and any trailing bytes
+    return True
+
+
 def _drop_copc_index(las: laspy.LasData, dst: Path) -> None:
     """COPC in -> plain LAZ out, without COPC's info VLR and hierarchy EVLR.
 
@@ -294,9 +329,11 @@ def write_classified(
             las[name] = values.astype(np.float32)
     tmp = dst.with_name(f".{dst.name}.partial")
     try:
-        las.write(tmp, do_compress=compress)
-        if raw_vlrs is not None:
-            _restore_vlr_bytes(raw_vlrs, tmp)
+        plain = not (compress or keep_classification or extra)
+        if not (plain and src is not None and _copy_with_records(las, src, tmp)):
+            las.write(tmp, do_compress=compress)
+            if raw_vlrs is not None:
+                _restore_vlr_bytes(raw_vlrs, tmp)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
