@@ -264,3 +264,33 @@ def test_uncompressed_write_keeps_every_byte_but_classification(tmp_path):
         if fmt.id < 6:  # flags sharing the byte survive
             for flag in LEGACY_FLAGS:
                 np.testing.assert_array_equal(back[flag], laspy.read(src)[flag])
+
+
+def test_tta_is_mirror_equivariant(weights):
+    """Averaged over the four mirror images, the prediction of a mirrored tile is the mirrored
+    prediction (each flip mapped back correctly), and it differs from the plain one."""
+    import torch
+
+    from uxbseg.predict import infer_tile
+
+    model, cfg = load_model(weights)
+    model.eval()
+    rng = np.random.default_rng(0)
+    s, (d, h, w) = cfg.data.image_size, cfg.grid.shape
+    image = rng.standard_normal((3, s, s)).astype(np.float32)
+    vox = rng.random((len(cfg.grid.features), d, h, w)).astype(np.float32)
+    cpu = torch.device("cpu")
+    p, _ = infer_tile(model, image, vox, cpu, tta=True)
+    for axes in ((-1,), (-2,)):
+        q, _ = infer_tile(
+            model,
+            np.ascontiguousarray(np.flip(image, axes)),
+            np.ascontiguousarray(np.flip(vox, axes)),
+            cpu,
+            tta=True,
+        )
+        torch.testing.assert_close(q, p.flip(axes), atol=1e-5, rtol=1e-4)
+    plain, _ = infer_tile(model, image, vox, cpu)
+    assert plain.shape == p.shape == (3, d, h, w)
+    torch.testing.assert_close(p.sum(0), torch.ones(d, h, w), atol=1e-5, rtol=0)
+    assert (plain - p).abs().max() > 1e-4

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from uxbseg.config import OptimConfig
@@ -21,3 +23,16 @@ def test_seed_schedule(epoch, head, enc, frozen):
     assert head_lr(epoch, cfg) == pytest.approx(head, rel=1e-12)
     assert encoder_lr(epoch, cfg) == pytest.approx(enc, rel=1e-12, abs=0)
     assert encoders_frozen(epoch, cfg) is frozen
+
+
+def test_cosine_decay_after_warm_up():
+    from uxbseg.training.schedule import decay_factor
+
+    assert decay_factor(0.7, OptimConfig()) == 1.0  # the seed keeps LR_MAIN
+    cfg = OptimConfig(decay="cosine", min_lr_ratio=0.1)
+    assert decay_factor(0.0, cfg) == pytest.approx(1.0)
+    assert decay_factor(0.5, cfg) == pytest.approx(0.55)
+    assert decay_factor(1.0, cfg) == pytest.approx(0.1)
+    assert decay_factor(3.0, cfg) == pytest.approx(0.1)  # clamped past the end
+    values = [decay_factor(p / 10, cfg) for p in range(11)]
+    assert all(a > b for a, b in itertools.pairwise(values))

@@ -13,6 +13,7 @@ from uxbseg.data.pairs import find_pairs
 from uxbseg.data.voxelize import GridSpec
 from uxbseg.io.weights import BEST_WEIGHTS_NAME, load_model
 from uxbseg.models import UXBFusionModel
+from uxbseg.training.schedule import decay_factor
 from uxbseg.training.task import NonFiniteLossError, UXBSegmentationTask
 from uxbseg.training.train import train
 
@@ -25,7 +26,7 @@ def _rows(path):
 
 
 def test_run_folder_and_metrics(trained_run):
-    result, _ = trained_run
+    result, cfg = trained_run
     run = result.run_dir
     assert result.best_weights == run / f"{BEST_WEIGHTS_NAME}.safetensors"
     for name in (
@@ -50,6 +51,11 @@ def test_run_folder_and_metrics(trained_run):
     ):
         assert key in rows[0], key
     assert all(0.0 <= float(r["val/acc_3d"]) <= 1.0 for r in val)
+    # tiny.yaml decays the learning rate after its one warm-up epoch (cosine over 2 epochs)
+    lrs = [float(r["lr/heads"]) for r in rows if r.get("lr/heads")]
+    oc = cfg.optim
+    assert oc.decay == "cosine" and cfg.trainer.max_epochs == 2
+    assert lrs == pytest.approx([oc.lr_main, oc.lr_main * decay_factor(0.5, oc)], rel=1e-6)
 
 
 def test_best_weights_load_safely_and_reproduce(trained_run, tiny_dataset):

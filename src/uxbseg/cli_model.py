@@ -89,7 +89,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .io.weights import load_model
 
     model, cfg = load_model(args.weights)
-    result = evaluate(model, cfg, args.data, args.split, progress=not args.json)
+    result = evaluate(model, cfg, args.data, args.split, progress=not args.json, tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -153,6 +153,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         probabilities=args.probabilities,
         keep_classification=args.keep_classification,
         codes=codes,
+        tta=args.tta,
     )
     failed = [r for r in results if r.error]
     for r in results:
@@ -185,6 +186,11 @@ def add_prediction_commands(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (ROOT)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the prediction over the tile's four mirror images (4x the model time)",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -219,6 +225,11 @@ def add_prediction_commands(sub) -> None:
         "--codes",
         type=_codes,
         help="LAS codes written for ground,plazuela,structure (default 2,27,6)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the prediction over the tile's four mirror images (4x the model time)",
     )
     p.set_defaults(func=_cmd_predict)
 

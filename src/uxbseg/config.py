@@ -127,6 +127,10 @@ class OptimConfig:
     warmup_epochs: int = 20
     weight_decay: float = 1e-2
     freeze_policy: Literal["pretrained", "seed", "none"] = "pretrained"
+    # after the warm-up: the seed keeps LR_MAIN ("none"); "cosine" lowers it to
+    # lr_main * min_lr_ratio by the end of the run (max_epochs or max_time_minutes)
+    decay: Literal["none", "cosine"] = "none"
+    min_lr_ratio: float = 0.02
 
 
 @dataclass
@@ -194,6 +198,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
     if cfg.optim.warmup_epochs < 0:
         raise ConfigError(f"optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")
+    if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
+        raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     clip = cfg.trainer.gradient_clip_norm
     if clip is not None and not clip > 0:
         raise ConfigError(f"trainer.gradient_clip_norm must be > 0 or null, got {clip}")

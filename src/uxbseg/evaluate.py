@@ -37,6 +37,7 @@ def evaluate(
     split: str = "test",
     device: torch.device | None = None,
     progress: bool = True,
+    tta: bool = False,
 ) -> dict:
     """Metrics of ``model`` on ``root/split``.
 
@@ -65,7 +66,7 @@ def evaluate(
         point_truth = las_code_to_class(pts.classification)
         vox_truth = voxel_labels(vox.point_voxel, point_truth, spec.num_voxels, spec.empty_label)
         image = load_image(pair.image, cfg.data.image_size)
-        probs, pred2d = infer_tile(model, image, vox.features, device)
+        probs, pred2d = infer_tile(model, image, vox.features, device, tta)
         grid = probs.argmax(0).numpy().ravel()
         truths = {"voxels": vox_truth, "points": point_truth}
         preds = {"voxels": grid, "points": grid[vox.point_voxel]}

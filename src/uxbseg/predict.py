@@ -78,17 +78,41 @@ def _device_autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
+MIRRORS = ((), (-1,), (-2,), (-2, -1))
+"""Test-time augmentation: the tile as it is, mirrored west-east, north-south, and both. The
+last two axes are x (W) and y (H) in the image, the voxel grid and the logits alike."""
+
+
 @torch.inference_mode()
 def infer_tile(
-    model: torch.nn.Module, image: np.ndarray, voxels: np.ndarray, device: torch.device
+    model: torch.nn.Module,
+    image: np.ndarray,
+    voxels: np.ndarray,
+    device: torch.device,
+    tta: bool = False,
 ) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Class probabilities (K, D, H, W) of one tile (float32, CPU) and the 2D argmax (H, W)."""
+    """Class probabilities (K, D, H, W) of one tile (float32, CPU) and the 2D argmax (H, W).
+
+    With ``tta`` the probabilities are averaged over the four mirror images of the tile
+    (:data:`MIRRORS`), each mapped back (4x the inference time).
+    """
     img = torch.from_numpy(image)[None].to(device)
     vox = torch.from_numpy(voxels)[None].to(device)
-    with _device_autocast(device):
-        out = model(img, vox)
-    probs = F.softmax(out["logits3d"].float(), dim=1)[0].cpu()
-    pred2d = None if out["logits2d"] is None else out["logits2d"].argmax(1)[0].cpu().numpy()
+    probs = probs2d = None
+    for dims in MIRRORS if tta else MIRRORS[:1]:
+
+        def flip(t: torch.Tensor, dims=dims) -> torch.Tensor:
+            return t.flip(dims) if dims else t
+
+        with _device_autocast(device):
+            out = model(flip(img), flip(vox))
+        p = flip(F.softmax(out["logits3d"].float(), dim=1))
+        probs = p if probs is None else probs + p
+        if out["logits2d"] is not None:
+            p2 = flip(F.softmax(out["logits2d"].float(), dim=1))
+            probs2d = p2 if probs2d is None else probs2d + p2
+    probs = probs[0].cpu() / (len(MIRRORS) if tta else 1)
+    pred2d = None if probs2d is None else probs2d.argmax(1)[0].cpu().numpy()
     return probs, pred2d
 
 
@@ -108,6 +132,7 @@ def predict_one(
     probabilities: bool = False,
     keep_classification: bool = False,
     codes: Sequence[int] | None = None,
+    tta: bool = False,
 ) -> PredictResult:
     """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written)."""
     las = read_las(job.las)
@@ -125,7 +150,7 @@ def predict_one(
             TPI_RADIUS_M,
         )
         image = render_tpi_image(las, cfg.data.image_size)
-    probs, _ = infer_tile(model, image, vox.features, device)
+    probs, _ = infer_tile(model, image, vox.features, device, tta)
     grid = probs.argmax(0).numpy().astype(np.uint8)
     point_class = grid.ravel()[vox.point_voxel]
     if codes is None:
@@ -157,6 +182,7 @@ def predict_files(
     keep_classification: bool = False,
     codes: Sequence[int] | None = None,
     progress: bool = True,
+    tta: bool = False,
 ) -> list[PredictResult]:
     """Predict every job; a bad input is reported and skipped while the others go on."""
     from tqdm.auto import tqdm
@@ -176,6 +202,7 @@ def predict_files(
                     probabilities,
                     keep_classification,
                     codes,
+                    tta,
                 )
             )
         except UXBError as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 from ..config import OptimConfig
 
-__all__ = ["encoder_lr", "encoders_frozen", "head_lr"]
+__all__ = ["decay_factor", "encoder_lr", "encoders_frozen", "head_lr"]
 
 
 def head_lr(epoch: int, cfg: OptimConfig) -> float:
@@ -28,3 +30,15 @@ def encoder_lr(epoch: int, cfg: OptimConfig) -> float:
     if w > 0 and epoch <= 2 * w:
         return cfg.lr_warmup + (cfg.lr_main - cfg.lr_warmup) * (epoch - w) / w
     return cfg.lr_main
+
+
+def decay_factor(progress: float, cfg: OptimConfig) -> float:
+    """LR multiplier for the epochs after a group's warm-up, at ``progress`` (0..1) of the run.
+
+    1.0 with ``decay='none'`` (the seed); with ``'cosine'``, half a cosine from 1.0 at the start
+    to ``min_lr_ratio`` at the end.
+    """
+    if cfg.decay == "none":
+        return 1.0
+    p = min(max(progress, 0.0), 1.0)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))

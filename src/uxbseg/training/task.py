@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Timer
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..classes import IGNORE, NUM_CLASSES
@@ -16,7 +17,7 @@ from ..errors import UXBError
 from ..losses import FusionLoss
 from ..metrics import format_metrics_table, metrics_from_confusion
 from ..models import UXBFusionModel
-from .schedule import encoder_lr, encoders_frozen, head_lr
+from .schedule import decay_factor, encoder_lr, encoders_frozen, head_lr
 
 __all__ = ["NonFiniteLossError", "UXBSegmentationTask"]
 
@@ -88,10 +89,24 @@ class UXBSegmentationTask(pl.LightningModule):
     def _frozen(self) -> bool:
         return bool(self.scheduled) and encoders_frozen(self.seed_epoch, self.cfg.optim)
 
+    def progress(self) -> float:
+        """How far the run is (0..1): the larger of the epochs and the time budget used."""
+        done = self.current_epoch / max(1, self.trainer.max_epochs or 1)
+        minutes = self.cfg.trainer.max_time_minutes
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if minutes and timer is not None:
+            done = max(done, timer.time_elapsed("train") / (60.0 * minutes))
+        return min(done, 1.0)
+
     def on_train_epoch_start(self) -> None:
         e, oc = self.seed_epoch, self.cfg.optim
+        decay = decay_factor(self.progress(), oc) if oc.decay != "none" else 1.0
+        w = oc.warmup_epochs
         for group in self.trainer.optimizers[0].param_groups:
-            group["lr"] = encoder_lr(e, oc) if group.get("name") == "encoders" else head_lr(e, oc)
+            if group.get("name") == "encoders":  # decays once its own warm-up (2 W) is over
+                group["lr"] = encoder_lr(e, oc) * (decay if e > 2 * w else 1.0)
+            else:
+                group["lr"] = head_lr(e, oc) * (decay if e > w else 1.0)
         frozen = self._frozen()
         # a single process saves the backward pass through frozen encoders; under DDP every
         # parameter keeps requires_grad (the reducer is built once) and grads are dropped instead
