@@ -96,7 +96,8 @@ class UXBSegmentationTask(pl.LightningModule):
         timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
         if minutes and timer is not None:
             done = max(done, timer.time_elapsed("train") / (60.0 * minutes))
-        return min(done, 1.0)
+        # every DDP process must step with the same LR: the clocks may differ, rank 0 decides
+        return min(float(self.trainer.strategy.broadcast(done, src=0)), 1.0)
 
     def on_train_epoch_start(self) -> None:
         e, oc = self.seed_epoch, self.cfg.optim
