@@ -141,7 +141,8 @@ def train(
     earlier = _read_rows(metrics_csv) if resume else []
     trainer = _trainer(cfg, run_dir, callbacks, progress)
     try:
-        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+        # resume reads last.ckpt as tensors and plain data only: never unpickles objects
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     finally:
         if earlier:  # Lightning's CSV logger starts metrics.csv afresh; keep the earlier epochs
             _prepend_rows(metrics_csv, earlier)
