@@ -315,9 +315,6 @@ def write_classified(
             "predict into a copy without them"
         )
     _drop_copc_index(las, dst)
-    raw_vlrs = read_raw_vlrs(src) if src is not None else None
-    if raw_vlrs is not None:
-        _keep_vlrs_verbatim(las, raw_vlrs)
     if keep_classification:
         las.add_extra_dim(laspy.ExtraBytesParams("uxb_class", "u1", description="uxbseg class"))
         las.uxb_class = codes.astype(np.uint8)
@@ -327,10 +324,13 @@ def write_classified(
         las.add_extra_dims([laspy.ExtraBytesParams(n, "f4") for n in extra])
         for name, values in extra.items():
             las[name] = values.astype(np.float32)
+    same_layout = src is not None and not (compress or keep_classification or extra)
     tmp = dst.with_name(f".{dst.name}.partial")
     try:
-        plain = not (compress or keep_classification or extra)
-        if not (plain and src is not None and _copy_with_records(las, src, tmp)):
+        if not (same_layout and _copy_with_records(las, src, tmp)):  # else laspy re-encodes
+            raw_vlrs = read_raw_vlrs(src) if src is not None else None
+            if raw_vlrs is not None:
+                _keep_vlrs_verbatim(las, raw_vlrs)
             las.write(tmp, do_compress=compress)
             if raw_vlrs is not None:
                 _restore_vlr_bytes(raw_vlrs, tmp)
