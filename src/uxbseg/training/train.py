@@ -179,6 +179,7 @@ def _trainer(cfg: Config, run_dir: Path, callbacks: list[Callback], progress: bo
         devices=tc.devices,
         strategy=tc.strategy,
         precision=_precision(cfg),
+        benchmark=True,  # fixed-size grids: cuDNN autotuning pays on a GPU (BENCHMARKS.md)
         max_epochs=tc.max_epochs,
         max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
         gradient_clip_val=tc.gradient_clip_norm,
