@@ -19,6 +19,24 @@ def test_weighted_sum_and_ignore():
     torch.testing.assert_close(loss, l2 + l3)
 
 
+def test_surface_term_is_added_with_its_weight():
+    torch.manual_seed(0)
+    out = {
+        "logits3d": torch.randn(1, 3, 2, 3, 4),
+        "logits2d": torch.randn(1, 3, 3, 4),
+        "logits_surface": torch.randn(1, 3, 3, 4),
+    }
+    batch = {
+        "labels3d": torch.randint(0, 3, (1, 2, 3, 4)),
+        "mask2d": torch.randint(0, 3, (1, 3, 4)),
+    }
+    w = torch.tensor([0.05, 0.45, 0.50])
+    loss, parts = FusionLoss(weight_surface=0.5)(out, batch)
+    ls = F.cross_entropy(out["logits_surface"], batch["mask2d"], weight=w)
+    torch.testing.assert_close(parts["loss_surface"], ls)
+    torch.testing.assert_close(loss, parts["loss3d"] + parts["loss2d"] + 0.5 * ls)
+
+
 def test_all_ignored_is_zero_not_nan():
     out = {"logits3d": torch.randn(1, 3, 2, 2, 2, requires_grad=True), "logits2d": None}
     loss, _ = FusionLoss()(out, {"labels3d": torch.full((1, 2, 2, 2), IGNORE)})

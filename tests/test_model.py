@@ -14,6 +14,9 @@ from .conftest import ROOT
 def test_forward_shapes(tiny_cfg, fusion, head):
     tiny_cfg.model.fusion = fusion
     tiny_cfg.model.image_head = head
+    surface = fusion in ("column", "image_only")  # the surface branch needs column maps
+    if not surface:
+        tiny_cfg.model.surface_branch = 0
     model = UXBFusionModel.from_config(tiny_cfg)
     c = len(tiny_cfg.grid.features)
     out = model(torch.randn(1, 3, 64, 64), torch.randn(1, c, 32, 32, 64))
@@ -22,6 +25,53 @@ def test_forward_shapes(tiny_cfg, fusion, head):
         assert out["logits2d"] is None
     else:
         assert out["logits2d"].shape == (1, 3, 32, 64)
+    if surface:
+        assert out["logits_surface"].shape == (1, 3, 32, 64)
+    else:
+        assert out["logits_surface"] is None
+
+
+def test_surface_branch_reads_only_the_surface_columns(tiny_cfg):
+    """The 2D branch sees the surface_* channels (one depth slice) and nothing else, and its
+    features reach the 3D logits through the column fusion."""
+    feats = list(tiny_cfg.grid.features)
+    surface = [i for i, f in enumerate(feats) if f.startswith("surface_")]
+    assert len(surface) == 4
+    torch.manual_seed(0)
+    model = UXBFusionModel.from_config(tiny_cfg).eval()
+    image = torch.randn(1, 3, 64, 64)
+    vox = torch.randn(1, len(feats), 32, 32, 64)
+    vox[:, surface] = vox[:, surface, :1]  # constant along depth, as the voxeliser makes them
+    with torch.no_grad():
+        base = model(image, vox)
+        other = vox.clone()
+        other[:, feats.index("height")] += 1.0
+        other[:, surface, 5:] = 0.0  # depth slices past the first are not read
+        moved = model(image, other)
+        torch.testing.assert_close(moved["logits_surface"], base["logits_surface"])
+        assert not torch.allclose(moved["logits3d"], base["logits3d"])
+        bumped = vox.clone()
+        bumped[:, surface[0], :, 10:20, 10:20] += 0.5
+        out = model(image, bumped)
+    assert not torch.allclose(out["logits_surface"], base["logits_surface"])
+    model.surface_branch.zero_grad()
+    model.train()
+    model(image, vox)["logits3d"].square().mean().backward()
+    assert model.surface_branch.enc1[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "section, name, value, msg",
+    [
+        ("model", "fusion", "global", "needs model.fusion column or image_only"),
+        ("model", "surface_branch", 10, "multiple of 4"),
+        ("grid", "features", ("occupancy", "height"), r"surface_\* channels in grid.features"),
+    ],
+)
+def test_surface_branch_checks_name_the_fix(tiny_cfg, section, name, value, msg):
+    setattr(getattr(tiny_cfg, section), name, value)
+    with pytest.raises(ConfigError, match=msg):
+        UXBFusionModel.from_config(tiny_cfg)
 
 
 @pytest.mark.slow
@@ -85,6 +135,7 @@ def test_unreachable_pretrained_is_a_clear_error(tiny_cfg, monkeypatch, tmp_path
 @pytest.mark.parametrize("fusion", ["global", "column"])
 def test_fast_path_equals_seed_formulation_on_same_weights(tiny_cfg, fusion):
     tiny_cfg.model.fusion = fusion
+    tiny_cfg.model.surface_branch = 24 if fusion == "column" else 0
     torch.manual_seed(0)
     fast = UXBFusionModel.from_config(tiny_cfg).eval()
     tiny_cfg.model.fusion_impl = "naive"

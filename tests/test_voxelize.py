@@ -154,6 +154,26 @@ def test_surface_features_are_dense_columns_of_the_ground_relief():
     assert col[0] < 0 < col[-1]
 
 
+def test_fine_reliefs_are_the_same_relief_at_a_quarter_of_the_scale():
+    rng = np.random.default_rng(2)
+    n = 30_000
+    x, y = rng.uniform(0, 100, n), rng.uniform(0, 100, n)
+    z = 0.1 * y + 0.6 * ((np.abs(x - 50) < 15) & (np.abs(y - 50) < 10))  # a 0.6 m platform
+    pts = PointArrays(*(np.round(a * 100).astype(np.int32) for a in (x, y, z)), scales=(0.01,) * 3)
+    feats = (
+        "surface_relief",
+        "surface_relief_fine",
+        "surface_relief_wide",
+        "surface_relief_wide_fine",
+    )
+    spec = GridSpec((16, 32, 32), binning="uniform", features=feats)
+    rel, fine, wide, wide_fine = voxelize(pts, spec, with_labels=False).features[:, 0]
+    np.testing.assert_allclose(fine, np.clip(4 * rel, -1, 1), atol=1e-5)
+    np.testing.assert_allclose(wide_fine, np.clip(4 * wide, -1, 1), atol=1e-5)
+    # the platform fills the fine feature's range where the coarse one stays faint
+    assert wide[16, 16] < 0.3 and wide_fine[16, 16] > 0.9
+
+
 @pytest.mark.parametrize("binning", ["seed", "uniform"])
 @pytest.mark.parametrize("threads", [False, True])
 def test_chunked_binning_matches_the_formula(monkeypatch, binning, threads):

@@ -41,6 +41,8 @@ VOXEL_FEATURES = (
     "relief_wide",
     "surface_relief",
     "surface_relief_wide",
+    "surface_relief_fine",
+    "surface_relief_wide_fine",
     "above_surface",
     "intensity",
     "return_ratio",
@@ -99,6 +101,9 @@ class ModelConfig:
     fusion_impl: Literal["fast", "naive"] = "fast"  # naive = the seed's broadcast + concat
     compile: bool = False  # torch.compile both branches (minutes of start-up; cached on disk)
     channels_last: bool = False  # 3D convs in channels_last_3d (all oneDNN on CPU; see BENCHMARKS)
+    # width of a 2D U-Net over the surface_* column maps whose features join the image's in
+    # column fusion (0 = off, the seed's model); see models/surface_branch.py
+    surface_branch: int = 0
 
 
 @dataclass
@@ -108,6 +113,7 @@ class LossConfig:
     class_weights: tuple[float, float, float] = (0.05, 0.45, 0.50)
     weight_2d: float = 1.0
     weight_3d: float = 1.0
+    weight_surface: float = 1.0  # CE of the surface branch's column logits (when it is on)
 
 
 @dataclass

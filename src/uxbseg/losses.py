@@ -21,9 +21,13 @@ def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 class FusionLoss(nn.Module):
     """``w2d * CE(logits2d, mask2d) + w3d * CE(logits3d, labels3d)`` with class weights.
 
+    When the model has a surface branch (``logits_surface``), ``w_surface * CE(logits_surface,
+    mask2d)`` is added.
+
     Args:
         class_weights: per-class weights (seed: 0.05, 0.45, 0.50).
         weight_2d, weight_3d: weights of the two terms (seed: 1, 1).
+        weight_surface: weight of the surface branch's term.
     """
 
     def __init__(
@@ -31,11 +35,13 @@ class FusionLoss(nn.Module):
         class_weights: tuple[float, ...] = (0.05, 0.45, 0.50),
         weight_2d: float = 1.0,
         weight_3d: float = 1.0,
+        weight_surface: float = 1.0,
     ) -> None:
         super().__init__()
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
         self.weight_2d = weight_2d
         self.weight_3d = weight_3d
+        self.weight_surface = weight_surface
 
     def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {"loss3d": _weighted_ce(out["logits3d"], batch["labels3d"], self.class_weights)}
@@ -43,4 +49,8 @@ class FusionLoss(nn.Module):
         if out.get("logits2d") is not None:
             parts["loss2d"] = _weighted_ce(out["logits2d"], batch["mask2d"], self.class_weights)
             total = total + self.weight_2d * parts["loss2d"]
+        if out.get("logits_surface") is not None:
+            w = self.class_weights
+            parts["loss_surface"] = _weighted_ce(out["logits_surface"], batch["mask2d"], w)
+            total = total + self.weight_surface * parts["loss_surface"]
         return total, parts

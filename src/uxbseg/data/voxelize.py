@@ -355,6 +355,8 @@ RELIEF_RADIUS = {
     "relief_wide": 30.0,
     "surface_relief": 12.5,
     "surface_relief_wide": 30.0,
+    "surface_relief_fine": 12.5,
+    "surface_relief_wide_fine": 30.0,
 }
 """Half-size (CRS units, metres for most surveys) of the neighbourhood each relief compares with:
 mounds stand out at 12.5 m, whole platforms (up to 40 m across) at 30 m. ``relief*`` is set in
@@ -363,6 +365,9 @@ column (a dense 2D map in each depth slice, whatever the terrain's slope)."""
 SURFACE_FEATURES = (*RELIEF_RADIUS, "above_surface")
 RELIEF_SCALE = 2.0
 """Relief (CRS units) mapped to 1.0; values are clipped to [-1, 1]."""
+FINE_RELIEF_SCALE = 0.5
+"""Relief mapped to 1.0 by the ``*_fine`` features: low platforms (0.3-1.5 m) fill their range
+(mounds saturate them, which the other reliefs resolve)."""
 
 
 @dataclass
@@ -430,7 +435,8 @@ def _surface_feature(name: str, geo: _Surface) -> np.ndarray:
         rel = np.broadcast_to(surf - geo.level(RELIEF_RADIUS[name]), geo.heights.shape)
     else:
         rel = geo.heights - geo.level(RELIEF_RADIUS[name])
-    out = np.clip(rel / RELIEF_SCALE, -1.0, 1.0).astype(np.float32)
+    scale = FINE_RELIEF_SCALE if name.endswith("_fine") else RELIEF_SCALE
+    out = np.clip(rel / scale, -1.0, 1.0).astype(np.float32)
     if name in ("relief", "relief_wide"):
         out[~geo.occupied] = 0.0
     return out

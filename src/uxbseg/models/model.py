@@ -8,8 +8,10 @@ from torch.nn import functional as F
 
 from ..classes import NUM_CLASSES
 from ..config import Config, ModelConfig
+from ..errors import ConfigError
 from .fusion import FusionHead, FusionMode
 from .image_branch import ImageBranch
+from .surface_branch import SurfaceBranch
 from .voxel_branch import VoxelBranch
 
 __all__ = ["UXBFusionModel"]
@@ -19,7 +21,13 @@ class UXBFusionModel(nn.Module):
     """SegFormer-B0 (2D) + SwinUNETR (3D) fused in 3D.
 
     ``forward(image, voxels)`` returns ``{"logits2d": (B, K, H, W) or None,
-    "logits3d": (B, K, D, H, W)}``; the 2D logits are upsampled (bilinear) to the grid's (H, W).
+    "logits3d": (B, K, D, H, W), "logits_surface": (B, K, H, W) or None}``; the 2D logits are
+    upsampled (bilinear) to the grid's (H, W).
+
+    ``surface_channels``: indices of the voxel feature channels that are constant along depth
+    (``surface_*``); with ``model.surface_branch`` > 0 a 2D U-Net reads them (one depth slice)
+    and its features join the image's over each voxel column (``column`` and ``image_only``
+    fusion).
     """
 
     def __init__(
@@ -28,12 +36,25 @@ class UXBFusionModel(nn.Module):
         in_channels: int,
         model: ModelConfig,
         num_classes: int = NUM_CLASSES,
+        surface_channels: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.grid_shape = tuple(grid_shape)
         self.fusion_mode: FusionMode = model.fusion
         self.image_branch = None
         self.voxel_branch = None
+        self.surface_branch = None
+        self.surface_channels = list(surface_channels)
+        if model.surface_branch:
+            if model.fusion not in ("column", "image_only"):
+                raise ConfigError(
+                    f"model.surface_branch={model.surface_branch} lays its features over the "
+                    f"voxel columns: it needs model.fusion column or image_only, not "
+                    f"{model.fusion!r} (or set model.surface_branch=0)"
+                )
+            self.surface_branch = SurfaceBranch(
+                len(self.surface_channels), model.surface_branch, num_classes
+            )
         if model.fusion != "voxel_only":
             self.image_branch = ImageBranch(
                 num_classes=num_classes,
@@ -57,7 +78,8 @@ class UXBFusionModel(nn.Module):
             )
         self.fusion = FusionHead(
             mode=model.fusion,
-            image_channels=self.image_branch.out_channels if self.image_branch else 0,
+            image_channels=(self.image_branch.out_channels if self.image_branch else 0)
+            + (self.surface_branch.out_channels if self.surface_branch else 0),
             voxel_channels=model.voxel_out_channels,
             hidden=model.fusion_hidden,
             num_classes=num_classes,
@@ -72,7 +94,10 @@ class UXBFusionModel(nn.Module):
     @classmethod
     def from_config(cls, cfg: Config) -> UXBFusionModel:
         """The model a configuration describes."""
-        return cls(tuple(cfg.grid.shape), len(cfg.grid.features), cfg.model)
+        surface = tuple(i for i, f in enumerate(cfg.grid.features) if f.startswith("surface_"))
+        return cls(
+            tuple(cfg.grid.shape), len(cfg.grid.features), cfg.model, surface_channels=surface
+        )
 
     def compile_branches(self) -> None:
         """``torch.compile`` each branch in place (weights and state_dict keys are unchanged).
@@ -80,7 +105,7 @@ class UXBFusionModel(nn.Module):
         The first step then takes minutes; Inductor keeps its artefacts in
         ``TORCHINDUCTOR_CACHE_DIR`` (default under /tmp), so later runs start faster.
         """
-        for branch in (self.image_branch, self.voxel_branch, self.fusion):
+        for branch in (self.image_branch, self.voxel_branch, self.surface_branch, self.fusion):
             if branch is not None:
                 branch.compile()
 
@@ -99,8 +124,16 @@ class UXBFusionModel(nn.Module):
         if self.image_branch is not None:
             image_feat, logits = self.image_branch(image)
             logits2d = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        logits_surface = None
+        if self.surface_branch is not None:
+            maps = voxels[:, self.surface_channels, 0].contiguous()
+            surface_feat, logits_surface = self.surface_branch(maps)
+            image_feat = F.interpolate(
+                image_feat, size=(h, w), mode="bilinear", align_corners=False
+            )
+            image_feat = torch.cat([image_feat, surface_feat], dim=1)
         if self.channels_last:
             voxels = voxels.contiguous(memory_format=torch.channels_last_3d)
         voxel_feat = self.voxel_branch(voxels) if self.voxel_branch is not None else None
         logits3d = self.fusion(image_feat, voxel_feat, self.grid_shape)
-        return {"logits2d": logits2d, "logits3d": logits3d}
+        return {"logits2d": logits2d, "logits3d": logits3d, "logits_surface": logits_surface}
