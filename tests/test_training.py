@@ -237,10 +237,11 @@ def test_freeze_policies_and_parameter_groups(tiny_cfg, tmp_path):
     names = [g["name"] for g in opt.param_groups]
     assert names == ["heads", "encoders"] and opt.param_groups[1]["lr"] == 0.0
     heads = {id(p) for p in opt.param_groups[0]["params"]}
-    expect = {
-        id(p) for m in (task.model.fusion, task.model.image_branch.head) for p in m.parameters()
-    }
-    assert heads == expect  # the seed's heads: 2D head + fusion; everything else is an encoder
+    heads_of = (task.model.fusion, task.model.image_branch.head, task.model.surface_branch)
+    expect = {id(p) for m in heads_of for p in m.parameters()}
+    # the seed's heads (2D head + fusion) and the surface branch, which the seed does not have
+    # and which trains from scratch; the two encoders are the scheduled group
+    assert heads == expect
     assert opt.param_groups[0]["weight_decay"] == 1e-2
 
     tiny_cfg.optim.freeze_policy = "pretrained"  # nothing pretrained: nothing frozen
