@@ -72,7 +72,8 @@ class FusionHead(nn.Module):
     Args:
         mode: ``global`` (seed: mean image descriptor everywhere), ``column`` (each image feature
             over its own voxel column), ``voxel_only`` or ``image_only`` (ablations).
-        image_channels: channels of the image feature map (ignored for ``voxel_only``).
+        image_channels: channels of the image feature map, with the surface branch's appended when
+            the model has one (ignored for ``voxel_only``).
         voxel_channels: channels of the voxel features (ignored for ``image_only``).
         hidden: width of the first conv (seed: 128).
         num_classes: output classes.
