@@ -1,5 +1,6 @@
 import copy
 import csv
+import pickle
 import shutil
 
 import lightning.pytorch as pl
@@ -170,6 +171,28 @@ def test_bad_data_stops_before_training(tiny_dataset, tmp_path, capsys, caplog):
     assert main([*args, "--skip-bad"]) == 0
     assert "skipping train/pair_0001" in caplog.text
     assert (tmp_path / "run" / f"{BEST_WEIGHTS_NAME}.safetensors").is_file()
+
+
+class _Payload:
+    """An object a pickle-based checkpoint could smuggle in."""
+
+
+def test_trainer_checkpoint_io_never_unpickles(tiny_cfg, tmp_path):
+    """Every checkpoint Lightning loads (resume, the ddp_spawn launcher's weights) goes through
+    an I/O that refuses pickled objects, whatever weights_only its caller passes."""
+    from uxbseg.training.train import TensorsOnlyCheckpointIO, _trainer
+
+    trainer = _trainer(tiny_cfg, tmp_path, [], progress=False)
+    io = trainer.strategy.checkpoint_io
+    assert isinstance(io, TensorsOnlyCheckpointIO)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "plain.ckpt")
+    loaded = io.load_checkpoint(tmp_path / "plain.ckpt", weights_only=False)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+    torch.save({"payload": _Payload()}, tmp_path / "object.ckpt")
+    with pytest.raises(pickle.UnpicklingError):
+        io.load_checkpoint(tmp_path / "object.ckpt", weights_only=False)
+    with pytest.raises(pickle.UnpicklingError):
+        io.load_checkpoint(tmp_path / "object.ckpt")
 
 
 def test_resume_without_checkpoint_is_clear(tiny_dataset, tmp_path, capsys):

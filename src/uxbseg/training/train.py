@@ -13,15 +13,28 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from ..config import Config, save_config
 from ..data.datamodule import UXBDataModule, checked_pairs
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from .task import UXBSegmentationTask
 
-__all__ = ["BestWeightsExporter", "TrainResult", "train"]
+__all__ = ["BestWeightsExporter", "TensorsOnlyCheckpointIO", "TrainResult", "train"]
 
 log = logging.getLogger(__name__)
+
+
+class TensorsOnlyCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with every load restricted to tensors and plain data.
+
+    Lightning loads checkpoints in more places than ``fit(ckpt_path=...)`` - the ``ddp_spawn``
+    launcher reads each worker's weights back with ``weights_only=None`` - so the restriction
+    lives here, where all of them pass: a caller's ``weights_only`` is ignored.
+    """
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 class BestWeightsExporter(Callback):
@@ -141,8 +154,8 @@ def train(
     earlier = _read_rows(metrics_csv) if resume else []
     trainer = _trainer(cfg, run_dir, callbacks, progress)
     try:
-        # resume reads last.ckpt as tensors and plain data only: never unpickles objects
-        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        # resume reads last.ckpt through TensorsOnlyCheckpointIO: never unpickles objects
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     finally:
         if earlier:  # Lightning's CSV logger starts metrics.csv afresh; keep the earlier epochs
             _prepend_rows(metrics_csv, earlier)
@@ -195,4 +208,5 @@ def _trainer(cfg: Config, run_dir: Path, callbacks: list[Callback], progress: bo
         enable_model_summary=False,
         use_distributed_sampler=not cfg.sampler.enabled,
         default_root_dir=run_dir,
+        plugins=[TensorsOnlyCheckpointIO()],
     )
