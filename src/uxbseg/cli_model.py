@@ -169,6 +169,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _tta_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the prediction over the tile's four mirror images (4x the model time)",
+    )
+
+
 def add_prediction_commands(sub) -> None:
     """evaluate, predict and demo."""
     p = sub.add_parser(
@@ -186,11 +194,7 @@ def add_prediction_commands(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (ROOT)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument(
-        "--tta",
-        action="store_true",
-        help="average the prediction over the tile's four mirror images (4x the model time)",
-    )
+    _tta_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -226,11 +230,7 @@ def add_prediction_commands(sub) -> None:
         type=_codes,
         help="LAS codes written for ground,plazuela,structure (default 2,27,6)",
     )
-    p.add_argument(
-        "--tta",
-        action="store_true",
-        help="average the prediction over the tile's four mirror images (4x the model time)",
-    )
+    _tta_arg(p)
     p.set_defaults(func=_cmd_predict)
 
     from .demo import add_demo_command

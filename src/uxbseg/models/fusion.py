@@ -103,6 +103,8 @@ class FusionHead(nn.Module):
     def _image_map(self, image_feat: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         if self.mode == "global":
             return image_feat.mean(dim=(2, 3), keepdim=True)
+        if tuple(image_feat.shape[-2:]) == tuple(hw):  # already on the grid (surface branch)
+            return image_feat
         return F.interpolate(image_feat, size=hw, mode="bilinear", align_corners=False)
 
     def forward(
