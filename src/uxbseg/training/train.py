@@ -139,7 +139,10 @@ def train(
     exporter = BestWeightsExporter(run_dir, cfg, cfg.trainer.min_delta)
     tc = cfg.trainer
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, monitor=None),
+        # last.ckpt after every validation (save_last with save_top_k=0 would save only at the end)
+        ModelCheckpoint(
+            dirpath=ckpt_dir, filename="last", monitor=None, enable_version_counter=False
+        ),
         EarlyStopping(
             monitor="val/loss",
             patience=tc.patience,
