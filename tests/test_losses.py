@@ -42,3 +42,21 @@ def test_all_ignored_is_zero_not_nan():
     loss, _ = FusionLoss()(out, {"labels3d": torch.full((1, 2, 2, 2), IGNORE)})
     assert loss.item() == 0.0
     loss.backward()
+
+
+def test_surface_extra_tiles_join_the_surface_term_as_one_batch():
+    torch.manual_seed(0)
+    out = {"logits3d": torch.randn(2, 3, 2, 3, 4), "logits_surface": torch.randn(2, 3, 3, 4)}
+    batch = {
+        "labels3d": torch.randint(0, 3, (2, 2, 3, 4)),
+        "mask2d": torch.randint(0, 3, (2, 3, 4)),
+    }
+    extra = (torch.randn(3, 3, 3, 4), torch.randint(0, 3, (3, 3, 4)))
+    w = torch.tensor([0.05, 0.45, 0.50])
+    loss, parts = FusionLoss()(out, batch, extra)
+    logits = torch.cat([out["logits_surface"], extra[0]])
+    both = F.cross_entropy(logits, torch.cat([batch["mask2d"], extra[1]]), weight=w)
+    torch.testing.assert_close(parts["loss_surface"], both)
+    torch.testing.assert_close(loss, parts["loss3d"] + both)
+    alone = FusionLoss()(out, batch)[1]["loss_surface"]
+    assert not torch.allclose(alone, both)

@@ -105,7 +105,9 @@ def test_probabilities_and_keep_classification(weights, tmp_path):
     _a, b = _assert_nothing_lost(src, r.las, keep_classification=True, new_dims=new)
     p = np.stack([b.prob_ground, b.prob_plazuela, b.prob_structure])
     np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(np.array([2, 27, 6])[p.argmax(0)], b.uxb_class)
+    # the class is the argmax after the weights' logit adjustment (tiny.yaml: 1.0)
+    adjusted = p / np.array(cfg.loss.class_weights)[:, None] ** cfg.model.logit_adjustment
+    np.testing.assert_array_equal(np.array([2, 27, 6])[adjusted.argmax(0)], b.uxb_class)
     assert (np.asarray(b.entropy) >= 0).all()
 
 
@@ -202,7 +204,7 @@ def test_bad_inputs_are_reported_and_others_written(weights, tiny_dataset, tmp_p
 
 def test_code_that_does_not_fit_the_point_format(weights, tiny_dataset, tmp_path, capsys):
     src = next((tiny_dataset / "predict" / "pair_0001").glob("*.las"))  # format 1: 0-31
-    out = tmp_path / "out"
+    out = tmp_path / "out"  # 64 for ground, which every tile has
     args = [
         "predict",
         "--weights",
@@ -212,7 +214,7 @@ def test_code_that_does_not_fit_the_point_format(weights, tiny_dataset, tmp_path
         "--input",
         str(src),
         "--codes",
-        "2,27,64",
+        "64,27,6",
     ]
     assert main(args) == 1
     text = capsys.readouterr().out
@@ -233,6 +235,22 @@ def test_evaluate_reports_three_levels_and_baseline(weights, tiny_dataset, capsy
         assert np.array(res[lvl]["confusion"]).shape == (3, 3)
     assert main(["evaluate", "--weights", str(weights), "--data", str(tiny_dataset)]) == 0
     assert "points (all-ground)" in capsys.readouterr().out
+
+
+def test_logit_adjustment_only_moves_voxels_to_ground(weights, tiny_dataset, capsys):
+    """Dividing by the class weights (ground's the smallest) can turn a plazuela or structure
+    voxel into ground, never ground into anything else; 0 is the plain argmax."""
+    import json
+
+    def confusion(tau: str) -> np.ndarray:
+        args = ["evaluate", "--weights", str(weights), "--data", str(tiny_dataset), "--json"]
+        assert main([*args, "--logit-adjustment", tau]) == 0
+        return np.array(json.loads(capsys.readouterr().out)["voxels"]["confusion"])
+
+    plain, adjusted = confusion("0"), confusion("1")
+    assert (plain.sum(1) == adjusted.sum(1)).all()  # same truth
+    assert (adjusted[:, 0] >= plain[:, 0]).all()  # per true class, at least as many ground
+    assert adjusted[:, 0].sum() > plain[:, 0].sum()  # and some moved (weights 0.05 vs 0.45/0.5)
 
 
 @pytest.mark.real

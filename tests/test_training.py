@@ -283,3 +283,55 @@ def test_freeze_policies_and_parameter_groups(tiny_cfg, tmp_path):
     tiny_cfg.model.pretrained_2d = str(tmp_path / "sf")
     task = UXBSegmentationTask.from_config(tiny_cfg)
     assert task.scheduled == ["image"]  # only the loaded branch waits for the warm-up
+
+
+def test_surface_replay_feeds_earlier_tiles_through_the_surface_branch(tiny_cfg, tiny_dataset):
+    tiny_cfg.loss.surface_replay = 3
+    task = UXBSegmentationTask.from_config(tiny_cfg)
+    task.on_fit_start()
+    grid = GridSpec.from_config(tiny_cfg.grid)
+    ds = UXBDataset(find_pairs(tiny_dataset, "train"), grid, tiny_cfg.data.image_size)
+    batch = {k: torch.stack([ds[i][k] for i in (0, 1)]) for k in ("image", "voxels", "mask2d")}
+    assert task._replayed(batch) is None  # nothing kept yet; this batch now is
+    assert len(task.replay) == 2
+    logits, masks = task._replayed(batch)
+    assert masks.shape == (2, *batch["mask2d"].shape[1:])
+    assert logits.shape == (2, 3, *batch["mask2d"].shape[1:])  # 2 kept, fewer than 3 asked
+    assert len(task.replay) == 4
+    logits.sum().backward()
+    assert task.model.surface_branch.head.weight.grad.abs().sum() > 0
+    assert next(task.model.voxel_branch.parameters()).grad is None  # only the branch ran
+
+
+class _LastCheckpointAtEpochStart(pl.Callback):
+    """Reads last.ckpt when the second epoch starts: a killed run must not lose the first."""
+
+    def __init__(self, path):
+        self.path, self.saved = path, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            self.saved = torch.load(self.path, weights_only=True)
+
+
+@pytest.mark.slow
+def test_ema_weights_are_validated_exported_and_checkpointed(tiny_cfg, tiny_dataset, tmp_path):
+    tiny_cfg.trainer.max_epochs = 2
+    tiny_cfg.trainer.ema_decay = 0.5
+    tiny_cfg.trainer.min_delta = -1.0  # export after each epoch: the best is the second
+    cap = _LastCheckpointAtEpochStart(tmp_path / "checkpoints" / "last.ckpt")
+    result = train(tiny_dataset, tiny_cfg, tmp_path, progress=False, extra_callbacks=[cap])
+    assert cap.saved is not None and cap.saved["epoch"] == 0  # written in the first epoch
+    assert result.best_epoch == 2
+    exported, _ = load_model(result.best_weights)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+
+    def model_part(state: dict) -> dict:
+        return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+    averaged, raw = model_part(ckpt["state_dict"]), model_part(ckpt["current_model_state"])
+    got = exported.state_dict()
+    assert got.keys() == averaged.keys()
+    for k in got:  # the exported weights are the average that was validated, not the raw ones
+        torch.testing.assert_close(got[k], averaged[k])
+    assert any(not torch.equal(averaged[k], raw[k]) for k in got if raw[k].is_floating_point())

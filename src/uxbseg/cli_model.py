@@ -88,7 +88,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .io.weights import load_model
 
-    model, cfg = load_model(args.weights)
+    model, cfg = _with_adjustment(*load_model(args.weights), args)
     result = evaluate(model, cfg, args.data, args.split, progress=not args.json, tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -141,7 +141,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .io.weights import load_model
     from .predict import predict_files
 
-    model, cfg = load_model(args.weights)
+    model, cfg = _with_adjustment(*load_model(args.weights), args)
     jobs = _predict_jobs(args, cfg)
     codes = args.codes
     out = args.out or (args.data / "predict_out" if args.data else Path("predict_out"))
@@ -169,12 +169,31 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _tta_arg(p: argparse.ArgumentParser) -> None:
+def _decision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tta",
         action="store_true",
         help="average the prediction over the tile's four mirror images (4x the model time)",
     )
+    p.add_argument(
+        "--logit-adjustment",
+        type=float,
+        metavar="TAU",
+        help="classes = argmax of probabilities / class_weights**TAU: 1 undoes the loss's class "
+        "weighting (fewer false plazuela/structure), 0 is the plain argmax (default: the "
+        "weights' model.logit_adjustment)",
+    )
+
+
+def _with_adjustment(model, cfg, args: argparse.Namespace):
+    """The weights' model and config, with --logit-adjustment applied when given."""
+    from .config import config_from_dict, config_to_dict
+
+    if args.logit_adjustment is not None:
+        data = config_to_dict(cfg)
+        data["model"]["logit_adjustment"] = args.logit_adjustment
+        cfg = config_from_dict(data)  # validated: the class weights must be > 0
+    return model, cfg
 
 
 def add_prediction_commands(sub) -> None:
@@ -194,7 +213,7 @@ def add_prediction_commands(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (ROOT)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    _tta_arg(p)
+    _decision_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -218,7 +237,10 @@ def add_prediction_commands(sub) -> None:
     p.add_argument("--split", help="split of --data to predict (default predict)")
     p.add_argument("--out", type=Path, help="output folder (default ROOT/predict_out)")
     p.add_argument(
-        "--probabilities", action="store_true", help="add prob_<class> and entropy extra dimensions"
+        "--probabilities",
+        action="store_true",
+        help="add prob_<class> (the model's softmax, before any logit adjustment) and entropy "
+        "extra dimensions",
     )
     p.add_argument(
         "--keep-classification",
@@ -230,7 +252,7 @@ def add_prediction_commands(sub) -> None:
         type=_codes,
         help="LAS codes written for ground,plazuela,structure (default 2,27,6)",
     )
-    _tta_arg(p)
+    _decision_args(p)
     p.set_defaults(func=_cmd_predict)
 
     from .demo import add_demo_command

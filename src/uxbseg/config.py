@@ -104,6 +104,9 @@ class ModelConfig:
     # width of a 2D U-Net over the surface_* column maps whose features join the image's in
     # column fusion (0 = off, the seed's model); see models/surface_branch.py
     surface_branch: int = 0
+    # classes = argmax of probabilities / loss.class_weights ** logit_adjustment (validation,
+    # evaluate, predict); 1 undoes the loss's class weighting, 0 = the seed's argmax
+    logit_adjustment: float = 0.0
 
 
 @dataclass
@@ -114,6 +117,9 @@ class LossConfig:
     weight_2d: float = 1.0
     weight_3d: float = 1.0
     weight_surface: float = 1.0  # CE of the surface branch's column logits (when it is on)
+    # maps of this many earlier training tiles join each step's surface term (0 = off); see
+    # training/replay.py
+    surface_replay: int = 0
 
 
 @dataclass
@@ -153,6 +159,9 @@ class TrainerConfig:
     seed: int = 0
     max_time_minutes: float | None = None
     gradient_clip_norm: float | None = None  # seed: none; clips the global gradient L2 norm
+    # exponential moving average of the weights, per step (seed: none); validation and the
+    # exported best weights use the average
+    ema_decay: float | None = None
     log_every_n_steps: int = 10
 
 
@@ -186,6 +195,11 @@ def _validate(cfg: Config) -> None:
         )
     if any(wt < 0 for wt in cfg.loss.class_weights):
         raise ConfigError(f"loss.class_weights must be >= 0, got {cfg.loss.class_weights}")
+    if cfg.model.logit_adjustment and not all(wt > 0 for wt in cfg.loss.class_weights):
+        raise ConfigError(
+            f"model.logit_adjustment={cfg.model.logit_adjustment} divides by the class weights "
+            f"{cfg.loss.class_weights}: make them all > 0 or set model.logit_adjustment=0"
+        )
     if not 0.0 <= cfg.sampler.minority_fraction <= 1.0:
         raise ConfigError(
             f"sampler.minority_fraction must be in [0, 1], got {cfg.sampler.minority_fraction}"
@@ -200,12 +214,22 @@ def _validate(cfg: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.loss.surface_replay < 0:
+        raise ConfigError(f"loss.surface_replay must be >= 0, got {cfg.loss.surface_replay}")
+    if cfg.loss.surface_replay and not cfg.model.surface_branch:
+        raise ConfigError(
+            f"loss.surface_replay={cfg.loss.surface_replay} replays maps through the surface "
+            "branch, which is off: set model.surface_branch (e.g. 24) or loss.surface_replay=0"
+        )
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
     if cfg.optim.warmup_epochs < 0:
         raise ConfigError(f"optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")
     if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
         raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.optim.min_lr_ratio}")
+    ema = cfg.trainer.ema_decay
+    if ema is not None and not 0.0 < ema < 1.0:
+        raise ConfigError(f"trainer.ema_decay must be in (0, 1) or null (off), got {ema}")
     clip = cfg.trainer.gradient_clip_norm
     if clip is not None and not clip > 0:
         raise ConfigError(f"trainer.gradient_clip_norm must be > 0 or null, got {clip}")

@@ -12,6 +12,7 @@ from .classes import IGNORE, NUM_CLASSES, las_code_to_class
 from .config import Config
 from .data.pairs import find_pairs
 from .data.voxelize import GridSpec, voxel_labels, voxelize
+from .decision import decide
 from .errors import BadDataError
 from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask
@@ -41,7 +42,8 @@ def evaluate(
 ) -> dict:
     """Metrics of ``model`` on ``root/split``.
 
-    Voxels: labelled (non-empty) voxels. Pixels: the 2D head's argmax against the mask at grid
+    Classes are :func:`~uxbseg.decision.decide` with ``cfg.model.logit_adjustment``.
+    Voxels: labelled (non-empty) voxels. Pixels: the 2D head's classes against the mask at grid
     resolution. Points: each point takes its voxel's predicted class and is compared with its
     own LAS class through the class map (unmapped codes ignored). The all-ground baseline is
     scored on the same truth.
@@ -66,8 +68,9 @@ def evaluate(
         point_truth = las_code_to_class(pts.classification)
         vox_truth = voxel_labels(vox.point_voxel, point_truth, spec.num_voxels, spec.empty_label)
         image = load_image(pair.image, cfg.data.image_size)
-        probs, pred2d = infer_tile(model, image, vox.features, device, tta)
-        grid = probs.argmax(0).numpy().ravel()
+        weights, tau = cfg.loss.class_weights, cfg.model.logit_adjustment
+        probs, pred2d = infer_tile(model, image, vox.features, device, tta, weights, tau)
+        grid = decide(probs, weights, tau).numpy().ravel()
         truths = {"voxels": vox_truth, "points": point_truth}
         preds = {"voxels": grid, "points": grid[vox.point_voxel]}
         if pair.mask is not None and pred2d is not None:

@@ -22,7 +22,8 @@ class FusionLoss(nn.Module):
     """``w2d * CE(logits2d, mask2d) + w3d * CE(logits3d, labels3d)`` with class weights.
 
     When the model has a surface branch (``logits_surface``), ``w_surface * CE(logits_surface,
-    mask2d)`` is added.
+    mask2d)`` is added; ``surface_extra`` = (logits, masks) of more tiles through the same
+    branch (:class:`~uxbseg.training.replay.SurfaceReplay`) join that one term, as a larger batch.
 
     Args:
         class_weights: per-class weights (seed: 0.05, 0.45, 0.50).
@@ -43,14 +44,22 @@ class FusionLoss(nn.Module):
         self.weight_3d = weight_3d
         self.weight_surface = weight_surface
 
-    def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        out: dict,
+        batch: dict,
+        surface_extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {"loss3d": _weighted_ce(out["logits3d"], batch["labels3d"], self.class_weights)}
         total = self.weight_3d * parts["loss3d"]
         if out.get("logits2d") is not None:
             parts["loss2d"] = _weighted_ce(out["logits2d"], batch["mask2d"], self.class_weights)
             total = total + self.weight_2d * parts["loss2d"]
         if out.get("logits_surface") is not None:
-            w = self.class_weights
-            parts["loss_surface"] = _weighted_ce(out["logits_surface"], batch["mask2d"], w)
+            logits, masks = out["logits_surface"], batch["mask2d"]
+            if surface_extra is not None:
+                logits = torch.cat([logits, surface_extra[0].to(logits.dtype)])
+                masks = torch.cat([masks, surface_extra[1]])
+            parts["loss_surface"] = _weighted_ce(logits, masks, self.class_weights)
             total = total + self.weight_surface * parts["loss_surface"]
         return total, parts

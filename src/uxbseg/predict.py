@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from .classes import CLASSES, class_to_las_code
 from .config import Config
 from .data.voxelize import GridSpec, voxelize
+from .decision import decide
 from .errors import BadDataError, UXBError
 from .io.las import PointArrays, is_compressed, read_las, write_classified
 from .io.raster import (
@@ -90,11 +91,14 @@ def infer_tile(
     voxels: np.ndarray,
     device: torch.device,
     tta: bool = False,
+    class_weights: Sequence[float] = (),
+    logit_adjustment: float = 0.0,
 ) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Class probabilities (K, D, H, W) of one tile (float32, CPU) and the 2D argmax (H, W).
+    """Class probabilities (K, D, H, W) of one tile (float32, CPU) and the 2D classes (H, W).
 
     With ``tta`` the probabilities are averaged over the four mirror images of the tile
-    (:data:`MIRRORS`), each mapped back (4x the inference time).
+    (:data:`MIRRORS`), each mapped back (4x the inference time). The 2D classes are
+    :func:`~uxbseg.decision.decide` with ``class_weights`` and ``logit_adjustment``.
     """
     img = torch.from_numpy(image)[None].to(device)
     vox = torch.from_numpy(voxels)[None].to(device)
@@ -112,7 +116,9 @@ def infer_tile(
             p2 = flip(F.softmax(out["logits2d"].float(), dim=1))
             probs2d = p2 if probs2d is None else probs2d + p2
     probs = probs[0].cpu() / (len(MIRRORS) if tta else 1)
-    pred2d = None if probs2d is None else probs2d.argmax(1)[0].cpu().numpy()
+    pred2d = None
+    if probs2d is not None:
+        pred2d = decide(probs2d[0], class_weights, logit_adjustment).cpu().numpy()
     return probs, pred2d
 
 
@@ -151,7 +157,8 @@ def predict_one(
         )
         image = render_tpi_image(las, cfg.data.image_size)
     probs, _ = infer_tile(model, image, vox.features, device, tta)
-    grid = probs.argmax(0).numpy().astype(np.uint8)
+    grid = decide(probs, cfg.loss.class_weights, cfg.model.logit_adjustment)
+    grid = grid.numpy().astype(np.uint8)
     point_class = grid.ravel()[vox.point_voxel]
     if codes is None:
         point_codes = class_to_las_code(point_class)

@@ -118,6 +118,10 @@ class UXBFusionModel(nn.Module):
             mods["voxel"] = self.voxel_branch
         return mods
 
+    def surface_maps(self, voxels: torch.Tensor) -> torch.Tensor:
+        """The surface branch's input (B, C, H, W): a depth slice of the ``surface_*`` maps."""
+        return voxels[:, self.surface_channels, 0].contiguous()
+
     def forward(self, image: torch.Tensor, voxels: torch.Tensor) -> dict[str, torch.Tensor | None]:
         _d, h, w = self.grid_shape
         image_feat = logits2d = None
@@ -126,7 +130,7 @@ class UXBFusionModel(nn.Module):
             logits2d = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         logits_surface = None
         if self.surface_branch is not None:
-            maps = voxels[:, self.surface_channels, 0].contiguous()
+            maps = self.surface_maps(voxels)
             surface_feat, logits_surface = self.surface_branch(maps)
             image_feat = F.interpolate(
                 image_feat, size=(h, w), mode="bilinear", align_corners=False

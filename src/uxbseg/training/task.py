@@ -13,15 +13,19 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..classes import IGNORE, NUM_CLASSES
 from ..config import Config, config_from_dict, config_to_dict
+from ..decision import decide
 from ..errors import UXBError
 from ..losses import FusionLoss
 from ..metrics import format_metrics_table, metrics_from_confusion
 from ..models import UXBFusionModel
+from .replay import SurfaceReplay
 from .schedule import decay_factor, encoder_lr, encoders_frozen, head_lr
 
 __all__ = ["NonFiniteLossError", "UXBSegmentationTask"]
 
 log = logging.getLogger(__name__)
+
+REPLAY_CAPACITY = 128  # tiles kept for loss.surface_replay (a few (H, W) maps each)
 
 
 class NonFiniteLossError(UXBError):
@@ -49,6 +53,7 @@ class UXBSegmentationTask(pl.LightningModule):
             {f"{stage}_{dim}": cm.clone() for stage in ("train", "val") for dim in ("3d", "2d")}
         )
         self.scheduled = self._scheduled_encoders()
+        self.replay: SurfaceReplay | None = None
         self.epoch_table: dict[str, dict[str, float]] = {}
 
     @classmethod
@@ -127,12 +132,29 @@ class UXBSegmentationTask(pl.LightningModule):
                     p.grad = None  # AdamW skips parameters without grad: no update, no decay
 
     # -- steps --------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.cfg.loss.surface_replay:  # one bank per process, its own draws
+            seed = self.cfg.trainer.seed + self.global_rank
+            self.replay = SurfaceReplay(REPLAY_CAPACITY, seed=seed)
+
+    def _replayed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Surface logits and masks of earlier tiles; keeps this batch's maps for later steps."""
+        if self.replay is None:
+            return None
+        drawn = self.replay.draw(self.cfg.loss.surface_replay)
+        self.replay.push(self.model.surface_maps(batch["voxels"]), batch["mask2d"])
+        if drawn is None:
+            return None
+        maps, masks = drawn
+        return self.model.surface_branch(maps)[1], masks
+
     def forward(self, image: torch.Tensor, voxels: torch.Tensor):
         return self.model(image, voxels)
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         out = self.model(batch["image"], batch["voxels"])
-        loss, parts = self.criterion(out, batch)
+        extra = self._replayed(batch) if stage == "train" else None
+        loss, parts = self.criterion(out, batch, extra)
         bs = batch["voxels"].shape[0]
         self.log(
             f"{stage}/loss",
@@ -153,9 +175,12 @@ class UXBSegmentationTask(pl.LightningModule):
                 sync_dist=stage != "train",
             )
         with torch.no_grad():
-            self.cm[f"{stage}_3d"].update(out["logits3d"].argmax(1), batch["labels3d"])
+            w, tau = self.cfg.loss.class_weights, self.cfg.model.logit_adjustment
+            pred = decide(out["logits3d"].softmax(1), w, tau, dim=1)
+            self.cm[f"{stage}_3d"].update(pred, batch["labels3d"])
             if out["logits2d"] is not None:
-                self.cm[f"{stage}_2d"].update(out["logits2d"].argmax(1), batch["mask2d"])
+                pred = decide(out["logits2d"].softmax(1), w, tau, dim=1)
+                self.cm[f"{stage}_2d"].update(pred, batch["mask2d"])
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

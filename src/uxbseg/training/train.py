@@ -11,7 +11,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 
@@ -20,7 +25,13 @@ from ..data.datamodule import UXBDataModule, checked_pairs
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from .task import UXBSegmentationTask
 
-__all__ = ["BestWeightsExporter", "TensorsOnlyCheckpointIO", "TrainResult", "train"]
+__all__ = [
+    "BestWeightsExporter",
+    "TensorsOnlyCheckpointIO",
+    "TrainResult",
+    "ValidatedEMA",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +91,25 @@ class BestWeightsExporter(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict["best"]
         self.best_epoch = state_dict["best_epoch"]
+
+
+class ValidatedEMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights, validated and exported as the model.
+
+    Lightning puts the averaged weights into the model for validation and takes them out again
+    at the end of the validation epoch - before the validation loss is known, so an exporter
+    would save the raw weights under the averaged weights' score. Here they stay until
+    validation has ended: callbacks listed before this one (early stopping, the exporter) see
+    the weights that were validated; Lightning's ``ModelCheckpoint`` always runs last and saves
+    both sets.
+    """
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._average_model is not None:
+            self._swap_models(pl_module)
 
 
 @dataclass
@@ -151,6 +181,7 @@ def train(
             check_finite=True,
         ),
         exporter,
+        *([ValidatedEMA(decay=tc.ema_decay)] if tc.ema_decay else []),  # after the exporter
         *(extra_callbacks or []),
     ]
     metrics_csv = run_dir / "metrics.csv"

@@ -1,0 +1,34 @@
+"""From class probabilities to classes: argmax, optionally with the loss's class weights undone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["decide"]
+
+
+def decide(
+    probs: torch.Tensor,
+    class_weights: Sequence[float] = (),
+    tau: float = 0.0,
+    dim: int = 0,
+) -> torch.Tensor:
+    """The class of each position: ``argmax_c probs_c / class_weights_c ** tau`` along ``dim``.
+
+    A model trained with class-weighted cross-entropy estimates posteriors tilted towards the
+    rare classes by the weights; ``tau`` = 1 undoes that tilt at decision time (post-hoc logit
+    adjustment, Menon et al. 2021), ``tau`` = 0 is the plain argmax (the seed's). Training keeps
+    the weights: they balance the gradients of the rare classes.
+    """
+    if tau == 0.0:
+        return probs.argmax(dim)
+    w = torch.as_tensor(class_weights, dtype=torch.float32, device=probs.device)
+    if w.numel() != probs.shape[dim] or not bool((w > 0).all()):
+        raise ValueError(
+            f"logit adjustment needs one positive class weight per class, got {list(class_weights)}"
+        )
+    shape = [1] * probs.ndim
+    shape[dim] = -1
+    return (probs.float() * w.pow(-tau).view(shape)).argmax(dim)
