@@ -11,11 +11,12 @@ class SurfaceReplay:
     """The surface maps and masks of the last ``capacity`` training tiles, drawn at random.
 
     The surface branch is a small 2D U-Net: at batch 2 its gradient is noisy, and it learns the
-    platforms' outlines from many distinct tiles per step, not from more steps (a 2D proxy, 600
-    steps: plazuela pixel IoU 0.51 at 2 tiles per step, 0.53 with 4 mirror views of them, 0.63
-    at 8 distinct tiles; docs/RESULTS.md). Its input is tiny (a few (H, W) maps per tile), so
+    platforms' outlines from many distinct tiles per step (a 2D proxy, 600 steps: plazuela pixel
+    IoU 0.51 at 2 tiles per step, 0.53 with 4 mirror views of them, 0.63 at 8 distinct tiles;
+    docs/RESULTS.md). Its input is tiny (a few (H, W) maps per tile), so
     each step can also run it on maps kept from earlier steps: :meth:`draw` ``k`` of them, then
-    :meth:`push` the current batch. Entries are detached copies on the batch's device.
+    :meth:`push` the current batch. Entries are detached copies on the batch's device; the bank
+    is not checkpointed (a resumed run refills it in its first steps).
 
     Args:
         capacity: tiles kept (oldest dropped first); a training split's size keeps them all.
