@@ -178,20 +178,22 @@ class _Payload:
     """An object a pickle-based checkpoint could smuggle in."""
 
 
-def test_trainer_checkpoint_io_never_unpickles(tiny_cfg, tmp_path):
-    """Every checkpoint Lightning loads (resume, the ddp_spawn launcher's weights) goes through
-    an I/O that refuses pickled objects, whatever weights_only its caller passes."""
+def test_trainer_checkpoint_io_never_unpickles(tiny_cfg, tmp_path, monkeypatch):
+    """Every checkpoint Lightning loads (resume, the ddp_spawn launcher's weights, which it reads
+    with weights_only=None) goes through an I/O that refuses pickled objects - even where the
+    environment tells torch.load to unpickle whenever the caller leaves weights_only open."""
     from uxbseg.training.train import TensorsOnlyCheckpointIO, _trainer
 
     trainer = _trainer(tiny_cfg, tmp_path, [], progress=False)
     io = trainer.strategy.checkpoint_io
     assert isinstance(io, TensorsOnlyCheckpointIO)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "plain.ckpt")
-    loaded = io.load_checkpoint(tmp_path / "plain.ckpt", weights_only=False)
+    loaded = io.load_checkpoint(tmp_path / "plain.ckpt", weights_only=None)
     assert loaded["epoch"] == 3 and torch.equal(loaded["state_dict"]["w"], torch.ones(2))
     torch.save({"payload": _Payload()}, tmp_path / "object.ckpt")
     with pytest.raises(pickle.UnpicklingError):
-        io.load_checkpoint(tmp_path / "object.ckpt", weights_only=False)
+        io.load_checkpoint(tmp_path / "object.ckpt", weights_only=None)
     with pytest.raises(pickle.UnpicklingError):
         io.load_checkpoint(tmp_path / "object.ckpt")
 
