@@ -18,6 +18,15 @@ def test_plain_argmax_and_the_weights_undone():
     assert decide(probs[:, :1], W, 0.5).tolist() == [1]
 
 
+def test_logits_give_the_classes_of_their_probabilities():
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 4, 5) * 3
+    for tau in (0.0, 0.5, 1.0):
+        want = decide(z.softmax(1), W, tau, dim=1)
+        assert torch.equal(decide(z, W, tau, dim=1, logits=True), want)
+    assert not torch.equal(decide(z, W, 1.0, dim=1, logits=True), decide(z, W, 0.0, dim=1))
+
+
 def test_class_dimension_is_honoured():
     probs = torch.tensor([0.1, 0.5, 0.4]).view(1, 3, 1, 1).expand(2, 3, 4, 5)
     assert decide(probs, W, 1.0, dim=1).shape == (2, 4, 5)

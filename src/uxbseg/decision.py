@@ -14,8 +14,12 @@ def decide(
     class_weights: Sequence[float] = (),
     tau: float = 0.0,
     dim: int = 0,
+    logits: bool = False,
 ) -> torch.Tensor:
     """The class of each position: ``argmax_c probs_c / class_weights_c ** tau`` along ``dim``.
+
+    With ``logits`` the scores are logits (``log probs`` up to a constant per position), and
+    ``tau * log class_weights`` is subtracted instead: the same classes, without a softmax.
 
     A model trained with class-weighted cross-entropy estimates posteriors tilted towards the
     rare classes by the weights; ``tau`` = 1 undoes that tilt at decision time (post-hoc logit
@@ -31,4 +35,6 @@ def decide(
         )
     shape = [1] * probs.ndim
     shape[dim] = -1
+    if logits:
+        return (probs.float() - tau * w.log().view(shape)).argmax(dim)
     return (probs.float() * w.pow(-tau).view(shape)).argmax(dim)

@@ -176,10 +176,10 @@ class UXBSegmentationTask(pl.LightningModule):
             )
         with torch.no_grad():
             w, tau = self.cfg.loss.class_weights, self.cfg.model.logit_adjustment
-            pred = decide(out["logits3d"].softmax(1), w, tau, dim=1)
+            pred = decide(out["logits3d"], w, tau, dim=1, logits=True)
             self.cm[f"{stage}_3d"].update(pred, batch["labels3d"])
             if out["logits2d"] is not None:
-                pred = decide(out["logits2d"].softmax(1), w, tau, dim=1)
+                pred = decide(out["logits2d"], w, tau, dim=1, logits=True)
                 self.cm[f"{stage}_2d"].update(pred, batch["mask2d"])
         return loss
 
