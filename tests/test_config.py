@@ -56,6 +56,7 @@ def test_overrides_and_round_trip(tmp_path):
         ("grid.features=[occupancy,classification]", "grid.features"),
         ("nonsense=1", "nonsense"),
         ("trainer.gradient_clip_norm=0", "trainer.gradient_clip_norm"),
+        ("loss.dice_weight=-1", "loss.dice_weight"),
     ],
 )
 def test_invalid_keys_and_values_name_the_key(override, names):

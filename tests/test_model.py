@@ -66,12 +66,31 @@ def test_surface_branch_reads_only_the_surface_columns(tiny_cfg):
         ("model", "fusion", "global", "needs model.fusion column or image_only"),
         ("model", "surface_branch", 10, "multiple of 4"),
         ("grid", "features", ("occupancy", "height"), r"surface_\* channels in grid.features"),
+        ("model", "surface_levels", 1, "at least 2 levels"),
+        ("model", "surface_levels", 7, "divisible by 64"),
     ],
 )
 def test_surface_branch_checks_name_the_fix(tiny_cfg, section, name, value, msg):
     setattr(getattr(tiny_cfg, section), name, value)
     with pytest.raises(ConfigError, match=msg):
         UXBFusionModel.from_config(tiny_cfg)
+
+
+def test_surface_levels_deepen_the_branch_and_keep_the_three_level_names():
+    from uxbseg.models.surface_branch import SurfaceBranch
+
+    torch.manual_seed(0)
+    three = SurfaceBranch(4, width=8)
+    four = SurfaceBranch(4, width=8, levels=4)
+    assert set(three.state_dict()) < set(four.state_dict())  # old weights keep their names
+    new = {k.split(".")[0] for k in set(four.state_dict()) - set(three.state_dict())}
+    assert new == {"enc4", "dec3"}
+    assert four.enc4[0].weight.shape == (64, 32, 3, 3)
+    assert four.dec3[0].weight.shape == (32, 96, 3, 3)
+    maps = torch.randn(2, 4, 16, 32)
+    for net in (three, four):
+        feat, logits = net(maps)
+        assert feat.shape == (2, 8, 16, 32) and logits.shape == (2, 3, 16, 32)
 
 
 @pytest.mark.slow

@@ -104,6 +104,7 @@ class ModelConfig:
     # width of a 2D U-Net over the surface_* column maps whose features join the image's in
     # column fusion (0 = off, the seed's model); see models/surface_branch.py
     surface_branch: int = 0
+    surface_levels: int = 3  # resolution levels of that U-Net (4: 1/8-resolution context)
     # classes = argmax of probabilities / loss.class_weights ** logit_adjustment (validation,
     # evaluate, predict); 1 undoes the loss's class weighting, 0 = the seed's argmax
     logit_adjustment: float = 0.0
@@ -120,6 +121,9 @@ class LossConfig:
     # maps of this many earlier training tiles join each step's surface term (0 = off); see
     # training/replay.py
     surface_replay: int = 0
+    # + dice_weight * soft Dice (MONAI, foreground classes, per tile) beside each CE term
+    # (0 = the seed's loss)
+    dice_weight: float = 0.0
 
 
 @dataclass
@@ -214,6 +218,8 @@ def _validate(cfg: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.loss.dice_weight < 0:
+        raise ConfigError(f"loss.dice_weight must be >= 0 (0 = off), got {cfg.loss.dice_weight}")
     if cfg.loss.surface_replay < 0:
         raise ConfigError(f"loss.surface_replay must be >= 0, got {cfg.loss.surface_replay}")
     if cfg.loss.surface_replay and not cfg.model.surface_branch:

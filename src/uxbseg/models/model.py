@@ -52,8 +52,18 @@ class UXBFusionModel(nn.Module):
                     f"voxel columns: it needs model.fusion column or image_only, not "
                     f"{model.fusion!r} (or set model.surface_branch=0)"
                 )
+            step = 2 ** (model.surface_levels - 1)
+            if any(side % step for side in self.grid_shape[1:]):
+                raise ConfigError(
+                    f"model.surface_levels={model.surface_levels} halves the column maps "
+                    f"{model.surface_levels - 1} times: grid.shape {self.grid_shape} needs H and "
+                    f"W divisible by {step} (fewer levels or another grid)"
+                )
             self.surface_branch = SurfaceBranch(
-                len(self.surface_channels), model.surface_branch, num_classes
+                len(self.surface_channels),
+                model.surface_branch,
+                num_classes,
+                model.surface_levels,
             )
         if model.fusion != "voxel_only":
             self.image_branch = ImageBranch(

@@ -47,7 +47,9 @@ class UXBSegmentationTask(pl.LightningModule):
         if self.cfg.model.compile:
             self.model.compile_branches()
         lc = self.cfg.loss
-        self.criterion = FusionLoss(lc.class_weights, lc.weight_2d, lc.weight_3d, lc.weight_surface)
+        self.criterion = FusionLoss(
+            lc.class_weights, lc.weight_2d, lc.weight_3d, lc.weight_surface, lc.dice_weight
+        )
         cm = MulticlassConfusionMatrix(NUM_CLASSES, ignore_index=IGNORE)
         self.cm = torch.nn.ModuleDict(
             {f"{stage}_{dim}": cm.clone() for stage in ("train", "val") for dim in ("3d", "2d")}
