@@ -233,8 +233,12 @@ def test_evaluate_reports_three_levels_and_baseline(weights, tiny_dataset, capsy
         assert 0.0 <= m["acc"] <= 1.0
         assert base["recall_ground"] == 1.0 and base["recall_structure"] == 0.0
         assert np.array(res[lvl]["confusion"]).shape == (3, 3)
+        lo, hi = res[lvl]["iou_interval"]["ground"]
+        assert lo <= m["iou_ground"] <= hi
     assert main(["evaluate", "--weights", str(weights), "--data", str(tiny_dataset)]) == 0
-    assert "points (all-ground)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "points (all-ground)" in text
+    assert f"95 % interval over the {res['tiles']} tiles" in text
 
 
 def test_logit_adjustment_only_moves_voxels_to_ground(weights, tiny_dataset, capsys):

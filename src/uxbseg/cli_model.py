@@ -79,6 +79,19 @@ def _format_eval(result: dict) -> str:
                 f"confusion ({lvl}; rows truth, cols prediction: ground, plazuela, "
                 f"structure): {result[lvl]['confusion']}"
             )
+    spans = [
+        f"{lvl} "
+        + ", ".join(
+            f"{name} {lo:.2f}-{hi:.2f}" for name, (lo, hi) in result[lvl]["iou_interval"].items()
+        )
+        for lvl in ("voxels", "points")
+        if lvl in result
+    ]
+    if spans:
+        lines.append(
+            f"IoU, 95 % interval over the {result['tiles']} tiles (bootstrap; how far another "
+            f"split like this one could move it): " + "; ".join(spans)
+        )
     return "\n".join(lines)
 
 

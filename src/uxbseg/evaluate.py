@@ -16,7 +16,7 @@ from .decision import decide
 from .errors import BadDataError
 from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask
-from .metrics import metrics_from_confusion
+from .metrics import iou_interval, metrics_from_confusion
 from .predict import infer_tile
 
 __all__ = ["confusion", "evaluate"]
@@ -46,7 +46,8 @@ def evaluate(
     Voxels: labelled (non-empty) voxels. Pixels: the 2D head's classes against the mask at grid
     resolution. Points: each point takes its voxel's predicted class and is compared with its
     own LAS class through the class map (unmapped codes ignored). The all-ground baseline is
-    scored on the same truth.
+    scored on the same truth. ``iou_interval``: a 95 % bootstrap interval of each class's IoU
+    over the split's tiles (:func:`~uxbseg.metrics.iou_interval`).
     """
     from tqdm.auto import tqdm
 
@@ -59,6 +60,7 @@ def evaluate(
     _, h, w = spec.shape
     cms = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
     base = {lvl: np.zeros_like(cms[lvl]) for lvl in LEVELS}
+    per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
     for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
         if pair.problems:
             raise BadDataError(f"{pair.folder}: {pair.problems[0]}")
@@ -77,7 +79,8 @@ def evaluate(
             truths["pixels"] = load_mask(pair.mask, (h, w)).ravel()
             preds["pixels"] = pred2d.ravel()
         for lvl, t in truths.items():
-            cms[lvl] += confusion(t, preds[lvl])
+            per_tile[lvl].append(confusion(t, preds[lvl]))
+            cms[lvl] += per_tile[lvl][-1]
             base[lvl] += confusion(t, np.zeros_like(t))
     result = {"split": split, "tiles": len(pairs)}
     for lvl in LEVELS:
@@ -87,5 +90,6 @@ def evaluate(
             "metrics": metrics_from_confusion(cms[lvl]),
             "baseline": metrics_from_confusion(base[lvl]),
             "confusion": cms[lvl].tolist(),
+            "iou_interval": iou_interval(np.stack(per_tile[lvl])),
         }
     return result

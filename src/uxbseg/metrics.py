@@ -7,7 +7,7 @@ import torch
 
 from .classes import CLASSES
 
-__all__ = ["format_metrics_table", "metrics_from_confusion"]
+__all__ = ["format_metrics_table", "iou_interval", "metrics_from_confusion"]
 
 
 def metrics_from_confusion(cm: torch.Tensor | np.ndarray) -> dict[str, float]:
@@ -37,6 +37,40 @@ def metrics_from_confusion(cm: torch.Tensor | np.ndarray) -> dict[str, float]:
         out[f"iou_{c.name}"] = float(iou[i])
     valid = iou[np.isfinite(iou)]
     out["miou"] = float(valid.mean()) if len(valid) else float("nan")
+    return out
+
+
+def iou_interval(
+    tile_confusions: np.ndarray, level: float = 0.95, draws: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """Bootstrap interval of each class's IoU over the tiles of a split.
+
+    ``tile_confusions`` (T, K, K) holds one confusion matrix per tile; each draw resamples T
+    tiles with replacement and scores their summed matrix, as the split is scored. The interval
+    is the central ``level`` of the draws (percentiles; NaN when a class never occurs). On a
+    few tiles it is wide: how far another split of the same kind could move the score.
+    """
+    cms = np.asarray(tile_confusions, dtype=np.float64)
+    if cms.ndim != 3 or cms.shape[1] != cms.shape[2] or len(cms) == 0:
+        raise ValueError(f"tile_confusions must be (T>0, K, K), got {cms.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(cms), size=(draws, len(cms)))
+    counts = np.stack([np.bincount(row, minlength=len(cms)) for row in picks])
+    summed = np.einsum("dt,tij->dij", counts, cms)
+    tp = np.diagonal(summed, axis1=1, axis2=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / (summed.sum(axis=2) + summed.sum(axis=1) - tp)
+    out = {}
+    for c in CLASSES:
+        col = iou[:, c.index]
+        col = col[np.isfinite(col)]
+        if len(col) == 0:
+            out[c.name] = (float("nan"), float("nan"))
+            continue
+        lo, hi = np.quantile(col, [(1 - level) / 2, (1 + level) / 2])
+        out[c.name] = (float(lo), float(hi))
     return out
 
 
