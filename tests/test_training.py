@@ -305,6 +305,33 @@ def test_surface_replay_feeds_earlier_tiles_through_the_surface_branch(tiny_cfg,
     assert next(task.model.voxel_branch.parameters()).grad is None  # only the branch ran
 
 
+def test_cutmix_mixes_training_batches_only(tiny_cfg, tiny_dataset):
+    """With data.cutmix = 1 each training step sees tile 0 carrying a rectangle of tile 1 (and
+    the labels that go with it); validation sees the tiles as they are."""
+    tiny_cfg.data.cutmix, tiny_cfg.data.batch_size = 1.0, 2
+    task = UXBSegmentationTask.from_config(tiny_cfg)
+    task.on_fit_start()
+    grid = GridSpec.from_config(tiny_cfg.grid)
+    ds = UXBDataset(find_pairs(tiny_dataset, "train"), grid, tiny_cfg.data.image_size)
+    keys = ("image", "voxels", "labels3d", "mask2d")
+    batch = {k: torch.stack([ds[i][k] for i in (0, 1)]) for k in keys}
+    seen = []
+    task._shared_step = lambda b, stage: seen.append((stage, b)) or torch.tensor(1.0)
+    for _ in range(4):
+        task.training_step(batch, 0)
+    task.validation_step(batch, 0)
+    mixed = [b for stage, b in seen if stage == "train"]
+    assert len(mixed) == 4
+    for b in mixed:
+        same = [(b["voxels"][0] == batch["voxels"][j]).all(0).all(0) for j in (0, 1)]
+        assert bool((same[0] | same[1]).all())  # each column of tile 0 is its own or tile 1's
+        taken = ~same[0]
+        assert bool(taken.any())  # with probability 1 every step mixes
+        assert torch.equal(b["labels3d"][0][:, taken], batch["labels3d"][1][:, taken])
+        assert torch.equal(b["mask2d"][0][taken], batch["mask2d"][1][taken])
+    assert seen[-1][0] == "val" and seen[-1][1] is batch
+
+
 class _LastCheckpointAtEpochStart(pl.Callback):
     """Reads last.ckpt when the second epoch starts: a killed run must not lose the first."""
 

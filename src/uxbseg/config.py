@@ -63,6 +63,9 @@ class DataConfig:
     num_workers: int = 1
     skip_bad: bool = False
     augment: bool = False  # random flips / quarter turns of the training tiles (not in the seed)
+    # probability that a training batch is CutMixed over voxel columns (training/mixing.py;
+    # needs batch_size >= 2; not in the seed)
+    cutmix: float = 0.0
     voxel_cache: str | None = (
         "auto"  # folder of voxelised tiles; auto = ~/.cache/uxbseg; null = off
     )
@@ -218,6 +221,13 @@ def _validate(cfg: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if not 0.0 <= cfg.data.cutmix <= 1.0:
+        raise ConfigError(f"data.cutmix is a probability in [0, 1], got {cfg.data.cutmix}")
+    if cfg.data.cutmix and cfg.data.batch_size < 2:
+        raise ConfigError(
+            f"data.cutmix={cfg.data.cutmix} mixes the tiles of a batch: set data.batch_size >= 2 "
+            "or data.cutmix=0"
+        )
     if cfg.loss.dice_weight < 0:
         raise ConfigError(f"loss.dice_weight must be >= 0 (0 = off), got {cfg.loss.dice_weight}")
     if cfg.loss.surface_replay < 0:

@@ -18,6 +18,7 @@ from ..errors import UXBError
 from ..losses import FusionLoss
 from ..metrics import format_metrics_table, metrics_from_confusion
 from ..models import UXBFusionModel
+from .mixing import column_cutmix
 from .replay import SurfaceReplay
 from .schedule import decay_factor, encoder_lr, encoders_frozen, head_lr
 
@@ -56,6 +57,7 @@ class UXBSegmentationTask(pl.LightningModule):
         )
         self.scheduled = self._scheduled_encoders()
         self.replay: SurfaceReplay | None = None
+        self.mixing: torch.Generator | None = None
         self.epoch_table: dict[str, dict[str, float]] = {}
 
     @classmethod
@@ -138,6 +140,8 @@ class UXBSegmentationTask(pl.LightningModule):
         if self.cfg.loss.surface_replay:  # one bank per process, its own draws
             seed = self.cfg.trainer.seed + self.global_rank
             self.replay = SurfaceReplay(REPLAY_CAPACITY, seed=seed)
+        if self.cfg.data.cutmix:  # per-process draws, like the replay's (not checkpointed)
+            self.mixing = torch.Generator().manual_seed(self.cfg.trainer.seed + self.global_rank)
 
     def _replayed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Surface logits and masks of earlier tiles; keeps this batch's maps for later steps."""
@@ -186,6 +190,10 @@ class UXBSegmentationTask(pl.LightningModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.mixing is not None and float(torch.rand((), generator=self.mixing)) < (
+            self.cfg.data.cutmix
+        ):
+            batch = column_cutmix(batch, self.mixing)
         loss = self._shared_step(batch, "train")
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
