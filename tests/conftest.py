@@ -17,6 +17,7 @@ TINY_TEST_OVERRIDES = [
     "grid.shape=[32,32,64]",
     "data.image_size=64",
     "data.batch_size=1",
+    "data.cutmix=0",  # mixes the tiles of a batch: needs batch_size >= 2
     "data.num_workers=0",
     "trainer.max_epochs=2",
     "trainer.log_every_n_steps=1",
