@@ -207,10 +207,6 @@ def _validate(cfg: Config) -> None:
             f"model.logit_adjustment={cfg.model.logit_adjustment} divides by the class weights "
             f"{cfg.loss.class_weights}: make them all > 0 or set model.logit_adjustment=0"
         )
-    if not 0.0 <= cfg.sampler.minority_fraction <= 1.0:
-        raise ConfigError(
-            f"sampler.minority_fraction must be in [0, 1], got {cfg.sampler.minority_fraction}"
-        )
     for key, value in (
         ("data.image_size", cfg.data.image_size),
         ("data.batch_size", cfg.data.batch_size),
@@ -221,28 +217,31 @@ def _validate(cfg: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
-    if not 0.0 <= cfg.data.cutmix <= 1.0:
-        raise ConfigError(f"data.cutmix is a probability in [0, 1], got {cfg.data.cutmix}")
+    for key, value in (
+        ("loss.dice_weight", cfg.loss.dice_weight),
+        ("loss.surface_replay", cfg.loss.surface_replay),
+        ("data.num_workers", cfg.data.num_workers),
+        ("optim.warmup_epochs", cfg.optim.warmup_epochs),
+    ):
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = off or none), got {value}")
+    for key, value in (
+        ("sampler.minority_fraction", cfg.sampler.minority_fraction),
+        ("data.cutmix", cfg.data.cutmix),
+        ("optim.min_lr_ratio", cfg.optim.min_lr_ratio),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key} is a fraction or probability in [0, 1], got {value}")
     if cfg.data.cutmix and cfg.data.batch_size < 2:
         raise ConfigError(
             f"data.cutmix={cfg.data.cutmix} mixes the tiles of a batch: set data.batch_size >= 2 "
             "or data.cutmix=0"
         )
-    if cfg.loss.dice_weight < 0:
-        raise ConfigError(f"loss.dice_weight must be >= 0 (0 = off), got {cfg.loss.dice_weight}")
-    if cfg.loss.surface_replay < 0:
-        raise ConfigError(f"loss.surface_replay must be >= 0, got {cfg.loss.surface_replay}")
     if cfg.loss.surface_replay and not cfg.model.surface_branch:
         raise ConfigError(
             f"loss.surface_replay={cfg.loss.surface_replay} replays maps through the surface "
             "branch, which is off: set model.surface_branch (e.g. 24) or loss.surface_replay=0"
         )
-    if cfg.data.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
-    if cfg.optim.warmup_epochs < 0:
-        raise ConfigError(f"optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")
-    if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
-        raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     ema = cfg.trainer.ema_decay
     if ema is not None and not 0.0 < ema < 1.0:
         raise ConfigError(f"trainer.ema_decay must be in (0, 1) or null (off), got {ema}")

@@ -58,9 +58,8 @@ def evaluate(
         raise BadDataError(f"{Path(root) / split}: no pair_* folders to evaluate")
     spec = GridSpec.from_config(cfg.grid)
     _, h, w = spec.shape
-    cms = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
-    base = {lvl: np.zeros_like(cms[lvl]) for lvl in LEVELS}
     per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
+    base = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
     for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
         if pair.problems:
             raise BadDataError(f"{pair.folder}: {pair.problems[0]}")
@@ -80,16 +79,19 @@ def evaluate(
             preds["pixels"] = pred2d.ravel()
         for lvl, t in truths.items():
             per_tile[lvl].append(confusion(t, preds[lvl]))
-            cms[lvl] += per_tile[lvl][-1]
             base[lvl] += confusion(t, np.zeros_like(t))
     result = {"split": split, "tiles": len(pairs)}
     for lvl in LEVELS:
-        if cms[lvl].sum() == 0:
+        if not per_tile[lvl]:
+            continue
+        tiles = np.stack(per_tile[lvl])
+        cm = tiles.sum(axis=0)
+        if cm.sum() == 0:
             continue
         result[lvl] = {
-            "metrics": metrics_from_confusion(cms[lvl]),
+            "metrics": metrics_from_confusion(cm),
             "baseline": metrics_from_confusion(base[lvl]),
-            "confusion": cms[lvl].tolist(),
-            "iou_interval": iou_interval(np.stack(per_tile[lvl])),
+            "confusion": cm.tolist(),
+            "iou_interval": iou_interval(tiles),
         }
     return result
