@@ -22,6 +22,7 @@ TINY_TEST_OVERRIDES = [
     "trainer.max_epochs=2",
     "trainer.log_every_n_steps=1",
     "data.voxel_cache=null",
+    "trainer.surface_pretrain_steps=0",  # its own tests (test_surface_pretrain.py)
 ]
 
 

@@ -35,7 +35,7 @@ def test_predict_pair_without_mask(tiny_dataset, tmp_path):
 
 
 def test_augmentation_moves_every_key_together():
-    from uxbseg.data.dataset import _flip_rotate
+    from uxbseg.data.dataset import flip_rotate
 
     torch.manual_seed(0)
     image = torch.zeros(3, 8, 8)
@@ -48,7 +48,7 @@ def test_augmentation_moves_every_key_together():
     lab[:, 0, 3] = 2
     seen = set()
     for _ in range(40):
-        s = _flip_rotate(
+        s = flip_rotate(
             {
                 "image": image,
                 "mask2d": mask,
@@ -67,13 +67,13 @@ def test_augmentation_moves_every_key_together():
 
 
 def test_augmentation_keeps_non_square_grids_aligned():
-    from uxbseg.data.dataset import _flip_rotate
+    from uxbseg.data.dataset import flip_rotate
 
     torch.manual_seed(1)
     lab = torch.arange(4 * 8).reshape(1, 4, 8)
     img = torch.arange(4 * 8, dtype=torch.float32).reshape(1, 4, 8).expand(3, 4, 8)
     for _ in range(20):
-        s = _flip_rotate(
+        s = flip_rotate(
             {"image": img, "mask2d": lab[0], "voxels": lab.float()[None], "labels3d": lab}
         )
         assert s["labels3d"].shape == (1, 4, 8) and s["mask2d"].shape == (4, 8)

@@ -170,6 +170,11 @@ class TrainerConfig:
     # exported best weights use the average
     ema_decay: float | None = None
     log_every_n_steps: int = 10
+    # steps (batches of surface_pretrain_batch tiles) that train the surface branch alone on the
+    # training tiles' column maps before the fusion model trains (0 = off; the seed has no such
+    # stage); their time counts towards max_time_minutes. See training/surface_pretrain.py
+    surface_pretrain_steps: int = 0
+    surface_pretrain_batch: int = 8
 
 
 @dataclass
@@ -214,12 +219,14 @@ def _validate(cfg: Config) -> None:
         ("model.voxel_out_channels", cfg.model.voxel_out_channels),
         ("trainer.max_epochs", cfg.trainer.max_epochs),
         ("trainer.devices", cfg.trainer.devices),
+        ("trainer.surface_pretrain_batch", cfg.trainer.surface_pretrain_batch),
     ):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     for key, value in (
         ("loss.dice_weight", cfg.loss.dice_weight),
         ("loss.surface_replay", cfg.loss.surface_replay),
+        ("trainer.surface_pretrain_steps", cfg.trainer.surface_pretrain_steps),
         ("data.num_workers", cfg.data.num_workers),
         ("optim.warmup_epochs", cfg.optim.warmup_epochs),
     ):
@@ -241,6 +248,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"loss.surface_replay={cfg.loss.surface_replay} replays maps through the surface "
             "branch, which is off: set model.surface_branch (e.g. 24) or loss.surface_replay=0"
+        )
+    if cfg.trainer.surface_pretrain_steps and not cfg.model.surface_branch:
+        raise ConfigError(
+            f"trainer.surface_pretrain_steps={cfg.trainer.surface_pretrain_steps} pre-trains the "
+            "surface branch, which is off: set model.surface_branch (e.g. 24) or "
+            "trainer.surface_pretrain_steps=0"
         )
     ema = cfg.trainer.ema_decay
     if ema is not None and not 0.0 < ema < 1.0:

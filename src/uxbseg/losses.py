@@ -9,10 +9,11 @@ from torch.nn import functional as F
 
 from .classes import IGNORE
 
-__all__ = ["FusionLoss"]
+__all__ = ["FusionLoss", "weighted_ce"]
 
 
-def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Class-weighted cross-entropy over the positions whose target is not IGNORE (0 if none)."""
     # a batch whose targets are all IGNORE would give 0/0 = NaN with reduction='mean'
     if not bool((target != IGNORE).any()):
         return logits.sum() * 0.0
@@ -70,7 +71,7 @@ class FusionLoss(nn.Module):
         self.dice = _Dice() if dice_weight > 0 else None
 
     def _term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = _weighted_ce(logits, target, self.class_weights)
+        ce = weighted_ce(logits, target, self.class_weights)
         if self.dice is None:
             return ce
         return ce + self.dice_weight * self.dice(logits, target)

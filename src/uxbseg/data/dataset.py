@@ -16,23 +16,26 @@ from .cache import VoxelCache
 from .pairs import Pair
 from .voxelize import GridSpec, bin_points, tile_labels, voxelize
 
-__all__ = ["UXBDataset"]
+__all__ = ["SPATIAL_KEYS", "UXBDataset", "flip_rotate"]
+
+SPATIAL_KEYS = ("image", "voxels", "labels3d", "mask2d")
+"""The keys of a sample whose last two axes are the tile's (H, W)."""
 
 
-def _flip_rotate(sample: dict[str, Any]) -> dict[str, Any]:
-    """One random draw (flip W or not, 0-3 quarter turns) applied to every spatial key.
+def flip_rotate(sample: dict[str, Any], keys: Sequence[str] = SPATIAL_KEYS) -> dict[str, Any]:
+    """One random draw (flip W or not, 0-3 quarter turns) applied to every one of ``keys``.
 
-    Grids with H != W get only half turns, which keep their shape.
-
-    The last two axes of every array are (H, W) = (north->south, west->east) of one footprint.
+    Grids with H != W (the last key's last two axes) get only half turns, which keep their
+    shape. The last two axes of every array are (H, W) = (north->south, west->east) of one
+    footprint.
     """
     flip = bool(torch.randint(0, 2, ()).item())
     turns = int(torch.randint(0, 4, ()).item())
-    h, w = sample["labels3d"].shape[-2:]
+    h, w = sample[keys[-1]].shape[-2:]
     if h != w:  # a quarter turn would swap H and W of a non-square grid: half turns only
         turns = 2 * (turns % 2)
     out = dict(sample)
-    for key in ("image", "voxels", "labels3d", "mask2d"):
+    for key in keys:
         t = sample[key]
         if flip:
             t = torch.flip(t, dims=(-1,))
@@ -91,7 +94,7 @@ class UXBDataset(Dataset):
             "pair_id": pair.pair_id,
             "las_path": str(pair.las),
         }
-        return _flip_rotate(sample) if self.augment else sample
+        return flip_rotate(sample) if self.augment else sample
 
     def _voxels(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         if self.cache is not None and (hit := self.cache.load(pair.las)) is not None:

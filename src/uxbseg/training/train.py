@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     EMAWeightAveraging,
     ModelCheckpoint,
+    Timer,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
@@ -23,6 +24,7 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from ..config import Config, save_config
 from ..data.datamodule import UXBDataModule, checked_pairs
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
+from .surface_pretrain import pretrain_surface
 from .task import UXBSegmentationTask
 
 __all__ = [
@@ -187,6 +189,11 @@ def train(
     metrics_csv = run_dir / "metrics.csv"
     earlier = _read_rows(metrics_csv) if resume else []
     trainer = _trainer(cfg, run_dir, callbacks, progress)
+    if tc.surface_pretrain_steps and ckpt_path is None:  # a resumed run has its branch already
+        seconds = pretrain_surface(task.model, dm.train_ds, cfg, _precision(cfg), progress)
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None:  # the stage's time counts towards trainer.max_time_minutes
+            timer.load_state_dict({"time_elapsed": {"train": seconds}})
     try:
         # resume reads last.ckpt through TensorsOnlyCheckpointIO: never unpickles objects
         trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)

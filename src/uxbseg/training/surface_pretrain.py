@@ -1,0 +1,136 @@
+"""Surface-branch pre-training: the 2D U-Net alone on the training tiles' column maps.
+
+The surface branch finds the platforms' outlines from the ground-relief maps, and learns them
+from many distinct tiles per step (docs/RESULTS.md: 8 tiles per step in a 2D proxy, against 2 +
+replay in the fusion model). The 2D maps cost a few milliseconds a tile where the 3D branch
+costs a second a step, so before the fusion model trains, ``trainer.surface_pretrain_steps``
+steps train the branch alone on batches of ``trainer.surface_pretrain_batch`` tiles (random
+flips and quarter turns), with the optimiser settings of the main run (AdamW, ``lr_main``,
+``decay`` over these steps). The fusion model then starts from that branch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from ..config import Config, OptimConfig
+from ..data.column_maps import ColumnMaps
+from ..data.dataset import UXBDataset
+from ..losses import weighted_ce
+from ..models import UXBFusionModel
+from ..models.surface_branch import SurfaceBranch
+from .schedule import decay_factor
+
+__all__ = ["SurfacePretrainTask", "column_maps", "pretrain_surface"]
+
+log = logging.getLogger(__name__)
+
+
+class SurfacePretrainTask(pl.LightningModule):
+    """Trains a :class:`~uxbseg.models.surface_branch.SurfaceBranch` against the 2D masks.
+
+    Args:
+        branch: the branch to train (in place).
+        class_weights: the CE's class weights (the main run's ``loss.class_weights``).
+        optim: AdamW settings; the LR is ``lr_main`` times :func:`decay_factor` of the step.
+        steps: the number of steps the schedule spans.
+    """
+
+    def __init__(
+        self,
+        branch: SurfaceBranch,
+        class_weights: tuple[float, ...],
+        optim: OptimConfig,
+        steps: int,
+    ) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.branch = branch
+        self.optim = optim
+        self.steps = steps
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = weighted_ce(self.branch(batch["maps"])[1], batch["mask2d"], self.class_weights)
+        self.log("surface_pretrain/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self):
+        oc = self.optim
+        params = self.branch.parameters()
+        opt = torch.optim.AdamW(params, lr=oc.lr_main, weight_decay=oc.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: decay_factor(step / self.steps, oc)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def column_maps(model: UXBFusionModel, dataset: UXBDataset) -> ColumnMaps:
+    """The surface branch's maps and the 2D masks of every tile of ``dataset`` (no views)."""
+    plain = UXBDataset(dataset.pairs, dataset.grid, dataset.image_size, cache=dataset.cache)
+    maps, masks = [], []
+    for i in range(len(plain)):
+        sample = plain[i]
+        maps.append(model.surface_maps(sample["voxels"][None])[0])
+        masks.append(sample["mask2d"])
+    return ColumnMaps(torch.stack(maps), torch.stack(masks), augment=True)
+
+
+def pretrain_surface(
+    model: UXBFusionModel,
+    dataset: UXBDataset,
+    cfg: Config,
+    precision: str = "32-true",
+    progress: bool = True,
+) -> float:
+    """Train ``model.surface_branch`` in place as the module docstring says; returns seconds.
+
+    Runs on one device of ``trainer.accelerator`` at ``precision`` (a Lightning precision, the
+    main run's). Under DDP every process runs it from the same seed, and DDP starts from rank
+    0's weights in any case.
+    """
+    tc = cfg.trainer
+    if model.surface_branch is None:
+        raise ValueError("the model has no surface branch to pre-train")
+    start = time.monotonic()
+    data = column_maps(model, dataset)
+    steps, batch = tc.surface_pretrain_steps, tc.surface_pretrain_batch
+    gen = torch.Generator().manual_seed(tc.seed)
+    loader = DataLoader(
+        data,
+        batch_size=batch,
+        sampler=RandomSampler(data, replacement=True, num_samples=steps * batch, generator=gen),
+    )
+    task = SurfacePretrainTask(model.surface_branch, cfg.loss.class_weights, cfg.optim, steps)
+    trainer = pl.Trainer(
+        accelerator=tc.accelerator,
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        max_steps=steps,
+        gradient_clip_val=tc.gradient_clip_norm,
+        gradient_clip_algorithm="norm",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+    )
+    trainer.fit(task, train_dataloaders=loader)
+    model.surface_branch.to("cpu")
+    seconds = time.monotonic() - start
+    last = trainer.callback_metrics.get("surface_pretrain/loss")
+    log.info(
+        "surface branch pre-trained on %d tiles: %d steps of %d in %.1f s (last loss %s)",
+        len(data),
+        steps,
+        batch,
+        seconds,
+        f"{float(last):.4f}" if last is not None else "n/a",
+    )
+    return seconds
