@@ -193,6 +193,40 @@ class Config:
         _validate(self)
 
 
+_RANGE_RULES = (
+    (
+        lambda v: v >= 1,
+        "must be >= 1",
+        (
+            "data.image_size",
+            "data.batch_size",
+            "model.fusion_hidden",
+            "model.voxel_out_channels",
+            "trainer.max_epochs",
+            "trainer.devices",
+            "trainer.surface_pretrain_batch",
+        ),
+    ),
+    (
+        lambda v: v >= 0,
+        "must be >= 0 (0 = off or none)",
+        (
+            "loss.dice_weight",
+            "loss.surface_replay",
+            "trainer.surface_pretrain_steps",
+            "data.num_workers",
+            "optim.warmup_epochs",
+        ),
+    ),
+    (
+        lambda v: 0.0 <= v <= 1.0,
+        "is a fraction or probability in [0, 1]",
+        ("sampler.minority_fraction", "data.cutmix", "optim.min_lr_ratio"),
+    ),
+)
+"""(check, rule, ``section.key`` names): numeric ranges, one message shape per rule."""
+
+
 def _validate(cfg: Config) -> None:
     d, h, w = cfg.grid.shape
     if min(d, h, w) < 1:
@@ -212,33 +246,12 @@ def _validate(cfg: Config) -> None:
             f"model.logit_adjustment={cfg.model.logit_adjustment} divides by the class weights "
             f"{cfg.loss.class_weights}: make them all > 0 or set model.logit_adjustment=0"
         )
-    for key, value in (
-        ("data.image_size", cfg.data.image_size),
-        ("data.batch_size", cfg.data.batch_size),
-        ("model.fusion_hidden", cfg.model.fusion_hidden),
-        ("model.voxel_out_channels", cfg.model.voxel_out_channels),
-        ("trainer.max_epochs", cfg.trainer.max_epochs),
-        ("trainer.devices", cfg.trainer.devices),
-        ("trainer.surface_pretrain_batch", cfg.trainer.surface_pretrain_batch),
-    ):
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    for key, value in (
-        ("loss.dice_weight", cfg.loss.dice_weight),
-        ("loss.surface_replay", cfg.loss.surface_replay),
-        ("trainer.surface_pretrain_steps", cfg.trainer.surface_pretrain_steps),
-        ("data.num_workers", cfg.data.num_workers),
-        ("optim.warmup_epochs", cfg.optim.warmup_epochs),
-    ):
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0 (0 = off or none), got {value}")
-    for key, value in (
-        ("sampler.minority_fraction", cfg.sampler.minority_fraction),
-        ("data.cutmix", cfg.data.cutmix),
-        ("optim.min_lr_ratio", cfg.optim.min_lr_ratio),
-    ):
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{key} is a fraction or probability in [0, 1], got {value}")
+    for ok, rule, keys in _RANGE_RULES:
+        for key in keys:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if not ok(value):
+                raise ConfigError(f"{key} {rule}, got {value}")
     if cfg.data.cutmix and cfg.data.batch_size < 2:
         raise ConfigError(
             f"data.cutmix={cfg.data.cutmix} mixes the tiles of a batch: set data.batch_size >= 2 "
