@@ -83,9 +83,8 @@ class UXBDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]
-        _, h, w = self.grid.shape
         features, labels = self._voxels(pair)
-        mask = load_mask(pair.mask, (h, w)) if pair.mask is not None else np.full((h, w), IGNORE)
+        mask = self.mask2d(index)
         sample = {
             "image": torch.from_numpy(load_image(pair.image, self.image_size)),
             "voxels": torch.from_numpy(features),
@@ -95,6 +94,16 @@ class UXBDataset(Dataset):
             "las_path": str(pair.las),
         }
         return flip_rotate(sample) if self.augment else sample
+
+    def mask2d(self, index: int) -> np.ndarray:
+        """The (H, W) mask of one tile at the grid's resolution (IGNORE without a mask file)."""
+        pair = self.pairs[index]
+        _, h, w = self.grid.shape
+        return load_mask(pair.mask, (h, w)) if pair.mask is not None else np.full((h, w), IGNORE)
+
+    def features(self, index: int) -> np.ndarray:
+        """Only the (C, D, H, W) voxel features of one tile (no image, no views)."""
+        return self._voxels(self.pairs[index])[0]
 
     def _voxels(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         if self.cache is not None and (hit := self.cache.load(pair.las)) is not None:

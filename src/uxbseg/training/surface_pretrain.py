@@ -15,6 +15,7 @@ import logging
 import time
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -72,13 +73,12 @@ class SurfacePretrainTask(pl.LightningModule):
 
 
 def column_maps(model: UXBFusionModel, dataset: UXBDataset) -> ColumnMaps:
-    """The surface branch's maps and the 2D masks of every tile of ``dataset`` (no views)."""
-    plain = UXBDataset(dataset.pairs, dataset.grid, dataset.image_size, cache=dataset.cache)
+    """The surface branch's maps and the 2D masks of every tile of ``dataset`` (no views; the
+    images are not read)."""
     maps, masks = [], []
-    for i in range(len(plain)):
-        sample = plain[i]
-        maps.append(model.surface_maps(sample["voxels"][None])[0])
-        masks.append(sample["mask2d"])
+    for i in range(len(dataset)):
+        maps.append(model.surface_maps(torch.from_numpy(dataset.features(i))[None])[0])
+        masks.append(torch.from_numpy(dataset.mask2d(i).astype(np.int64)))
     return ColumnMaps(torch.stack(maps), torch.stack(masks), augment=True)
 
 
