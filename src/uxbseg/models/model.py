@@ -11,6 +11,7 @@ from ..config import Config, ModelConfig
 from ..errors import ConfigError
 from .fusion import FusionHead, FusionMode
 from .image_branch import ImageBranch
+from .norms import channels_last_instance_norms
 from .surface_branch import SurfaceBranch
 from .voxel_branch import VoxelBranch
 
@@ -100,6 +101,7 @@ class UXBFusionModel(nn.Module):
             for branch in (self.voxel_branch, self.fusion):
                 if branch is not None:
                     branch.to(memory_format=torch.channels_last_3d)
+                    channels_last_instance_norms(branch)  # no layout copies around the norms
 
     @classmethod
     def from_config(cls, cfg: Config) -> UXBFusionModel:

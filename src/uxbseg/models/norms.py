@@ -1,0 +1,101 @@
+"""Instance normalisation that keeps the channels_last_3d layout.
+
+``torch.nn.functional.instance_norm`` views its input as (1, B*C, D, H, W), which a channels_last
+tensor can only give as a copy, and returns a contiguous tensor, so in a channels_last network every
+conv -> norm -> conv pays two layout copies forward and two more backward (17 % of the tiny CPU
+training step, BENCHMARKS). Here the statistics are sums over the (B, D*H*W, C) view of the same
+memory and the output is written in channels_last directly. The variance is taken about the mean
+(two passes), as ``instance_norm`` does, not as E[x^2] - E[x]^2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ChannelsLastInstanceNorm3d", "channels_last_instance_norms"]
+
+_CL = torch.channels_last_3d
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, D, H, W) channels_last -> the (B, D*H*W, C) view of the same memory."""
+    b, c = t.shape[:2]
+    return t.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
+
+
+def _channel_sums(t3: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of (B, N, C) -> (B, 1, C); rows taken four at a time (a 4C-wide inner loop
+    vectorises where a 12-wide one does not: 4x faster for C = 12)."""
+    b, n, c = t3.shape
+    g = 4 if n % 4 == 0 else 1
+    return t3.reshape(b, n // g, g * c).sum(1).view(b, g, c).sum(1, keepdim=True)
+
+
+class _InstanceNormCL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float):
+        b, c = x.shape[:2]
+        x3 = _rows(x)
+        n = x3.shape[1]
+        mean = _channel_sums(x3) / n
+        centred = x3 - mean  # (B, N, C) contiguous = channels_last memory of a (B, C, D, H, W)
+        rstd = (_channel_sums(centred.square()) / n + eps).rsqrt()
+        scale = rstd if weight is None else rstd * weight.view(1, 1, c)
+        y = torch.empty_like(x, memory_format=_CL)
+        y3 = y.permute(0, 2, 3, 4, 1).view(b, n, c)
+        if bias is None:
+            torch.mul(centred, scale, out=y3)
+        else:
+            torch.addcmul(bias.view(1, 1, c), centred, scale, out=y3)
+        ctx.save_for_backward(centred, rstd, weight)
+        ctx.has_bias = bias is not None
+        ctx.shape = x.shape
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        centred, rstd, weight = ctx.saved_tensors
+        b, c = ctx.shape[:2]
+        n = centred.shape[1]
+        g3 = _rows(grad.contiguous(memory_format=_CL))
+        sum_g = _channel_sums(g3)
+        sum_gxhat = _channel_sums(g3 * centred) * rstd  # sum of grad * normalised input
+        grad_w = sum_gxhat.sum((0, 1)) if weight is not None else None
+        grad_b = sum_g.sum((0, 1)) if ctx.has_bias else None
+        a = rstd if weight is None else rstd * weight.view(1, 1, c)
+        # dx = a * (g - mean(g) - xhat * mean(g * xhat)), xhat = centred * rstd
+        gx = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=_CL)
+        gx3 = gx.permute(0, 2, 3, 4, 1).view(b, n, c)
+        torch.addcmul(-a * sum_g / n, g3, a, out=gx3)
+        gx3.addcmul_(centred, a * rstd * sum_gxhat / n, value=-1.0)
+        return gx, grad_w, grad_b, None
+
+
+class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` (no running statistics) that returns channels_last_3d for a
+    channels_last_3d input; any other input goes through ``instance_norm`` unchanged.
+
+    Same parameters and state_dict keys as ``nn.InstanceNorm3d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.track_running_stats
+            or x.dim() != 5
+            or x.is_contiguous()
+            or not x.is_contiguous(memory_format=_CL)
+        ):
+            return super().forward(x)
+        return _InstanceNormCL.apply(x, self.weight, self.bias, self.eps)
+
+
+def channels_last_instance_norms(module: nn.Module) -> int:
+    """Swap every ``nn.InstanceNorm3d`` inside ``module`` for :class:`ChannelsLastInstanceNorm3d`
+    in place (same parameters); returns how many were swapped."""
+    swapped = 0
+    for child in module.modules():
+        if type(child) is nn.InstanceNorm3d:  # the subclass adds no state: a class swap suffices
+            child.__class__ = ChannelsLastInstanceNorm3d
+            swapped += 1
+    return swapped

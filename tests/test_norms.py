@@ -1,0 +1,83 @@
+"""The channels_last instance norm against torch's ``instance_norm``: values, gradients, layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR
+from torch import nn
+from torch.nn import functional as F
+
+from uxbseg.models.norms import ChannelsLastInstanceNorm3d, channels_last_instance_norms
+
+CL = torch.channels_last_3d
+
+
+def _input(shape=(2, 12, 4, 6, 8), offset=0.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype) * 3 + offset
+    return x.contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_matches_instance_norm_values_and_gradients(affine):
+    x = _input()
+    norm = ChannelsLastInstanceNorm3d(12, affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-1.0, 1.0)
+    ref_x = x.clone().requires_grad_()
+    got_x = x.clone().requires_grad_()
+    ref = F.instance_norm(ref_x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    (ref * grad).sum().backward()
+    ref_params = [p.grad.clone() for p in norm.parameters()]
+    for p in norm.parameters():
+        p.grad = None
+    got = norm(got_x)
+    (got * grad).sum().backward()
+
+    assert got.is_contiguous(memory_format=CL) and not got.is_contiguous()
+    assert got_x.grad.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_x.grad, ref_x.grad, rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip([p.grad for p in norm.parameters()], ref_params, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_gradcheck_in_double():
+    x = _input((2, 3, 2, 3, 4), dtype=torch.float64).requires_grad_()
+    norm = ChannelsLastInstanceNorm3d(3, affine=True).double()
+    assert torch.autograd.gradcheck(norm, (x,))
+
+
+def test_large_offset_keeps_precision():
+    """Variance about the mean (two passes): an offset 1000x the spread costs no accuracy."""
+    x = _input(offset=3000.0)
+    got = ChannelsLastInstanceNorm3d(12)(x)
+    ref = F.instance_norm(x.contiguous())
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=2e-3)
+
+
+def test_other_layouts_go_through_instance_norm():
+    x = _input().contiguous()
+    out = ChannelsLastInstanceNorm3d(12)(x)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, F.instance_norm(x))
+
+
+def test_swap_keeps_parameters_and_keys_and_outputs():
+    torch.manual_seed(0)
+    net = SwinUNETR(in_channels=2, out_channels=3, feature_size=12, spatial_dims=3, window_size=4)
+    net = net.to(memory_format=CL).eval()
+    keys = list(net.state_dict())
+    x = torch.rand(1, 2, 32, 32, 64).contiguous(memory_format=CL)
+    with torch.no_grad():
+        before = net(x)
+        swapped = channels_last_instance_norms(net)
+        after = net(x)
+    assert swapped == sum(isinstance(m, nn.InstanceNorm3d) for m in net.modules()) > 10
+    assert all(type(m) is not nn.InstanceNorm3d for m in net.modules())
+    assert list(net.state_dict()) == keys
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
