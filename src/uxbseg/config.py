@@ -150,6 +150,7 @@ class OptimConfig:
     # lr_main * min_lr_ratio by the end of the run (max_epochs or max_time_minutes)
     decay: Literal["none", "cosine"] = "none"
     min_lr_ratio: float = 0.02
+    fused: bool = True  # torch's fused AdamW kernel on CPU / CUDA (same update; see optimizer.py)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from ..data.dataset import UXBDataset
 from ..losses import weighted_ce
 from ..models import UXBFusionModel
 from ..models.surface_branch import SurfaceBranch
+from .optimizer import adamw
 from .schedule import decay_factor
 
 __all__ = ["SurfacePretrainTask", "column_maps", "pretrain_surface"]
@@ -64,8 +65,7 @@ class SurfacePretrainTask(pl.LightningModule):
 
     def configure_optimizers(self):
         oc = self.optim
-        params = self.branch.parameters()
-        opt = torch.optim.AdamW(params, lr=oc.lr_main, weight_decay=oc.weight_decay)
+        opt = adamw(self.branch.parameters(), oc, self, lr=oc.lr_main)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: decay_factor(step / self.steps, oc)
         )

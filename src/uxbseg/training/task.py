@@ -19,6 +19,7 @@ from ..losses import FusionLoss
 from ..metrics import format_metrics_table, metrics_from_confusion
 from ..models import UXBFusionModel
 from .mixing import column_cutmix
+from .optimizer import adamw
 from .replay import SurfaceReplay
 from .schedule import decay_factor, encoder_lr, encoders_frozen, head_lr
 
@@ -88,7 +89,7 @@ class UXBSegmentationTask(pl.LightningModule):
             groups.append(
                 {"params": encoders, "lr": encoder_lr(1, self.cfg.optim), "name": "encoders"}
             )
-        return torch.optim.AdamW(groups, weight_decay=self.cfg.optim.weight_decay)
+        return adamw(groups, self.cfg.optim, self)
 
     @property
     def seed_epoch(self) -> int:
