@@ -167,6 +167,38 @@ def test_fast_path_equals_seed_formulation_on_same_weights(tiny_cfg, fusion):
     torch.testing.assert_close(a["logits2d"], b["logits2d"], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fusion", ["column", "global", "voxel_only"])
+def test_folded_output_conv_same_outputs_and_gradients(tiny_cfg, fusion):
+    """SwinUNETR's 1x1x1 output conv folded into the fusion's conv1 (tiny config) gives the
+    unfolded model's logits and every parameter's gradient, the folded conv's own included."""
+    tiny_cfg.model.fusion = fusion
+    tiny_cfg.model.surface_branch = 24 if fusion == "column" else 0
+    torch.manual_seed(0)
+    fast = UXBFusionModel.from_config(tiny_cfg)
+    assert fast.voxel_branch.output_projection() is not None  # folded: 12*16*27 < 16*12+16*16*27
+    tiny_cfg.model.fusion_impl = "naive"
+    plain = UXBFusionModel.from_config(tiny_cfg)
+    assert plain.voxel_branch.output_projection() is None
+    plain.load_state_dict(fast.state_dict())
+    c = len(tiny_cfg.grid.features)
+    x = (torch.randn(2, 3, 64, 64), torch.randn(2, c, 32, 32, 64))
+    for model in (fast, plain):
+        torch.manual_seed(1)
+        out = model(*x)
+        loss = out["logits3d"].square().mean()
+        (loss + out["logits2d"].mean() if out["logits2d"] is not None else loss).backward()
+    grads = dict(plain.named_parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-3, atol=1e-6, msg=name)
+    assert fast.voxel_branch.net.out.conv.conv.weight.grad.abs().sum() > 0
+
+
+def test_output_conv_not_folded_where_it_costs_more(tiny_cfg):
+    tiny_cfg.model.feature_size, tiny_cfg.model.voxel_out_channels = 24, 8  # 24*16*27 > 8*24+...
+    model = UXBFusionModel.from_config(tiny_cfg)
+    assert model.voxel_branch.output_projection() is None
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch):
     """channels_last_3d (oneDNN for every conv on CPU) changes speed, not results or gradients."""

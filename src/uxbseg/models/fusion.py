@@ -66,6 +66,16 @@ def _add_planar(out: torch.Tensor, interior, borders) -> torch.Tensor:
     return out
 
 
+def _sum_planar(terms: list) -> tuple:
+    """Sum of ``_lift_planar`` results for the same depth and kernel size (same border slices)."""
+    interior, borders = terms[0]
+    for other_interior, other_borders in terms[1:]:
+        if interior is not None:
+            interior = interior + other_interior
+        borders = {k: v + other_borders[k] for k, v in borders.items()}
+    return interior, borders
+
+
 class FusionHead(nn.Module):
     """Conv3d(k3) -> ReLU -> Conv3d(k1) over [image features lifted to 3D, voxel features].
 
@@ -112,16 +122,34 @@ class FusionHead(nn.Module):
         image_feat: torch.Tensor | None,
         voxel_feat: torch.Tensor | None,
         grid_shape: tuple[int, int, int],
+        voxel_projection: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Class logits (B, K, D, H, W)."""
+        """Class logits (B, K, D, H, W).
+
+        ``voxel_projection``: (weight (M, C), bias (M)) of a 1x1x1 conv still to be applied to
+        ``voxel_feat`` (C channels) to give the M voxel channels; the fast path folds it into
+        ``conv1`` (see ``VoxelBranch.defer_output_conv``).
+        """
         d, h, w = grid_shape
         if self.materialise:
+            if voxel_projection is not None:
+                pw, pb = voxel_projection
+                voxel_feat = F.conv3d(voxel_feat, pw[..., None, None, None], pb)
             return self.conv2(
                 self.act(self.conv1(self._concat(image_feat, voxel_feat, grid_shape)))
             )
         w_img = self.conv1.weight[:, : self.image_channels]
         w_vox = self.conv1.weight[:, self.image_channels :]
-        if self.voxel_channels:
+        planar = []  # (interior, borders) of terms constant along depth
+        if self.voxel_channels and voxel_projection is not None:
+            # conv1(proj(x)) = a conv with the two kernels multiplied, plus proj's bias carried
+            # through conv1's in-bounds taps: a depth-constant term, zero padding included
+            pw, pb = voxel_projection
+            merged = torch.einsum("omkjl,mc->ockjl", w_vox, pw)
+            out = F.conv3d(voxel_feat, merged, self.conv1.bias, padding=1)
+            bias_kernel = torch.einsum("omkjl,m->okjl", w_vox, pb).unsqueeze(1)
+            planar.append(_lift_planar(voxel_feat.new_ones(1, 1, h, w), bias_kernel, d))
+        elif self.voxel_channels:
             out = F.conv3d(voxel_feat, w_vox, self.conv1.bias, padding=1)
         else:
             b = image_feat.shape[0]
@@ -141,9 +169,11 @@ class FusionHead(nn.Module):
 
                 interior = unfold(interior) if interior is not None else None
                 borders = {k: unfold(v) for k, v in borders.items()}
+                planar.append((interior, borders))
             else:
-                interior, borders = _lift_planar(imap, w_img, d)
-            out = _add_planar(out, interior, borders)
+                planar.append(_lift_planar(imap, w_img, d))
+        if planar:
+            out = _add_planar(out, *_sum_planar(planar))
         return self.conv2(self.act(out))
 
     def _concat(self, image_feat, voxel_feat, grid_shape) -> torch.Tensor:

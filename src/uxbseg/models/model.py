@@ -18,6 +18,15 @@ from .voxel_branch import VoxelBranch
 __all__ = ["UXBFusionModel"]
 
 
+def _fold_pays(model: ModelConfig) -> bool:
+    """Whether folding SwinUNETR's 1x1x1 output conv (feature_size -> voxel_out_channels) into
+    the fusion's 3x3x3 conv1 saves work: C*O*27 against M*C + M*O*27 multiply-adds a voxel (C
+    feature_size, M voxel_out_channels, O fusion_hidden). Tiny config: 5184 against 7104 (and a
+    full-resolution tensor less); the seed's (96, 64, 128): no. Same function either way."""
+    c, m, o = model.feature_size, model.voxel_out_channels, model.fusion_hidden
+    return model.fusion_impl == "fast" and c * o * 27 < m * c + m * o * 27
+
+
 class UXBFusionModel(nn.Module):
     """SegFormer-B0 (2D) + SwinUNETR (3D) fused in 3D.
 
@@ -96,6 +105,8 @@ class UXBFusionModel(nn.Module):
             num_classes=num_classes,
             materialise=model.fusion_impl == "naive",
         )
+        if self.voxel_branch is not None and _fold_pays(model):
+            self.voxel_branch.defer_output_conv()  # the fusion's conv1 applies it
         self.channels_last = model.channels_last
         if self.channels_last:  # weights in the same layout as the activations
             for branch in (self.voxel_branch, self.fusion):
@@ -151,5 +162,6 @@ class UXBFusionModel(nn.Module):
         if self.channels_last:
             voxels = voxels.contiguous(memory_format=torch.channels_last_3d)
         voxel_feat = self.voxel_branch(voxels) if self.voxel_branch is not None else None
-        logits3d = self.fusion(image_feat, voxel_feat, self.grid_shape)
+        projection = self.voxel_branch.output_projection() if self.voxel_branch else None
+        logits3d = self.fusion(image_feat, voxel_feat, self.grid_shape, projection)
         return {"logits2d": logits2d, "logits3d": logits3d, "logits_surface": logits_surface}

@@ -27,6 +27,18 @@ def check_grid(shape: tuple[int, int, int]) -> None:
         )
 
 
+class _DeferredOut(nn.Module):
+    """Stands in for SwinUNETR's 1x1x1 output conv, which the fusion applies instead (folded into
+    its own first conv); keeps the conv as ``conv`` so the state_dict keys do not change."""
+
+    def __init__(self, out: nn.Module) -> None:
+        super().__init__()
+        self.conv = out.conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 class VoxelBranch(nn.Module):
     """SwinUNETR (MONAI) from the voxel features (B, C, D, H, W) to ``out_channels`` features.
 
@@ -69,6 +81,19 @@ class VoxelBranch(nn.Module):
             use_flash_attention=use_flash_attention,
             window_size=window_size,
         )
+
+    def defer_output_conv(self) -> None:
+        """Return the decoder's ``feature_size`` channels from now on and leave the output conv
+        (``output_projection``) to the caller; weights and state_dict keys are unchanged."""
+        if not isinstance(self.net.out, _DeferredOut):
+            self.net.out = _DeferredOut(self.net.out)
+
+    def output_projection(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(weight (out, feature_size), bias (out)) of the deferred output conv, else None."""
+        if not isinstance(self.net.out, _DeferredOut):
+            return None
+        conv = self.net.out.conv.conv
+        return conv.weight.flatten(1), conv.bias
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:
         return self.net(voxels)
