@@ -37,79 +37,107 @@ def _batch(cfg, b, device):
     }
 
 
-def measure(
-    cfg,
-    device,
-    *,
-    naive: bool,
-    bf16: bool,
-    batch: int,
-    steps: int,
-    channels_last: bool = False,
-    flash: bool = False,
-    checkpoint: bool = False,
-    compile_: bool = False,
-):
-    cfg.model.fusion_impl = "naive" if naive else "fast"
-    cfg.model.channels_last = channels_last
-    cfg.model.use_flash_attention = flash
-    cfg.model.use_checkpoint = checkpoint
-    # cuDNN autotuning goes with the fast path; the seed as written leaves torch's default (off)
-    torch.backends.cudnn.benchmark = not naive
-    torch.manual_seed(0)
-    model = UXBFusionModel.from_config(cfg).to(device)
-    crit = FusionLoss().to(device)
-    # the fast path steps with the fused AdamW that training uses (optim.fused); the seed, torch's
-    # default (a loop over the parameters on the CPU)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=None if naive else True)
-    if compile_:
-        model.compile_branches()
-    fwd = model
-    data = _batch(cfg, batch, device)
-    ctx = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-        if bf16
-        else (lambda: torch.autocast(device.type, enabled=False))
-    )
+class _Run:
+    """One variant's model, optimiser and batch; ``step()`` / ``forward()`` time one call each."""
 
-    def sync():
-        if device.type == "cuda":
+    def __init__(
+        self,
+        cfg,
+        device,
+        *,
+        naive: bool,
+        bf16: bool,
+        batch: int,
+        channels_last: bool = False,
+        flash: bool = False,
+        checkpoint: bool = False,
+        compile_: bool = False,
+    ) -> None:
+        cfg.model.fusion_impl = "naive" if naive else "fast"
+        cfg.model.channels_last = channels_last
+        cfg.model.use_flash_attention = flash
+        cfg.model.use_checkpoint = checkpoint
+        self.naive, self.device, self.batch = naive, device, batch
+        torch.manual_seed(0)
+        self.model = UXBFusionModel.from_config(cfg).to(device)
+        self.crit = FusionLoss().to(device)
+        # the fast path steps with the fused AdamW that training uses (optim.fused); the seed,
+        # torch's default (a loop over the parameters on the CPU)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=1e-5, fused=None if naive else True
+        )
+        if compile_:
+            self.model.compile_branches()
+        self.data = _batch(cfg, batch, device)
+        self.bf16 = bf16
+        self.first = self.step()  # warm-up (compilation happens here)
+
+    def _ctx(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def step():
-        with ctx():
-            loss, _ = crit(fwd(data["image"], data["voxels"]), data)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    t0 = time.perf_counter()
-    step()  # warm-up (compilation happens here)
-    sync()
-    first = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
+    def step(self) -> float:
+        # cuDNN autotuning goes with the fast path; the seed as written leaves torch's default
+        torch.backends.cudnn.benchmark = not self.naive
+        self.model.train()
         t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    model.eval()
-    ftimes = []
-    opt.zero_grad(set_to_none=True)
+        with self._ctx():
+            loss, _ = self.crit(self.model(self.data["image"], self.data["voxels"]), self.data)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self._sync()
+        return time.perf_counter() - t0
+
+    def forward(self) -> float:
+        torch.backends.cudnn.benchmark = not self.naive
+        self.model.eval()
+        self.opt.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        with torch.no_grad(), self._ctx():
+            self.model(self.data["image"], self.data["voxels"])
+        self._sync()
+        return time.perf_counter() - t0
+
+
+def _gib_peak(device) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+
+
+def measure(cfg, device, *, steps: int, **kw):
+    """One variant on its own: median step and forward, peak memory of each, first step."""
+    run = _Run(cfg, device, **kw)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            with ctx():
-                fwd(data["image"], data["voxels"])
-            sync()
-            ftimes.append(time.perf_counter() - t0)
-    fpeak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return statistics.median(times), statistics.median(ftimes), peak, fpeak, first
+    times = [run.step() for _ in range(steps)]
+    peak = _gib_peak(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    ftimes = [run.forward() for _ in range(steps)]
+    fpeak = _gib_peak(device)
+    return statistics.median(times), statistics.median(ftimes), peak, fpeak, run.first
+
+
+def measure_interleaved(cfg, device, variants: list[dict], steps: int) -> list[tuple]:
+    """All variants built first, then timed one step each in turn, ``steps`` rounds (then the
+    forwards the same way), so that a slow spell of the machine hits every variant alike."""
+    runs = [_Run(cfg, device, **kw) for kw in variants]
+    times: list[list[float]] = [[] for _ in runs]
+    ftimes: list[list[float]] = [[] for _ in runs]
+    for _ in range(steps):
+        for run, t in zip(runs, times, strict=True):
+            t.append(run.step())
+    for _ in range(steps):
+        for run, t in zip(runs, ftimes, strict=True):
+            t.append(run.forward())
+    nan = float("nan")
+    return [
+        (statistics.median(t), statistics.median(f), nan, nan, run.first)
+        for run, t, f in zip(runs, times, ftimes, strict=True)
+    ]
 
 
 def agreement(cfg, device, fast: dict) -> float:
@@ -151,6 +179,12 @@ def main(argv=None) -> None:
     )
     p.add_argument("--check", action="store_true", help="first compare fast and plain logits")
     p.add_argument("--only", help="time only the variants whose label contains this text")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="on the CPU, time each variant's steps together (default: interleaved; on a GPU "
+        "always sequential, for the per-variant peak memory)",
+    )
     a = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config(packaged_config(a.config), ["model.pretrained_2d=null"])
@@ -181,16 +215,24 @@ def main(argv=None) -> None:
         err = agreement(cfg, device, best)
         print(f"  fast path ({name}) vs fp32 plain path, same weights: rel. L2 error {err:.2e}")
         _free()
-    print(f"  median of {a.steps} steps; peak = GPU memory allocated (train step / forward)")
+    chosen = [v for v in variants if not (a.only and a.only not in v[0])]
+    interleave = not gpu and not a.sequential
+    how = "one step of each variant in turn, " if interleave else ""
+    print(f"  median of {a.steps} steps ({how}after one warm-up step each); peak = GPU memory")
+    if interleave:
+        kws = [{**kw, "batch": batch} for _, batch, kw in chosen]
+        results = measure_interleaved(cfg, device, kws, a.steps)
+    else:
+        results = []
+        for _, batch, kw in chosen:
+            try:
+                res = measure(cfg, device, batch=batch, steps=a.steps, **kw)
+            except torch.OutOfMemoryError:
+                res = None
+            _free()  # outside the except block, whose traceback holds the failed step's tensors
+            results.append(res)
     base = None
-    for label, batch, kw in variants:
-        if a.only and a.only not in label:
-            continue
-        try:
-            res = measure(cfg, device, batch=batch, steps=a.steps, **kw)
-        except torch.OutOfMemoryError:
-            res = None
-        _free()  # outside the except block, whose traceback holds the failed step's tensors
+    for (label, batch, _), res in zip(chosen, results, strict=True):
         if res is None:
             print(f"  {label:<48} batch {batch}  out of memory on this device")
             continue
