@@ -2,6 +2,8 @@
 
 import sys
 
+from uxbseg.runtime import tune_cpu_allocator
+
 from . import bench_data, bench_predict, bench_train, bench_voxelize
 
 COMMANDS = {
@@ -14,4 +16,11 @@ COMMANDS = {
 if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
     print(f"usage: python -m benchmarks {{{','.join(COMMANDS)}}} [--help]")
     sys.exit(2)
+# the process runs as the uxbseg commands do; both sides of every comparison share it
+TUNED = tune_cpu_allocator()
+print(
+    "glibc malloc thresholds: "
+    + ("raised, as in the uxbseg commands" if TUNED else "glibc's defaults")
+    + " (UXBSEG_MALLOC=default keeps the defaults)"
+)
 COMMANDS[sys.argv[1]](sys.argv[2:])

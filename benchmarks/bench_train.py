@@ -241,7 +241,7 @@ def main(argv=None) -> None:
         base = base or (rate, frate)
         print(
             f"  {label:<48} batch {batch}  step {step:7.3f} s ({rate:6.2f} samples/s, "
-            f"{rate / base[0]:4.1f}x)  forward {fwd:7.3f} s ({frate / base[1]:4.1f}x)  "
+            f"{rate / base[0]:5.2f}x)  forward {fwd:7.3f} s ({frate / base[1]:5.2f}x)  "
             f"peak {peak:5.1f} / {fpeak:5.1f} GiB  first step {first:6.1f} s"
         )
 

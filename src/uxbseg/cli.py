@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UXBError
+from .runtime import tune_cpu_allocator
 
 log = logging.getLogger("uxbseg")
 
@@ -116,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    tune_cpu_allocator()
     try:
         return args.func(args)
     except UXBError as exc:
