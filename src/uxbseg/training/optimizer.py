@@ -26,7 +26,8 @@ def adamw(
     torch 2.13's fused CPU kernel reads a gradient as if it had its parameter's strides: a
     contiguous gradient on a channels_last weight is applied scrambled, silently. Autograd gives
     matching strides, but a gradient set by hand may not, so a pre-step hook copies any such
-    gradient into its parameter's layout first (tests/test_optimizer.py).
+    gradient into its parameter's layout first (tests/test_optimizer.py; older torch raised on
+    such a mismatch instead, pytorch/pytorch#106951).
     """
     trainer = module._trainer  # None when called outside fit (tests)
     precision = str(trainer.precision) if trainer is not None else "32"
