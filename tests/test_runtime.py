@@ -38,5 +38,6 @@ def test_tuned_allocator_reuses_freed_memory():
     default, tuned = _probe("default"), _probe("tuned")
     assert not default["applied"] and tuned["applied"]
     # ~340 MB allocated and freed 5 times: glibc's defaults hand it back and fault it in again
-    assert default["faults"] > 20_000
-    assert tuned["faults"] < default["faults"] / 10
+    # (98 k faults here; > 800 even if every fault mapped a 2 MB huge page)
+    assert default["faults"] > 500
+    assert tuned["faults"] < default["faults"] / 4  # here: 5 k against 98 k
