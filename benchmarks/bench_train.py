@@ -57,7 +57,7 @@ class _Run:
         cfg.model.channels_last = channels_last
         cfg.model.use_flash_attention = flash
         cfg.model.use_checkpoint = checkpoint
-        self.naive, self.device, self.batch = naive, device, batch
+        self.naive, self.device = naive, device
         torch.manual_seed(0)
         self.model = UXBFusionModel.from_config(cfg).to(device)
         self.crit = FusionLoss().to(device)

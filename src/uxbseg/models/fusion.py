@@ -131,10 +131,7 @@ class FusionHead(nn.Module):
         ``conv1`` (see ``VoxelBranch.defer_output_conv``).
         """
         d, h, w = grid_shape
-        if self.materialise:
-            if voxel_projection is not None:
-                pw, pb = voxel_projection
-                voxel_feat = F.conv3d(voxel_feat, pw[..., None, None, None], pb)
+        if self.materialise:  # the model folds the projection only on the fast path
             return self.conv2(
                 self.act(self.conv1(self._concat(image_feat, voxel_feat, grid_shape)))
             )

@@ -162,6 +162,7 @@ class UXBFusionModel(nn.Module):
         if self.channels_last:
             voxels = voxels.contiguous(memory_format=torch.channels_last_3d)
         voxel_feat = self.voxel_branch(voxels) if self.voxel_branch is not None else None
-        projection = self.voxel_branch.output_projection() if self.voxel_branch else None
+        branch = self.voxel_branch
+        projection = branch.output_projection() if branch is not None else None
         logits3d = self.fusion(image_feat, voxel_feat, self.grid_shape, projection)
         return {"logits2d": logits2d, "logits3d": logits3d, "logits_surface": logits_surface}
