@@ -107,7 +107,21 @@ def _gib_peak(device) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
 
 
-def measure(cfg, device, *, steps: int, **kw):
+def profile(run: _Run, rows: int) -> str:
+    """One more training step under ``torch.profiler``: the operators and kernels that took the
+    most time on the device (on the CPU: in the process), with the totals."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    gpu = run.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with torch_profile(activities=acts) as prof:
+        run.step()
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+
+
+def measure(cfg, device, *, steps: int, profile_rows: int = 0, **kw):
     """One variant on its own: median step and forward, peak memory of each, first step."""
     run = _Run(cfg, device, **kw)
     if device.type == "cuda":
@@ -118,6 +132,8 @@ def measure(cfg, device, *, steps: int, **kw):
         torch.cuda.reset_peak_memory_stats()
     ftimes = [run.forward() for _ in range(steps)]
     fpeak = _gib_peak(device)
+    if profile_rows:
+        print(profile(run, profile_rows), flush=True)
     return statistics.median(times), statistics.median(ftimes), peak, fpeak, run.first
 
 
@@ -180,6 +196,14 @@ def main(argv=None) -> None:
     p.add_argument("--check", action="store_true", help="first compare fast and plain logits")
     p.add_argument("--only", help="time only the variants whose label contains this text")
     p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="after timing each variant, profile one more step and print its ROWS costliest "
+        "operators (sequential timing only)",
+    )
+    p.add_argument(
         "--sequential",
         action="store_true",
         help="on the CPU, time each variant's steps together (default: interleaved; on a GPU "
@@ -191,17 +215,21 @@ def main(argv=None) -> None:
     gpu = device.type == "cuda"
     prec = "bf16" if gpu else "fp32"
     fast = dict(naive=False, bf16=gpu)
-    variants = [
-        ("seed as written (fp32, broadcast fusion)", 1, dict(naive=True, bf16=False)),
-        (f"{prec} + fast fusion", 1, fast),
-        (f"{prec} + fast fusion + channels_last", 1, {**fast, "channels_last": True}),
-    ]
+    variants = [("seed as written (fp32, broadcast fusion)", 1, dict(naive=True, bf16=False))]
     if gpu:
-        # channels_last_3d pays on the CPU (oneDNN) but slowed the H100's bf16 step by 40 %;
-        # MONAI's SDPA window attention pays on the GPU only (the CPU runs its math kernel)
+        # MONAI's SDPA window attention pays on the GPU only (the CPU runs its math kernel);
+        # channels_last_3d pays on the CPU (oneDNN) but slowed the H100's bf16 step by 40 % with
+        # torch's instance norm (its layout copies); measured again with the channels_last norm
         best, name = {**fast, "flash": True}, f"{prec} + fast fusion + sdpa"
-        variants.append((name, 1, best))
+        variants += [
+            (name, 1, best),
+            (name + " + channels_last", 1, {**best, "channels_last": True}),
+        ]
     else:
+        variants += [
+            (f"{prec} + fast fusion", 1, fast),
+            (f"{prec} + fast fusion + channels_last", 1, {**fast, "channels_last": True}),
+        ]
         best, name = variants[-1][2], variants[-1][0]
     variants += [(name, b, best) for b in a.fast_batch if b != 1]
     batch = max(a.fast_batch)
@@ -216,34 +244,43 @@ def main(argv=None) -> None:
         print(f"  fast path ({name}) vs fp32 plain path, same weights: rel. L2 error {err:.2e}")
         _free()
     chosen = [v for v in variants if not (a.only and a.only not in v[0])]
-    interleave = not gpu and not a.sequential
+    interleave = not gpu and not a.sequential and not a.profile
     how = "one step of each variant in turn, " if interleave else ""
     print(f"  median of {a.steps} steps ({how}after one warm-up step each); peak = GPU memory")
-    if interleave:
-        kws = [{**kw, "batch": batch} for _, batch, kw in chosen]
-        results = measure_interleaved(cfg, device, kws, a.steps)
-    else:
-        results = []
-        for _, batch, kw in chosen:
-            try:
-                res = measure(cfg, device, batch=batch, steps=a.steps, **kw)
-            except torch.OutOfMemoryError:
-                res = None
-            _free()  # outside the except block, whose traceback holds the failed step's tensors
-            results.append(res)
-    base = None
-    for (label, batch, _), res in zip(chosen, results, strict=True):
+    base: list[tuple[float, float]] = []
+
+    def report(label: str, batch: int, res) -> None:
         if res is None:
-            print(f"  {label:<48} batch {batch}  out of memory on this device")
-            continue
+            print(f"  {label:<48} batch {batch}  out of memory on this device", flush=True)
+            return
         step, fwd, peak, fpeak, first = res
         rate, frate = batch / step, batch / fwd
-        base = base or (rate, frate)
+        base.append((rate, frate))  # the first reported variant is the reference
         print(
             f"  {label:<48} batch {batch}  step {step:7.3f} s ({rate:6.2f} samples/s, "
-            f"{rate / base[0]:5.2f}x)  forward {fwd:7.3f} s ({frate / base[1]:5.2f}x)  "
-            f"peak {peak:5.1f} / {fpeak:5.1f} GiB  first step {first:6.1f} s"
+            f"{rate / base[0][0]:5.2f}x)  forward {fwd:7.3f} s ({frate / base[0][1]:5.2f}x)  "
+            f"peak {peak:5.1f} / {fpeak:5.1f} GiB  first step {first:6.1f} s",
+            flush=True,
         )
+
+    if interleave:
+        kws = [{**kw, "batch": batch} for _, batch, kw in chosen]
+        for (label, batch, _), res in zip(
+            chosen, measure_interleaved(cfg, device, kws, a.steps), strict=True
+        ):
+            report(label, batch, res)
+        return
+    # one variant at a time, each reported as soon as it is measured (a run cut short by a
+    # device's time limit keeps what it measured)
+    for label, batch, kw in chosen:
+        t0 = time.perf_counter()
+        try:
+            res = measure(cfg, device, batch=batch, steps=a.steps, profile_rows=a.profile, **kw)
+        except torch.OutOfMemoryError:
+            res = None
+        _free()  # outside the except block, whose traceback holds the failed step's tensors
+        report(label, batch, res)
+        print(f"    ({time.perf_counter() - t0:.0f} s for this variant in all)", flush=True)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,22 @@ def test_swap_keeps_parameters_and_keys_and_outputs():
     assert all(type(m) is not nn.InstanceNorm3d for m in net.modules())
     assert list(net.state_dict()) == keys
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_input_is_normalised_in_float32():
+    """Under autocast a conv hands the norm bfloat16: statistics in float32, output in bfloat16,
+    as close to the float32 norm as bfloat16 rounding allows even with a large offset."""
+    x = _input(offset=200.0)
+    norm = ChannelsLastInstanceNorm3d(12, affine=True)
+    xb = x.bfloat16().contiguous(memory_format=CL).requires_grad_()
+    got = norm(xb)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
+    ref_x = xb.detach().float().requires_grad_()
+    ref = F.instance_norm(ref_x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    torch.testing.assert_close(got.float(), ref, rtol=0, atol=2e-2)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    (got.float() * grad).sum().backward()
+    (ref * grad).sum().backward()
+    assert xb.grad.dtype == torch.bfloat16
+    rel = (xb.grad.float() - ref_x.grad).norm() / ref_x.grad.norm()
+    assert rel < 2e-2

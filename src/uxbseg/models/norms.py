@@ -5,7 +5,9 @@ tensor can only give as a copy, and returns a contiguous tensor, so in a channel
 conv -> norm -> conv pays two layout copies forward and two more backward (17 % of the tiny CPU
 training step, BENCHMARKS). Here the statistics are sums over the (B, D*H*W, C) view of the same
 memory and the output is written in channels_last directly. The variance is taken about the mean
-(two passes), as ``instance_norm`` does, not as E[x^2] - E[x]^2.
+(two passes), as ``instance_norm`` does, not as E[x^2] - E[x]^2. A bfloat16 or float16 input
+(a conv's output under autocast) is normalised in float32 and written back in its own dtype, as
+cuDNN's batch norm does.
 """
 
 from __future__ import annotations
@@ -24,19 +26,25 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
 
 
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """The dtype statistics are accumulated in: float32 at least."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _channel_sums(t3: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of (B, N, C) -> (B, 1, C); rows taken four at a time (a 4C-wide inner loop
-    vectorises where a 12-wide one does not: 4x faster for C = 12)."""
+    """Sum over rows of (B, N, C) -> (B, 1, C) in float32 or wider; rows taken four at a time (a
+    4C-wide inner loop vectorises where a 12-wide one does not: 4x faster for C = 12)."""
     b, n, c = t3.shape
     g = 4 if n % 4 == 0 else 1
-    return t3.reshape(b, n // g, g * c).sum(1).view(b, g, c).sum(1, keepdim=True)
+    sums = t3.reshape(b, n // g, g * c).sum(1, dtype=_acc(t3.dtype))
+    return sums.view(b, g, c).sum(1, keepdim=True)
 
 
 class _InstanceNormCL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float):
         b, c = x.shape[:2]
-        x3 = _rows(x)
+        x3 = _rows(x).to(_acc(x.dtype))  # a float32 copy only for a low-precision input
         n = x3.shape[1]
         mean = _channel_sums(x3) / n
         centred = x3 - mean  # (B, N, C) contiguous = channels_last memory of a (B, C, D, H, W)
@@ -48,7 +56,7 @@ class _InstanceNormCL(torch.autograd.Function):
             torch.mul(centred, scale, out=y3)
         else:
             torch.addcmul(bias.view(1, 1, c), centred, scale, out=y3)
-        ctx.save_for_backward(centred, rstd, weight)
+        ctx.save_for_backward(centred.to(x.dtype), rstd, weight)
         ctx.has_bias = bias is not None
         ctx.shape = x.shape
         return y
