@@ -7,6 +7,7 @@ from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from ..errors import ConfigError
+from .attention import sdpa_window_attention
 
 __all__ = ["VoxelBranch", "check_grid"]
 
@@ -48,7 +49,8 @@ class VoxelBranch(nn.Module):
         feature_size: SwinUNETR width (seed: 96); must be divisible by 12.
         grid_shape: (D, H, W), checked against SwinUNETR's constraints.
         use_checkpoint: gradient checkpointing in the Swin blocks (less memory, more compute).
-        use_flash_attention: MONAI's SDPA attention path.
+        use_flash_attention: window attention through torch's SDPA, in training as well as in
+            inference (MONAI's own flag covers inference only); pays on a GPU, not on the CPU.
         window_size: side of the Swin attention window (seed: 7).
     """
 
@@ -81,6 +83,8 @@ class VoxelBranch(nn.Module):
             use_flash_attention=use_flash_attention,
             window_size=window_size,
         )
+        if use_flash_attention:
+            sdpa_window_attention(self.net)
 
     def defer_output_conv(self) -> None:
         """Return the decoder's ``feature_size`` channels from now on and leave the output conv

@@ -1,0 +1,70 @@
+"""The SDPA window attention against MONAI's own (materialised) window attention in training."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR
+from monai.networks.nets.swin_unetr import WindowAttention
+
+from uxbseg.models.attention import SDPAWindowAttention, sdpa_window_attention
+from uxbseg.models.voxel_branch import VoxelBranch
+
+
+def _pair(dim=24, heads=3, window=(2, 3, 4)):
+    torch.manual_seed(0)
+    ref = WindowAttention(dim, heads, window, qkv_bias=True)
+    with torch.no_grad():  # a table of zeros (MONAI's init is a truncated normal) tests little
+        ref.relative_position_bias_table.normal_(0.0, 1.0)
+    got = copy.deepcopy(ref)
+    assert sdpa_window_attention(got) == 1 and type(got) is SDPAWindowAttention
+    return ref.train(), got.train()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_matches_monai_values_and_gradients_in_training(batch, shifted):
+    ref, got = _pair()
+    nw, n, c = 4, 2 * 3 * 4, 24
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch * nw, n, c, generator=g)
+    mask = None
+    if shifted:  # MONAI's shift mask: 0 within a region, -100 across regions
+        regions = torch.randint(0, 3, (nw, n), generator=g)
+        mask = torch.where(regions[:, :, None] == regions[:, None, :], 0.0, -100.0)
+    grad_out = torch.randn(batch * nw, n, c, generator=g)
+    outs, grads = [], []
+    for mod in (ref, got):
+        xi = x.clone().requires_grad_()
+        out = mod(xi, mask)
+        (out * grad_out).sum().backward()
+        outs.append(out)
+        grads.append((xi.grad, mod.relative_position_bias_table.grad, mod.qkv.weight.grad))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(grads[1], grads[0], strict=True):
+        assert theirs.abs().sum() > 0
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_swinunetr_swap_keeps_keys_and_outputs():
+    torch.manual_seed(0)
+    net = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, spatial_dims=3, window_size=4)
+    keys = list(net.state_dict())
+    x = torch.rand(2, 1, 32, 32, 64)
+    before = net(x)
+    swapped = sdpa_window_attention(net)
+    after = net(x)
+    assert swapped == sum(isinstance(m, WindowAttention) for m in net.modules()) == 8
+    assert list(net.state_dict()) == keys
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_voxel_branch_swaps_only_when_asked():
+    def count(branch):
+        return sum(type(m) is SDPAWindowAttention for m in branch.modules())
+
+    kw = dict(in_channels=1, out_channels=4, feature_size=12, grid_shape=(32, 32, 64))
+    assert count(VoxelBranch(**kw)) == 0
+    assert count(VoxelBranch(**kw, use_flash_attention=True)) == 8
