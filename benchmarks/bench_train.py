@@ -202,7 +202,12 @@ def main(argv=None) -> None:
         help="also time gradient checkpointing at the largest batch",
     )
     p.add_argument("--check", action="store_true", help="first compare fast and plain logits")
-    p.add_argument("--only", help="time only the variants whose label contains this text")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="TEXT",
+        help="time only the variants whose label contains one of these texts",
+    )
     p.add_argument(
         "--profile",
         type=int,
@@ -225,34 +230,34 @@ def main(argv=None) -> None:
     fast = dict(naive=False, bf16=gpu)
     variants = [("seed as written (fp32, broadcast fusion)", 1, dict(naive=True, bf16=False))]
     if gpu:
-        # channels_last_3d: cuDNN's sm90 kernels are NDHWC (a contiguous input is transposed
-        # for them); with the channels_last norm it pays on an H200 (BENCHMARKS). SDPA window
-        # attention in training too (models/attention.py) pays on the GPU only: the CPU's math
-        # kernel is slower than MONAI's own
-        cl = {**fast, "channels_last": True}
-        variants += [
-            (f"{prec} + fast fusion + channels_last", 1, cl),
-            (f"{prec} + fast fusion + channels_last + sdpa", 1, {**cl, "flash": True}),
+        # both layouts on a GPU: channels_last_3d spares the transposes around cuDNN's NDHWC
+        # kernels and pays at batch 1 with the channels_last norm, but that norm is slower than
+        # torch's at batch 4 on an H200 (BENCHMARKS). SDPA window attention in training too
+        # (models/attention.py); on the CPU its math kernel is slower than MONAI's own
+        sdpa = {**fast, "flash": True}
+        cl = {**sdpa, "channels_last": True}
+        bests = [
+            (f"{prec} + fast fusion + sdpa", sdpa),
+            (f"{prec} + fast fusion + channels_last + sdpa", cl),
         ]
     else:
-        variants += [
-            (f"{prec} + fast fusion", 1, fast),
-            (f"{prec} + fast fusion + channels_last", 1, {**fast, "channels_last": True}),
-        ]
-    best, name = variants[-1][2], variants[-1][0]
-    variants += [(name, b, best) for b in a.fast_batch if b != 1]
+        variants.append((f"{prec} + fast fusion", 1, fast))
+        bests = [(f"{prec} + fast fusion + channels_last", {**fast, "channels_last": True})]
     batch = max(a.fast_batch)
-    if a.checkpoint:
-        variants.append((name + " + checkpoint", batch, {**best, "checkpoint": True}))
-    if a.compile:
-        variants.append((name + " + compile", batch, {**best, "compile_": True}))
+    for name, best in bests:
+        variants += [(name, b, best) for b in sorted({1, *a.fast_batch})]
+        if a.checkpoint:
+            variants.append((name + " + checkpoint", batch, {**best, "checkpoint": True}))
+        if a.compile:
+            variants.append((name + " + compile", batch, {**best, "compile_": True}))
+    name, best = bests[-1]
     dev = torch.cuda.get_device_name() if gpu else "CPU"
     print(f"{a.config} config, grid {cfg.grid.shape}, {dev}, torch {torch.__version__}")
     if a.check:
         err = agreement(cfg, device, best)
         print(f"  fast path ({name}) vs fp32 plain path, same weights: rel. L2 error {err:.2e}")
         _free()
-    chosen = [v for v in variants if not (a.only and a.only not in v[0])]
+    chosen = [v for v in variants if not a.only or any(t in v[0] for t in a.only)]
     interleave = not gpu and not a.sequential and not a.profile
     how = "one step of each variant in turn, " if interleave else ""
     print(f"  median of {a.steps} steps ({how}after one warm-up step each); peak = GPU memory")
@@ -260,13 +265,13 @@ def main(argv=None) -> None:
 
     def report(label: str, batch: int, res) -> None:
         if res is None:
-            print(f"  {label:<48} batch {batch}  out of memory on this device", flush=True)
+            print(f"  {label:<54} batch {batch}  out of memory on this device", flush=True)
             return
         step, fwd, peak, fpeak, first = res
         rate, frate = batch / step, batch / fwd
         base.append((rate, frate))  # the first reported variant is the reference
         print(
-            f"  {label:<48} batch {batch}  step {step:7.3f} s ({rate:6.2f} samples/s, "
+            f"  {label:<54} batch {batch}  step {step:7.3f} s ({rate:6.2f} samples/s, "
             f"{rate / base[0][0]:5.2f}x)  forward {fwd:7.3f} s ({frate / base[0][1]:5.2f}x)  "
             f"peak {peak:5.1f} / {fpeak:5.1f} GiB  first step {first:6.1f} s",
             flush=True,

@@ -68,3 +68,21 @@ def test_voxel_branch_swaps_only_when_asked():
     kw = dict(in_channels=1, out_channels=4, feature_size=12, grid_shape=(32, 32, 64))
     assert count(VoxelBranch(**kw)) == 0
     assert count(VoxelBranch(**kw, use_flash_attention=True)) == 8
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_mask_has_unit_last_stride_for_fused_kernels(monkeypatch, shifted):
+    """CUDA's fused SDPA kernels reject an ``attn_mask`` whose last stride is not 1 (torch falls
+    back to the materialising math kernel); the real SDPA runs, its arguments are recorded."""
+    _, got = _pair()
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["attn_mask"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    mask = torch.where(torch.rand(4, 24, 24) > 0.5, 0.0, -100.0) if shifted else None
+    got(torch.randn(8, 24, 24), mask)
+    assert len(seen) == 1 and seen[0].stride(-1) == 1

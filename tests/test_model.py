@@ -202,8 +202,11 @@ def test_output_conv_not_folded_where_it_costs_more(tiny_cfg):
 @pytest.mark.parametrize("batch", [1, 2])
 def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch):
     """channels_last_3d (oneDNN for every conv on CPU) changes speed, not results or gradients."""
+    tiny_cfg.model.channels_last = False  # tiny.yaml turns it on
     torch.manual_seed(0)
     plain = UXBFusionModel.from_config(tiny_cfg)
+    plain_conv = plain.voxel_branch.net.encoder1.layer.conv1.conv.weight
+    assert plain_conv.is_contiguous()
     tiny_cfg.model.channels_last = True
     fast = UXBFusionModel.from_config(tiny_cfg)
     fast.load_state_dict(plain.state_dict())

@@ -98,12 +98,17 @@ class ModelConfig:
     window_size: int = 7  # SwinUNETR attention window (MONAI default; 4 is ~4x faster on CPU)
     voxel_out_channels: int = 64
     use_checkpoint: bool = False
+    # window attention through torch's SDPA in training too (models/attention.py): on a GPU it
+    # spares the materialised scores (-1.4 GiB at the seed's batch 1); slower on the CPU
     use_flash_attention: bool = False
     fusion: Literal["global", "column", "voxel_only", "image_only"] = "global"
     fusion_hidden: int = 128
     fusion_impl: Literal["fast", "naive"] = "fast"  # naive = the seed's broadcast + concat
     compile: bool = False  # torch.compile both branches (minutes of start-up; cached on disk)
-    channels_last: bool = False  # 3D convs in channels_last_3d (all oneDNN on CPU; see BENCHMARKS)
+    # 3D convs and SwinUNETR's norms in channels_last_3d: faster at batch 1 on the CPU (oneDNN for
+    # every conv) and on an H200 (cuDNN's NDHWC kernels, no transposes); on a GPU at batch >= 4
+    # torch's own norm in the default layout is faster (BENCHMARKS)
+    channels_last: bool = True
     # width of a 2D U-Net over the surface_* column maps whose features join the image's in
     # column fusion (0 = off, the seed's model); see models/surface_branch.py
     surface_branch: int = 0

@@ -28,7 +28,10 @@ class SDPAWindowAttention(WindowAttention):
         h = self.num_heads
         q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         index = self.relative_position_index[:n, :n].reshape(-1)
+        # contiguous: CUDA's fused SDPA kernels take only a mask whose last stride is 1 (a
+        # permuted view sends the unshifted blocks to the materialising math kernel)
         bias = self.relative_position_bias_table[index].reshape(n, n, h).permute(2, 0, 1)
+        bias = bias.contiguous()
         if mask is None:
             attn_mask = bias.unsqueeze(0)  # (1, h, n, n), broadcast over the windows
         else:  # windows come as (batch, window); the shift mask is per window
