@@ -18,17 +18,24 @@ def test_fast_fusion_equals_broadcast_concat(mode, depth):
     torch.testing.assert_close(fast, naive, rtol=1e-10, atol=1e-10)  # borders included
 
 
-def test_fast_fusion_gradients_match():
+@pytest.mark.parametrize("mode", ["global", "column", "image_only", "voxel_only"])
+@pytest.mark.parametrize("depth", [2, 3, 8])
+def test_fast_fusion_gradients_match(mode, depth):
+    """Gradients of the image and voxel features and of every parameter, border slices included
+    (the planar terms are added in place into conv1's output with their own backward)."""
     torch.manual_seed(1)
-    head = FusionHead("global", image_channels=6, voxel_channels=4, hidden=5).double()
-    img = torch.randn(1, 6, 4, 4, dtype=torch.double, requires_grad=True)
-    vox = torch.randn(1, 4, 4, 5, 5, dtype=torch.double)
-    head(img, vox, (4, 5, 5)).square().sum().backward()
-    g_fast = [img.grad.clone()] + [p.grad.clone() for p in head.parameters()]
-    img.grad = None
-    head.zero_grad()
-    head.materialise = True
-    head(img, vox, (4, 5, 5)).square().sum().backward()
-    g_naive = [img.grad] + [p.grad for p in head.parameters()]
-    for a, b in zip(g_fast, g_naive):
-        torch.testing.assert_close(a, b)
+    head = FusionHead(mode, image_channels=6, voxel_channels=4, hidden=5).double()
+    img = torch.randn(2, 6, 4, 4, dtype=torch.double, requires_grad=True)
+    vox = torch.randn(2, 4, depth, 5, 5, dtype=torch.double, requires_grad=True)
+    grads = []
+    for materialise in (False, True):
+        head.materialise = materialise
+        img.grad = vox.grad = None
+        head.zero_grad()
+        out = head(img, vox, (depth, 5, 5))
+        (out.square() * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([t.grad for t in (img, vox, *head.parameters())])
+    for fast, naive in zip(*grads, strict=True):
+        assert (fast is None) == (naive is None)
+        if fast is not None:
+            torch.testing.assert_close(fast, naive, rtol=1e-10, atol=1e-10)
