@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -14,6 +17,8 @@ from .image_branch import ImageBranch
 from .norms import channels_last_instance_norms
 from .surface_branch import SurfaceBranch
 from .voxel_branch import VoxelBranch
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["UXBFusionModel"]
 
@@ -128,6 +133,14 @@ class UXBFusionModel(nn.Module):
         The first step then takes minutes; Inductor keeps its artefacts in
         ``TORCHINDUCTOR_CACHE_DIR`` (default under /tmp), so later runs start faster.
         """
+        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default under /tmp")
+        logger.info(
+            "torch.compile: the first training step and the first evaluation compile for minutes "
+            "(seed model on an H200: 276 s + ~80 s; tiny model on 2 CPU cores: ~350 s); the "
+            "Inductor cache (%s) makes later runs start in seconds to a minute "
+            "(model.compile=false turns compiling off)",
+            cache,
+        )
         for branch in (self.image_branch, self.voxel_branch, self.surface_branch, self.fusion):
             if branch is not None:
                 branch.compile()
