@@ -224,3 +224,16 @@ def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for name in ("voxel_branch.net.encoder1.layer.conv1.conv.weight", "fusion.conv1.weight"):
         torch.testing.assert_close(pa[name].grad, pb[name].grad, rtol=1e-3, atol=1e-6)
+
+
+def test_compile_branches_compiles_each_branch_in_place_and_says_what_it_costs(tiny_cfg, caplog):
+    """Only the wiring (compiling itself takes minutes: BENCHMARKS); keys stay the same."""
+    model = UXBFusionModel.from_config(tiny_cfg)
+    keys = list(model.state_dict())
+    branches = [model.image_branch, model.voxel_branch, model.surface_branch, model.fusion]
+    assert all(b._compiled_call_impl is None for b in branches if b is not None)
+    with caplog.at_level("INFO", logger="uxbseg.models.model"):
+        model.compile_branches()
+    assert all(b._compiled_call_impl is not None for b in branches if b is not None)
+    assert list(model.state_dict()) == keys
+    assert "model.compile=false" in caplog.text and "cache" in caplog.text
