@@ -56,7 +56,8 @@ def _lift_planar(x2d: torch.Tensor, weight: torch.Tensor, depth: int, groups: in
 
 class _AddPlanarInPlace(torch.autograd.Function):
     """``out += interior`` on every depth slice, then each border slice's own term instead of the
-    interior's, written into ``out`` (a conv's output, which its backward does not need).
+    interior's, written into ``out`` (conv1's output or a fresh bias volume: nothing's backward
+    needs it).
 
     Autograd's own in-place slice updates (``out[:, :, d] += ...``) copy the whole (B, O, D, H, W)
     gradient twice per border slice in the backward pass (``CopySlices``); here the gradient
@@ -81,20 +82,14 @@ class _AddPlanarInPlace(torch.autograd.Function):
         return grad, None, g_interior, *slices
 
 
-def _add_planar(out: torch.Tensor, interior, borders, *, inplace: bool = False) -> torch.Tensor:
-    """``out`` plus depth-constant terms (``_lift_planar``'s result); ``inplace``: ``out`` is a
-    fresh conv output that may be overwritten (no copy of it or of its gradient)."""
-    if interior is not None and inplace:
+def _add_planar(out: torch.Tensor, interior, borders) -> torch.Tensor:
+    """``out`` (a fresh tensor, overwritten) plus depth-constant terms (``_lift_planar``'s
+    result)."""
+    if interior is not None:
         depths = tuple(borders)
         return _AddPlanarInPlace.apply(out, depths, interior, *(borders[d] for d in depths))
-    if interior is not None:
-        out = out + interior.unsqueeze(2)
-        for d, b in borders.items():
-            out.select(2, d).add_(b - interior)
-    else:  # every slice is a border slice (depth <= kernel // 2 * 2)
-        out = out.clone()
-        for d, b in borders.items():
-            out.select(2, d).add_(b)
+    for d, b in borders.items():  # every slice is a border slice (depth <= kernel // 2 * 2)
+        out.select(2, d).add_(b)
     return out
 
 
@@ -180,9 +175,9 @@ class FusionHead(nn.Module):
             planar.append(_lift_planar(voxel_feat.new_ones(1, 1, h, w), bias_kernel, d))
         elif self.voxel_channels:
             out = F.conv3d(voxel_feat, w_vox, self.conv1.bias, padding=1)
-        else:  # an expanded view: never written in place
+        else:  # a fresh tensor, which the planar terms are added into in place
             b = image_feat.shape[0]
-            out = self.conv1.bias.view(1, -1, 1, 1, 1).expand(b, -1, d, h, w)
+            out = self.conv1.bias.view(1, -1, 1, 1, 1).expand(b, -1, d, h, w).contiguous()
         if self.image_channels:
             imap = self._image_map(image_feat, (h, w))
             if self.mode == "global":
@@ -202,7 +197,7 @@ class FusionHead(nn.Module):
             else:
                 planar.append(_lift_planar(imap, w_img, d))
         if planar:
-            out = _add_planar(out, *_sum_planar(planar), inplace=bool(self.voxel_channels))
+            out = _add_planar(out, *_sum_planar(planar))
         return self.conv2(self.act(out))
 
     def _concat(self, image_feat, voxel_feat, grid_shape) -> torch.Tensor:
