@@ -1,4 +1,5 @@
-"""The channels_last instance norm against torch's ``instance_norm``: values, gradients, layout."""
+"""The channels_last instance norm against torch's ``instance_norm``: values, gradients, layout,
+through both of its kernels (the row sums for few channels, per-sample ``batch_norm`` for many)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from torch.nn import functional as F
 from uxbseg.models.norms import ChannelsLastInstanceNorm3d, channels_last_instance_norms
 
 CL = torch.channels_last_3d
+PATHS = {"rows": 10**9, "batch_norm": 0}  # native_min_channels that forces each kernel
+
+
+def _norm(channels: int, path: str, affine: bool = False) -> ChannelsLastInstanceNorm3d:
+    norm = ChannelsLastInstanceNorm3d(channels, affine=affine)
+    norm.native_min_channels = PATHS[path]
+    return norm
 
 
 def _input(shape=(2, 12, 4, 6, 8), offset=0.0, dtype=torch.float32):
@@ -19,10 +27,11 @@ def _input(shape=(2, 12, 4, 6, 8), offset=0.0, dtype=torch.float32):
     return x.contiguous(memory_format=CL)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("affine", [False, True])
-def test_matches_instance_norm_values_and_gradients(affine):
+def test_matches_instance_norm_values_and_gradients(affine, path):
     x = _input()
-    norm = ChannelsLastInstanceNorm3d(12, affine=affine)
+    norm = _norm(12, path, affine)
     if affine:
         with torch.no_grad():
             norm.weight.uniform_(0.5, 2.0)
@@ -46,18 +55,30 @@ def test_matches_instance_norm_values_and_gradients(affine):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_gradcheck_in_double():
+@pytest.mark.parametrize("path", PATHS)
+def test_gradcheck_in_double(path):
     x = _input((2, 3, 2, 3, 4), dtype=torch.float64).requires_grad_()
-    norm = ChannelsLastInstanceNorm3d(3, affine=True).double()
+    norm = _norm(3, path, affine=True).double()
     assert torch.autograd.gradcheck(norm, (x,))
 
 
-def test_large_offset_keeps_precision():
+@pytest.mark.parametrize("path", PATHS)
+def test_large_offset_keeps_precision(path):
     """Variance about the mean (two passes): an offset 1000x the spread costs no accuracy."""
     x = _input(offset=3000.0)
-    got = ChannelsLastInstanceNorm3d(12)(x)
+    got = _norm(12, path)(x)
     ref = F.instance_norm(x.contiguous())
     torch.testing.assert_close(got, ref, rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize(("channels", "kernel"), [(12, "InstanceNormCL"), (48, "BatchNorm")])
+def test_channel_count_picks_the_kernel_on_the_cpu(channels, kernel):
+    x = _input((2, channels, 2, 3, 4)).requires_grad_()
+    out = ChannelsLastInstanceNorm3d(channels)(x)
+    node = out.grad_fn if kernel == "InstanceNormCL" else out.grad_fn.next_functions[0][0]
+    assert kernel in type(node).__name__
+    assert out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out, F.instance_norm(x.detach().contiguous()), rtol=1e-5, atol=1e-5)
 
 
 def test_other_layouts_go_through_instance_norm():
@@ -83,11 +104,12 @@ def test_swap_keeps_parameters_and_keys_and_outputs():
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
-def test_bfloat16_input_is_normalised_in_float32():
+@pytest.mark.parametrize("path", PATHS)
+def test_bfloat16_input_is_normalised_in_float32(path):
     """Under autocast a conv hands the norm bfloat16: statistics in float32, output in bfloat16,
     as close to the float32 norm as bfloat16 rounding allows even with a large offset."""
     x = _input(offset=200.0)
-    norm = ChannelsLastInstanceNorm3d(12, affine=True)
+    norm = _norm(12, path, affine=True)
     xb = x.bfloat16().contiguous(memory_format=CL).requires_grad_()
     got = norm(xb)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
