@@ -7,17 +7,21 @@ autotuning; + a larger batch (``--fast-batch``), + gradient checkpointing (``--c
 GPU bf16 autocast and ``--compile`` (the branches compiled as training does). Every fast variant
 steps with the fused AdamW that training uses; the reference with torch's default AdamW. Ratios are
 samples/s against the reference, measured in the same run. ``--check`` first compares the fast
-path's logits with the plain fp32 path's on the same weights and input.
+path's logits with the plain fp32 path's on the same weights and input. ``--fused-attention`` (a GPU
+diagnostic) turns SDPA's math kernel off for the fast variants: a window attention that cannot take
+a fused kernel then stops the variant, after torch's warnings that say why.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import statistics
 import time
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from uxbseg.config import load_config
 from uxbseg.demo import packaged_config
@@ -52,6 +56,7 @@ class _Run:
         flash: bool = False,
         checkpoint: bool = False,
         compile_: bool = False,
+        fused_attention: bool = False,
     ) -> None:
         cfg.model.fusion_impl = "naive" if naive else "fast"
         cfg.model.channels_last = channels_last
@@ -70,10 +75,22 @@ class _Run:
             self.model.compile_branches()
         self.data = _batch(cfg, batch, device)
         self.bf16 = bf16
+        self.fused_only = fused_attention and not naive
         self.first = self.step()  # warm-up (compilation happens here)
 
-    def _ctx(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+    def _ctx(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        )
+        if self.fused_only:  # every backend but the math kernel
+            fused = [
+                SDPBackend.FLASH_ATTENTION,
+                SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.CUDNN_ATTENTION,
+            ]
+            stack.enter_context(sdpa_kernel(fused))
+        return stack
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -217,6 +234,12 @@ def main(argv=None) -> None:
         "operators (sequential timing only)",
     )
     p.add_argument(
+        "--fused-attention",
+        action="store_true",
+        help="GPU diagnostic: the fast variants run without SDPA's math kernel, so a window "
+        "attention that cannot take a fused kernel fails and torch warns why",
+    )
+    p.add_argument(
         "--sequential",
         action="store_true",
         help="on the CPU, time each variant's steps together (default: interleaved; on a GPU "
@@ -227,7 +250,7 @@ def main(argv=None) -> None:
     cfg = load_config(packaged_config(a.config), ["model.pretrained_2d=null"])
     gpu = device.type == "cuda"
     prec = "bf16" if gpu else "fp32"
-    fast = dict(naive=False, bf16=gpu)
+    fast = dict(naive=False, bf16=gpu, fused_attention=a.fused_attention)
     variants = [("seed as written (fp32, broadcast fusion)", 1, dict(naive=True, bf16=False))]
     if gpu:
         # both layouts on a GPU: channels_last_3d spares the transposes around cuDNN's NDHWC
@@ -292,6 +315,12 @@ def main(argv=None) -> None:
             res = measure(cfg, device, batch=batch, steps=a.steps, profile_rows=a.profile, **kw)
         except torch.OutOfMemoryError:
             res = None
+        except RuntimeError as e:  # --fused-attention: no fused kernel for some attention
+            if not kw.get("fused_attention"):
+                raise
+            print(f"  {label:<54} batch {batch}  stopped: {e}", flush=True)
+            _free()
+            continue
         _free()  # outside the except block, whose traceback holds the failed step's tensors
         report(label, batch, res)
         print(f"    ({time.perf_counter() - t0:.0f} s for this variant in all)", flush=True)
