@@ -70,6 +70,38 @@ def test_voxel_branch_swaps_only_when_asked():
     assert count(VoxelBranch(**kw, use_flash_attention=True)) == 8
 
 
+def test_sdpa_inference_same_output_and_only_without_gradients(monkeypatch):
+    """``sdpa_inference`` (on by default): SDPA when no gradient is recorded, MONAI's materialised
+    scores in training (the CPU's fused kernel cannot return the bias's gradient); same output."""
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    kw = dict(in_channels=1, out_channels=4, feature_size=12, grid_shape=(32, 32, 64))
+    torch.manual_seed(0)
+    plain = VoxelBranch(**kw, sdpa_inference=False).eval()
+    quick = VoxelBranch(**kw).eval()
+    with torch.no_grad():
+        for m in plain.modules():
+            if isinstance(m, WindowAttention):
+                m.relative_position_bias_table.normal_(0.0, 1.0)
+    quick.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 1, 32, 32, 64)
+    with torch.no_grad():
+        ref = plain(x)
+        assert not calls
+        got = quick(x)
+    assert len(calls) == 8  # every window attention block
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    quick(x).sum().backward()  # gradients recorded: MONAI's path, which returns them all
+    assert len(calls) == 8
+    assert all(p.grad is not None for p in quick.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize("shifted", [False, True])
 def test_mask_has_unit_last_stride_for_fused_kernels(monkeypatch, shifted):
     """CUDA's fused SDPA kernels reject an ``attn_mask`` whose last stride is not 1 (torch falls

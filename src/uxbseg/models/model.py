@@ -99,6 +99,7 @@ class UXBFusionModel(nn.Module):
                 grid_shape=self.grid_shape,
                 use_checkpoint=model.use_checkpoint,
                 use_flash_attention=model.use_flash_attention,
+                sdpa_inference=model.sdpa_inference,
                 window_size=model.window_size,
             )
         self.fusion = FusionHead(
