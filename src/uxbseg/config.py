@@ -111,7 +111,8 @@ class ModelConfig:
     compile: bool = False  # torch.compile both branches (minutes of start-up; cached on disk)
     # 3D convs and SwinUNETR's norms in channels_last_3d: faster at batch 1 on the CPU (oneDNN for
     # every conv) and on an H200 (cuDNN's NDHWC kernels, no transposes); on a GPU at batch >= 4
-    # torch's own norm in the default layout is faster (BENCHMARKS)
+    # torch's own norm in the default layout was faster than the row-sum norm (BENCHMARKS); the
+    # norm now takes torch's batch_norm kernels on a GPU (models/norms.py), not yet measured there
     channels_last: bool = True
     # width of a 2D U-Net over the surface_* column maps whose features join the image's in
     # column fusion (0 = off, the seed's model); see models/surface_branch.py
