@@ -13,12 +13,15 @@
 #   python3 -m benchmarks data --config seed --tiles 16 --workers 0 4 8 14
 # Writes everything to $OUT/gpu.log.
 # Usage on the device: bash benchmarks/gpu_check.sh   (needs the project importable: pip install -e .,
-# or PYTHONPATH=src with its dependencies installed)
+# or PYTHONPATH=src with its dependencies installed). BATCH=8 bash ... compiles at batch 8 instead
+# (compiled at batch 4 in the default layout it took 58.8 GiB on an H200; batch 8 would need an
+# estimated ~110 GiB: an H200 only).
 set -uo pipefail
 OUT=${OUT:-/tmp/uxbseg-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/uxbseg-inductor
 BEST="channels_last + sdpa + compile"
+BATCH=${BATCH:-4}
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   echo "cores: $(nproc)"
@@ -27,8 +30,8 @@ BEST="channels_last + sdpa + compile"
 'transformers', transformers.__version__, 'monai', monai.__version__)"
   python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --fused-attention \
     --only "seed as written" "channels_last + sdpa"
-  python3 -m benchmarks train --config seed --steps 5 --fast-batch 4 --compile --profile 25 \
+  python3 -m benchmarks train --config seed --steps 5 --fast-batch "$BATCH" --compile --profile 25 \
     --only "seed as written" "$BEST"
   echo "compile, warm Inductor cache (a second process):"
-  python3 -m benchmarks train --config seed --steps 3 --fast-batch 4 --compile --only "$BEST"
+  python3 -m benchmarks train --config seed --steps 3 --fast-batch "$BATCH" --compile --only "$BEST"
 } 2>&1 | tee "$OUT/gpu.log"
