@@ -1,16 +1,17 @@
-"""python -m benchmarks {voxelize,predict,train,data} [options]"""
+"""python -m benchmarks {voxelize,predict,train,data,kernels} [options]"""
 
 import sys
 
 from uxbseg.runtime import tune_cpu_allocator
 
-from . import bench_data, bench_predict, bench_train, bench_voxelize
+from . import bench_data, bench_kernels, bench_predict, bench_train, bench_voxelize
 
 COMMANDS = {
     "voxelize": bench_voxelize.main,
     "predict": bench_predict.main,
     "train": bench_train.main,
     "data": bench_data.main,
+    "kernels": bench_kernels.main,
 }
 
 if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

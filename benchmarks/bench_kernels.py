@@ -1,0 +1,181 @@
+"""SwinUNETR's instance norms and window attention at a config's sizes: each kernel uxbseg picks
+against the seed's (MONAI's own modules in the default layout), same run, same inputs.
+
+Instance norm, forward + backward (a training step's use), per level of the network: the seed's
+``instance_norm`` on a contiguous tensor; the same on a channels_last tensor (what a channels_last
+network pays without uxbseg's norm: layout copies, contiguous output); uxbseg's two channels_last
+kernels (row sums; per-sample ``batch_norm``) and the one ``ChannelsLastInstanceNorm3d`` picks.
+These are the norms alone: channels_last pays in the convolutions around them (``benchmarks
+train``). Window attention of the first two stages: MONAI's materialised scores against SDPA,
+without gradients (validation, evaluate, predict: ``model.sdpa_inference``) and with them
+(training: ``model.use_flash_attention``). Ratios are the seed's time over each contender's;
+medians of interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from monai.networks.nets.swin_unetr import WindowAttention
+from torch.nn import functional as F
+
+from uxbseg.config import load_config
+from uxbseg.demo import packaged_config
+from uxbseg.models.attention import SDPAWindowAttention
+from uxbseg.models.norms import ChannelsLastInstanceNorm3d, _InstanceNormCL, _per_sample_batch_norm
+
+from .common import timeit_interleaved
+
+CL = torch.channels_last_3d
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _fwd_bwd(fn, x: torch.Tensor, grad: torch.Tensor, device: torch.device):
+    def run() -> None:
+        x.grad = None
+        fn(x).backward(grad)
+        _sync(device)
+
+    return run
+
+
+def norm_levels(grid: tuple[int, int, int], feature_size: int, batch: int) -> list[tuple]:
+    """(B, C, D, H, W) of the encoder's norms: feature_size channels at full and half resolution,
+    then channels doubling as the resolution halves (SwinUNETR's UnetResBlocks)."""
+    d, h, w = grid
+    shapes = [(batch, feature_size, d, h, w)]
+    for level in range(1, 5):
+        c = feature_size * 2 ** max(level - 1, 0)
+        s = 2**level
+        if d // s < 1:
+            break
+        shapes.append((batch, c, max(d // s, 1), h // s, w // s))
+    return shapes
+
+
+def _norm_row(shape: tuple, device, dtype, repeats: int) -> dict[str, float]:
+    c = shape[1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(device, dtype)
+    grad = torch.randn(shape, generator=g).to(device, dtype)
+    module = ChannelsLastInstanceNorm3d(c, affine=True).to(device)
+    with torch.no_grad():
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+    w, b = module.weight.detach(), module.bias.detach()
+    xc = x.contiguous().requires_grad_()
+    xl = x.contiguous(memory_format=CL).requires_grad_()
+    gl = grad.contiguous(memory_format=CL)
+    return timeit_interleaved(
+        {
+            "seed": _fwd_bwd(lambda t: F.instance_norm(t, weight=w, bias=b), xc, grad, device),
+            "instance_norm_cl": _fwd_bwd(
+                lambda t: F.instance_norm(t, weight=w, bias=b), xl, gl, device
+            ),
+            "rows": _fwd_bwd(lambda t: _InstanceNormCL.apply(t, w, b, 1e-5), xl, gl, device),
+            "batch_norm": _fwd_bwd(lambda t: _per_sample_batch_norm(t, w, b, 1e-5), xl, gl, device),
+            "picked": _fwd_bwd(module, xl, gl, device),
+        },
+        repeats,
+    )
+
+
+def bench_norms(shapes, device, dtype, repeats: int) -> None:
+    print("instance norm, forward + backward (ms; ratio = seed / contender):")
+    for shape in shapes:
+        t = _norm_row(shape, device, dtype, repeats)
+        cells = "  ".join(
+            f"{k} {v * 1e3:8.1f} ({t['seed'] / v:4.2f}x)" for k, v in t.items() if k != "seed"
+        )
+        print(f"  {shape!s:<24} seed {t['seed'] * 1e3:8.1f}  {cells}")
+
+
+def _attention_rows(stage: tuple, batch: int, device, dtype, repeats: int):
+    windows, dim, heads, window = stage
+    torch.manual_seed(0)
+    monai = WindowAttention(dim, heads, (window,) * 3, qkv_bias=True).to(device)
+    sdpa = WindowAttention(dim, heads, (window,) * 3, qkv_bias=True).to(device)
+    with torch.no_grad():
+        monai.relative_position_bias_table.normal_()
+    sdpa.load_state_dict(monai.state_dict())
+    sdpa.__class__ = SDPAWindowAttention
+    n = window**3
+    x = torch.randn(windows, n, dim, device=device)
+    mask = torch.zeros(windows // batch, n, n, device=device)  # one per window of a sample
+    mask[:, :, : n // 3] = -100.0
+    bf16 = dtype == torch.bfloat16
+
+    def infer(m):
+        def run() -> None:
+            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                m(x, mask)
+            _sync(device)
+
+        return run
+
+    def train(m):
+        def run() -> None:
+            m.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                out = m(x, mask)
+            out.float().sum().backward()
+            _sync(device)
+
+        return run
+
+    no_grad = timeit_interleaved({"monai": infer(monai), "sdpa": infer(sdpa)}, repeats)
+    training = timeit_interleaved({"monai": train(monai), "sdpa": train(sdpa)}, repeats)
+    return no_grad, training
+
+
+def bench_attention(stages, batch: int, device, dtype, repeats: int) -> None:
+    print("window attention, shifted windows (ms; ratio = MONAI / SDPA):")
+    for stage in stages:
+        windows, dim, heads, window = stage
+        rows = _attention_rows(stage, batch, device, dtype, repeats)
+        cells = "  ".join(
+            f"{what} {t['monai'] * 1e3:8.1f} -> {t['sdpa'] * 1e3:8.1f} "
+            f"({t['monai'] / t['sdpa']:4.2f}x)"
+            for what, t in zip(("no gradients", "training"), rows, strict=True)
+        )
+        print(f"  {windows} windows x {window**3} tokens, {dim} ch, {heads} heads:  {cells}")
+
+
+def attention_stages(grid, feature_size: int, window: int, batch: int) -> list[tuple]:
+    """(windows, channels, heads, window) of the first two Swin stages (patch size 2, heads 3/6)."""
+    out = []
+    for stage, heads in ((1, 3), (2, 6)):
+        tokens = [max(s // 2**stage, 1) for s in grid]
+        ws = min(window, *tokens)
+        windows = batch
+        for t in tokens:
+            windows *= -(-t // ws)
+        out.append((windows, feature_size * 2 ** (stage - 1), heads, ws))
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", choices=["tiny", "seed"], default="tiny")
+    p.add_argument("--batch", type=int, default=None, help="default: the config's batch size")
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args(argv)
+    cfg = load_config(packaged_config(a.config), ["model.pretrained_2d=null"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    batch = a.batch or cfg.data.batch_size
+    grid, f = tuple(cfg.grid.shape), cfg.model.feature_size
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"{a.config} config, grid {grid}, feature size {f}, batch {batch}, {dev}, {dtype}")
+    bench_norms(norm_levels(grid, f, batch), device, dtype, a.repeats)
+    stages = attention_stages(grid, f, cfg.model.window_size, batch)
+    bench_attention(stages, batch, device, dtype, a.repeats)
+
+
+if __name__ == "__main__":
+    main()
