@@ -15,6 +15,7 @@ medians of interleaved rounds.
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 from monai.networks.nets.swin_unetr import WindowAttention
@@ -98,13 +99,13 @@ def bench_norms(shapes, device, dtype, repeats: int) -> None:
 def _attention_rows(stage: tuple, batch: int, device, dtype, repeats: int):
     windows, dim, heads, window = stage
     torch.manual_seed(0)
-    monai = WindowAttention(dim, heads, (window,) * 3, qkv_bias=True).to(device)
-    sdpa = WindowAttention(dim, heads, (window,) * 3, qkv_bias=True).to(device)
+    monai = WindowAttention(dim, heads, window, qkv_bias=True).to(device)
+    sdpa = WindowAttention(dim, heads, window, qkv_bias=True).to(device)
     with torch.no_grad():
         monai.relative_position_bias_table.normal_()
     sdpa.load_state_dict(monai.state_dict())
     sdpa.__class__ = SDPAWindowAttention
-    n = window**3
+    n = math.prod(window)
     x = torch.randn(windows, n, dim, device=device)
     mask = torch.zeros(windows // batch, n, n, device=device)  # one per window of a sample
     mask[:, :, : n // 3] = -100.0
@@ -143,19 +144,19 @@ def bench_attention(stages, batch: int, device, dtype, repeats: int) -> None:
             f"({t['monai'] / t['sdpa']:4.2f}x)"
             for what, t in zip(("no gradients", "training"), rows, strict=True)
         )
-        print(f"  {windows} windows x {window**3} tokens, {dim} ch, {heads} heads:  {cells}")
+        tokens = math.prod(window)
+        print(f"  {windows} windows x {tokens} tokens, {dim} ch, {heads} heads:  {cells}")
 
 
 def attention_stages(grid, feature_size: int, window: int, batch: int) -> list[tuple]:
-    """(windows, channels, heads, window) of the first two Swin stages (patch size 2, heads 3/6)."""
+    """(windows, channels, heads, window shape) of the first two Swin stages (patch size 2, heads
+    3 and 6); a side no longer than the window is one window, as in MONAI's get_window_size."""
     out = []
     for stage, heads in ((1, 3), (2, 6)):
         tokens = [max(s // 2**stage, 1) for s in grid]
-        ws = min(window, *tokens)
-        windows = batch
-        for t in tokens:
-            windows *= -(-t // ws)
-        out.append((windows, feature_size * 2 ** (stage - 1), heads, ws))
+        shape = tuple(min(window, t) for t in tokens)
+        windows = batch * math.prod(-(-t // w) for t, w in zip(tokens, shape, strict=True))
+        out.append((windows, feature_size * 2 ** (stage - 1), heads, shape))
     return out
 
 
