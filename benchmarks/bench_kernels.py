@@ -69,9 +69,12 @@ def _norm_row(shape: tuple, device, dtype, repeats: int) -> dict[str, float]:
         module.weight.uniform_(0.5, 1.5)
         module.bias.uniform_(-0.5, 0.5)
     w, b = module.weight.detach(), module.bias.detach()
-    xc = x.contiguous().requires_grad_()
+    # leaves of their own (a channels_last copy of a tensor that records gradients would add a
+    # copy back to the default layout to every channels_last contender's backward)
+    xc = x.clone().requires_grad_()
     xl = x.contiguous(memory_format=CL).requires_grad_()
     gl = grad.contiguous(memory_format=CL)
+    assert xc.is_leaf and xl.is_leaf and xl.is_contiguous(memory_format=CL)
     return timeit_interleaved(
         {
             "seed": _fwd_bwd(lambda t: F.instance_norm(t, weight=w, bias=b), xc, grad, device),
