@@ -99,7 +99,8 @@ class ModelConfig:
     voxel_out_channels: int = 64
     use_checkpoint: bool = False
     # window attention through torch's SDPA when no gradient is recorded (validation, evaluate,
-    # predict; MONAI's own use_flash_attention): 2.2-3.5x faster attention on the CPU, same result
+    # predict; MONAI's own use_flash_attention): 1.3-3.5x faster attention on the CPU (the most
+    # at window 7), same result
     sdpa_inference: bool = True
     # ... and in training too (models/attention.py): on a GPU it spares the materialised scores
     # (-1.4 GiB at the seed's batch 1); slower on the CPU, whose fused kernel cannot return the

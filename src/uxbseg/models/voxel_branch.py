@@ -52,7 +52,7 @@ class VoxelBranch(nn.Module):
         use_flash_attention: window attention through torch's SDPA, in training as well as in
             inference (MONAI's own flag covers inference only); pays on a GPU, not on the CPU.
         sdpa_inference: window attention through SDPA when no gradient is recorded (MONAI's
-            ``use_flash_attention``); the same function, 2-3x faster than the scores
+            ``use_flash_attention``); the same function, 1.3-3.5x faster than the scores
             materialised on the CPU. Off only for the seed as written.
         window_size: side of the Swin attention window (seed: 7).
     """
