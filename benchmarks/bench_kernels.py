@@ -26,21 +26,16 @@ from uxbseg.demo import packaged_config
 from uxbseg.models.attention import SDPAWindowAttention
 from uxbseg.models.norms import ChannelsLastInstanceNorm3d, _InstanceNormCL, _per_sample_batch_norm
 
-from .common import timeit_interleaved
+from .common import sync, timeit_interleaved
 
 CL = torch.channels_last_3d
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _fwd_bwd(fn, x: torch.Tensor, grad: torch.Tensor, device: torch.device):
     def run() -> None:
         x.grad = None
         fn(x).backward(grad)
-        _sync(device)
+        sync(device)
 
     return run
 
@@ -51,11 +46,10 @@ def norm_levels(grid: tuple[int, int, int], feature_size: int, batch: int) -> li
     d, h, w = grid
     shapes = [(batch, feature_size, d, h, w)]
     for level in range(1, 5):
-        c = feature_size * 2 ** max(level - 1, 0)
         s = 2**level
         if d // s < 1:
             break
-        shapes.append((batch, c, max(d // s, 1), h // s, w // s))
+        shapes.append((batch, feature_size * 2 ** (level - 1), d // s, h // s, w // s))
     return shapes
 
 
@@ -118,7 +112,7 @@ def _attention_rows(stage: tuple, batch: int, device, dtype, repeats: int):
         def run() -> None:
             with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 m(x, mask)
-            _sync(device)
+            sync(device)
 
         return run
 
@@ -128,7 +122,7 @@ def _attention_rows(stage: tuple, batch: int, device, dtype, repeats: int):
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 out = m(x, mask)
             out.float().sum().backward()
-            _sync(device)
+            sync(device)
 
         return run
 

@@ -28,6 +28,8 @@ from uxbseg.demo import packaged_config
 from uxbseg.losses import FusionLoss
 from uxbseg.models import UXBFusionModel
 
+from .common import sync
+
 
 def _batch(cfg, b, device):
     d, h, w = cfg.grid.shape
@@ -93,10 +95,6 @@ class _Run:
             stack.enter_context(sdpa_kernel(fused))
         return stack
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
     def step(self) -> float:
         # cuDNN autotuning goes with the fast path; the seed as written leaves torch's default
         torch.backends.cudnn.benchmark = not self.naive
@@ -107,7 +105,7 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self._sync()
+        sync(self.device)
         return time.perf_counter() - t0
 
     def forward(self) -> float:
@@ -117,7 +115,7 @@ class _Run:
         t0 = time.perf_counter()
         with torch.no_grad(), self._ctx():
             self.model(self.data["image"], self.data["voxels"])
-        self._sync()
+        sync(self.device)
         return time.perf_counter() - t0
 
 
@@ -256,9 +254,10 @@ def main(argv=None) -> None:
     variants = [("seed as written (fp32, broadcast fusion)", 1, dict(naive=True, bf16=False))]
     if gpu:
         # both layouts on a GPU: channels_last_3d spares the transposes around cuDNN's NDHWC
-        # kernels and pays at batch 1 with the channels_last norm, but that norm is slower than
-        # torch's at batch 4 on an H200 (BENCHMARKS). SDPA window attention in training too
-        # (models/attention.py); on the CPU its math kernel is slower than MONAI's own
+        # kernels; with the row-sum norm it paid at batch 1 and lost at batch 4 on an H200
+        # (BENCHMARKS), and the norm now takes torch's batch_norm there (not yet measured).
+        # SDPA window attention in training too (models/attention.py); on the CPU its math
+        # kernel is slower than MONAI's own
         sdpa = {**fast, "flash": True}
         cl = {**sdpa, "channels_last": True}
         bests = [
@@ -289,8 +288,8 @@ def main(argv=None) -> None:
     base: list[tuple[float, float]] = []
 
     def report(label: str, batch: int, res) -> None:
-        if res is None:
-            print(f"  {label:<54} batch {batch}  out of memory on this device", flush=True)
+        if isinstance(res, str):  # why the variant could not be measured
+            print(f"  {label:<54} batch {batch}  {res}", flush=True)
             return
         step, fwd, peak, fpeak, first = res
         rate, frate = batch / step, batch / fwd
@@ -316,13 +315,11 @@ def main(argv=None) -> None:
         try:
             res = measure(cfg, device, batch=batch, steps=a.steps, profile_rows=a.profile, **kw)
         except torch.OutOfMemoryError:
-            res = None
+            res = "out of memory on this device"
         except RuntimeError as e:  # --fused-attention: no fused kernel for some attention
             if not kw.get("fused_attention"):
                 raise
-            print(f"  {label:<54} batch {batch}  stopped: {e}", flush=True)
-            _free()
-            continue
+            res = f"stopped: {e}"
         _free()  # outside the except block, whose traceback holds the failed step's tensors
         report(label, batch, res)
         print(f"    ({time.perf_counter() - t0:.0f} s for this variant in all)", flush=True)

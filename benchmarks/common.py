@@ -36,6 +36,14 @@ def tiled_las(n_points: int, out: Path, source: Path = KM_TILE) -> Path:
     return out
 
 
+def sync(device) -> None:
+    """Wait for a GPU's queued work (a no-op on the CPU), so that wall time covers it."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def timeit(fn, repeats: int = 3) -> tuple[float, object]:
     """Median wall time of ``fn()`` over ``repeats`` runs after one untimed warm-up run."""
     fn()  # page cache, first-call imports and allocations: the same for every contender
