@@ -170,11 +170,12 @@ class FusionHead(nn.Module):
             # through conv1's in-bounds taps: a depth-constant term, zero padding included
             pw, pb = voxel_projection
             merged = torch.einsum("omkjl,mc->ockjl", w_vox, pw)
-            out = F.conv3d(voxel_feat, merged, self.conv1.bias, padding=1)
+            # conv1's own forward with other weights: its kernel choice (models/convs.py) holds
+            out = self.conv1._conv_forward(voxel_feat, merged, self.conv1.bias)
             bias_kernel = torch.einsum("omkjl,m->okjl", w_vox, pb).unsqueeze(1)
             planar.append(_lift_planar(voxel_feat.new_ones(1, 1, h, w), bias_kernel, d))
         elif self.voxel_channels:
-            out = F.conv3d(voxel_feat, w_vox, self.conv1.bias, padding=1)
+            out = self.conv1._conv_forward(voxel_feat, w_vox, self.conv1.bias)
         else:  # a fresh tensor, which the planar terms are added into in place
             b = image_feat.shape[0]
             out = self.conv1.bias.view(1, -1, 1, 1, 1).expand(b, -1, d, h, w).contiguous()

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from ..classes import NUM_CLASSES
 from ..config import Config, ModelConfig
 from ..errors import ConfigError
+from .convs import onednn_conv3d
 from .fusion import FusionHead, FusionMode
 from .image_branch import ImageBranch
 from .norms import channels_last_instance_norms
@@ -113,6 +114,10 @@ class UXBFusionModel(nn.Module):
         )
         if self.voxel_branch is not None and _fold_pays(model):
             self.voxel_branch.defer_output_conv()  # the fusion's conv1 applies it
+        if model.onednn_batch1:  # the slow unfolded kernel is PyTorch's choice at batch 1
+            for branch in (self.voxel_branch, self.fusion):
+                if branch is not None:
+                    onednn_conv3d(branch)
         self.channels_last = model.channels_last
         if self.channels_last:  # weights in the same layout as the activations
             for branch in (self.voxel_branch, self.fusion):

@@ -1,0 +1,134 @@
+"""OneDNNConv3d: oneDNN's kernel for a float32 CPU batch of one, same numbers as nn.Conv3d."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from uxbseg.models.convs import OneDNNConv3d, onednn_conv3d
+from uxbseg.models.model import UXBFusionModel
+
+pytestmark = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"
+)
+
+
+def _kernels(fn) -> set[str]:
+    """The names of the aten operators ``fn()`` runs."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(kernel_size=3, padding=1, bias=False),
+        dict(kernel_size=2, stride=2, bias=True),
+        dict(kernel_size=3, padding=2, dilation=2, bias=True),
+    ],
+)
+def test_same_output_and_gradients_as_conv3d(channels_last, kw):
+    torch.manual_seed(0)
+    plain = nn.Conv3d(10, 12, **kw)
+    fast = copy.deepcopy(plain)
+    assert onednn_conv3d(fast) == 1 and type(fast) is OneDNNConv3d
+    x = torch.randn(1, 10, 16, 32, 32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        for m in (plain, fast):
+            m.to(memory_format=torch.channels_last_3d)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    outs = [m(xi) for m, xi in zip((plain, fast), xs, strict=True)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for out in outs:
+        out.square().mean().backward()
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-6)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.parametrize("shape", [(1, 12, 16, 32, 32), (1, 768, 1, 4, 4)])
+def test_batch_one_takes_onednn_where_torch_would_not(shape):
+    """N*C*D*H <= 20480, so torch itself runs slow_conv3d; ours oneDNN (768 channels: in
+    channels_last only)."""
+    torch.manual_seed(0)
+    plain = nn.Conv3d(shape[1], 12, 3, padding=1)
+    fast = copy.deepcopy(plain)
+    onednn_conv3d(fast)
+    x = torch.randn(*shape)
+    if shape[1] > 12:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        for m in (plain, fast):
+            m.to(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        assert "aten::slow_conv3d_forward" in _kernels(lambda: plain(x))
+        ran = _kernels(lambda: fast(x))
+    assert "aten::mkldnn_convolution" in ran and "aten::slow_conv3d_forward" not in ran
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["batch 2", "float64", "autocast", "768 channels"],
+)
+def test_other_inputs_go_through_conv3d_unchanged(case):
+    """Another batch, dtype or autocast, or a default-layout input with many channels (where
+    torch's unfolded kernel was faster) takes nn.Conv3d's own path."""
+    torch.manual_seed(0)
+    c = 768 if case == "768 channels" else 12
+    plain = nn.Conv3d(c, 12, 3, padding=1)
+    fast = copy.deepcopy(plain)
+    onednn_conv3d(fast)
+    x = torch.randn(2 if case == "batch 2" else 1, c, *((1, 4, 4) if c > 12 else (8, 16, 16)))
+    if case == "float64":
+        plain, fast, x = plain.double(), fast.double(), x.double()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=case == "autocast"):
+        ref = plain(x)
+        calls = []
+        real = torch.mkldnn_convolution
+
+        def spy(*args):
+            calls.append(args[0].shape)
+            return real(*args)
+
+        torch.mkldnn_convolution = spy
+        try:
+            out = fast(x)
+        finally:
+            torch.mkldnn_convolution = real
+    assert calls == []  # not called directly; conv3d chose (and autocast cast) as always
+    assert out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_model_batch_one_runs_no_unfolded_conv3d_and_same_logits(tiny_cfg):
+    """The tiny model at batch 1 (predict, evaluate): every 3D conv in oneDNN, same logits."""
+    tiny_cfg.model.onednn_batch1 = False
+    torch.manual_seed(0)
+    plain = UXBFusionModel.from_config(tiny_cfg).eval()
+    assert not any(type(m) is OneDNNConv3d for m in plain.modules())
+    tiny_cfg.model.onednn_batch1 = True
+    fast = UXBFusionModel.from_config(tiny_cfg).eval()
+    fast.load_state_dict(plain.state_dict())
+    assert sum(type(m) is OneDNNConv3d for m in fast.modules()) > 10
+    c = len(tiny_cfg.grid.features)
+    x = (torch.randn(1, 3, 64, 64), torch.randn(1, c, 32, 32, 64))
+    with torch.inference_mode():
+        assert "aten::slow_conv3d_forward" in _kernels(lambda: plain(*x))
+        assert "aten::slow_conv3d_forward" not in _kernels(lambda: fast(*x))
+        a, b = plain(*x), fast(*x)
+    torch.testing.assert_close(b["logits3d"], a["logits3d"], rtol=1e-4, atol=1e-5)
+
+
+def test_dynamo_traces_it_without_a_graph_break():
+    """Under torch.compile the conv is left to Inductor (nn.Conv3d's own forward)."""
+    torch.manual_seed(0)
+    fast = nn.Conv3d(12, 12, 3, padding=1)
+    onednn_conv3d(fast)
+    x = torch.randn(1, 12, 8, 16, 16)
+    compiled = torch.compile(fast, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), fast(x), rtol=1e-4, atol=1e-5)
