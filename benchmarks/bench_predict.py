@@ -3,6 +3,10 @@
 * mapping: per-point class from the voxel grid + classification update + LAS write, uxbseg vs the
   seed's (voxel lookup through float64 coordinates, np.vectorize inverse map), against a plain
   laspy read + write of the same uncompressed file;
+* model (``--model``): ``predict`` end to end on the 1 km tile with the tiny model (LAS in, TPI
+  image rendered from the points, voxels, forward, LAS out), uxbseg's model against the same
+  weights in the seed's formulation (broadcast fusion, default layout, MONAI's attention,
+  PyTorch's choice of conv kernel);
 * memory: peak RSS of ``uxbseg predict`` on a tiled LAS of ``--memory-points`` points.
 """
 
@@ -119,6 +123,53 @@ def mapping(repeats: int, workdir: Path) -> None:
     )
 
 
+def model_end_to_end(repeats: int, workdir: Path, tta: bool = False) -> None:
+    import torch
+
+    from uxbseg.config import load_config
+    from uxbseg.demo import packaged_config
+    from uxbseg.models import UXBFusionModel
+    from uxbseg.predict import PredictJob, predict_one
+
+    src = workdir / "km_tile.las"
+    if not src.is_file():
+        workdir.mkdir(parents=True, exist_ok=True)
+        laspy.read(KM_TILE).write(src)
+    cfg = load_config(packaged_config("tiny"))
+    seed_cfg = load_config(
+        packaged_config("tiny"),
+        [
+            "model.fusion_impl=naive",
+            "model.channels_last=false",
+            "model.sdpa_inference=false",
+            "model.onednn_batch1=false",
+        ],
+    )
+    torch.manual_seed(0)
+    ours = UXBFusionModel.from_config(cfg).eval()
+    seed = UXBFusionModel.from_config(seed_cfg).eval()
+    seed.load_state_dict(ours.state_dict())
+    job = PredictJob(src, None, "km")
+    device = torch.device("cpu")
+    runs = {
+        name: (lambda m=m, c=c, name=name: predict_one(m, c, job, workdir / name, device, tta=tta))
+        for name, m, c in (("ours", ours, cfg), ("seed", seed, seed_cfg))
+    }
+    t = timeit_interleaved(runs, repeats)
+    same = np.array_equal(
+        np.load(workdir / "ours" / "pred_km.npy"), np.load(workdir / "seed" / "pred_km.npy")
+    )
+    n = laspy.open(src).header.point_count
+    how = " with --tta" if tta else ""
+    print(
+        f"predict{how} end to end on {src.name} ({n:,} points), tiny model, same weights, median "
+        f"of {repeats} interleaved rounds:"
+    )
+    for name, label in (("ours", "uxbseg"), ("seed", "seed formulation")):
+        print(f"  {label:17s} {t[name]:6.3f} s  {n / t[name] / 1e6:6.2f} M pts/s")
+    print(f"  uxbseg {t['seed'] / t['ours']:.2f}x the seed formulation; same voxel classes: {same}")
+
+
 def memory(points: int, workdir: Path) -> None:
     import torch
 
@@ -165,8 +216,16 @@ def main(argv=None) -> None:
         default=0,
         help="also measure peak RSS of uxbseg predict on a tiled LAS this large",
     )
+    p.add_argument(
+        "--model",
+        action="store_true",
+        help="also time predict end to end with the tiny model against its seed formulation",
+    )
+    p.add_argument("--tta", action="store_true", help="with --model: four mirror images a tile")
     a = p.parse_args(argv)
     mapping(a.repeats, a.workdir)
+    if a.model:
+        model_end_to_end(a.repeats, a.workdir, a.tta)
     if a.memory_points:
         memory(a.memory_points, a.workdir)
 

@@ -72,17 +72,19 @@ def test_batch_one_takes_onednn_where_torch_would_not(shape):
 
 @pytest.mark.parametrize(
     "case",
-    ["batch 2", "float64", "autocast", "768 channels"],
+    ["batch 2", "float64", "autocast", "768 channels", "above torch's threshold"],
 )
 def test_other_inputs_go_through_conv3d_unchanged(case):
-    """Another batch, dtype or autocast, or a default-layout input with many channels (where
-    torch's unfolded kernel was faster) takes nn.Conv3d's own path."""
+    """Another batch, dtype or autocast, a default-layout input with many channels (where
+    torch's unfolded kernel was faster), or one that torch sends to oneDNN itself
+    (N*C*D*H = 12*32*64 > 20480) takes nn.Conv3d's own path."""
     torch.manual_seed(0)
     c = 768 if case == "768 channels" else 12
     plain = nn.Conv3d(c, 12, 3, padding=1)
     fast = copy.deepcopy(plain)
     onednn_conv3d(fast)
-    x = torch.randn(2 if case == "batch 2" else 1, c, *((1, 4, 4) if c > 12 else (8, 16, 16)))
+    size = {"768 channels": (1, 4, 4), "above torch's threshold": (32, 64, 8)}
+    x = torch.randn(2 if case == "batch 2" else 1, c, *size.get(case, (8, 16, 16)))
     if case == "float64":
         plain, fast, x = plain.double(), fast.double(), x.double()
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=case == "autocast"):

@@ -25,15 +25,20 @@ __all__ = ["OneDNNConv3d", "onednn_conv3d"]
 # input channels at the few voxels such layers have: (1, 768, 1, 4, 4) 6.5 against 33 ms, while
 # oneDNN won up to 384 channels (1.3x-2.6x) and in channels_last at every size measured
 _DEFAULT_LAYOUT_MAX_CHANNELS = 512
+# PyTorch's own threshold on N*C*D*H: above it PyTorch takes oneDNN itself, and its path is left
+# as it is
+_TORCH_ONEDNN_ABOVE = 20480
 
 
 def _onednn_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether to call oneDNN directly: a float32 CPU batch of one, in channels_last or with
-    fewer than 512 channels, outside autocast (whose casts only ``conv3d`` receives) and outside
-    ``torch.compile`` (Inductor picks its own)."""
+    """Whether to call oneDNN directly: a float32 CPU batch of one that PyTorch would send to
+    its unfolded kernel, in channels_last or with fewer than 512 channels, outside autocast
+    (whose casts only ``conv3d`` receives) and outside ``torch.compile`` (Inductor picks its
+    own)."""
     return (
         not torch.compiler.is_compiling()  # first: Dynamo cannot trace the mkldnn queries
         and x.shape[0] == 1
+        and x.shape[1] * x.shape[2] * x.shape[3] <= _TORCH_ONEDNN_ABOVE
         and (
             x.shape[1] < _DEFAULT_LAYOUT_MAX_CHANNELS
             or x.is_contiguous(memory_format=torch.channels_last_3d)
@@ -48,9 +53,9 @@ def _onednn_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 class OneDNNConv3d(nn.Conv3d):
-    """``nn.Conv3d`` whose float32 CPU forward at batch 1 runs oneDNN's kernel (except a
-    default-layout input with 512 channels or more; any other input goes through ``nn.Conv3d``
-    unchanged). Same parameters and state_dict keys."""
+    """``nn.Conv3d`` whose float32 CPU forward at batch 1 runs oneDNN's kernel where PyTorch
+    would run its unfolded one (except a default-layout input with 512 channels or more); any
+    other input goes through ``nn.Conv3d`` unchanged. Same parameters and state_dict keys."""
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
