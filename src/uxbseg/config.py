@@ -115,8 +115,8 @@ class ModelConfig:
     # torch's own norm in the default layout was faster than the row-sum norm (BENCHMARKS); the
     # norm now takes torch's batch_norm kernels on a GPU (models/norms.py), not yet measured there
     channels_last: bool = True
-    # 3D convs of a float32 CPU batch of one (predict, evaluate) through oneDNN, which PyTorch's
-    # own routing skips for small layers (models/convs.py): tiny forward 2.4x faster, same result
+    # the small 3D convs of a float32 CPU batch of one (predict, evaluate) through oneDNN, where
+    # PyTorch picks its unfolded kernel (models/convs.py): tiny forward 2.4x faster, same result
     onednn_batch1: bool = True
     # width of a 2D U-Net over the surface_* column maps whose features join the image's in
     # column fusion (0 = off, the seed's model); see models/surface_branch.py
