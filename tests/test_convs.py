@@ -9,6 +9,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from uxbseg.models.convs import OneDNNConv3d, onednn_conv3d
 from uxbseg.models.model import UXBFusionModel
+from uxbseg.models.swap import swap_class
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"
@@ -134,3 +135,19 @@ def test_dynamo_traces_it_without_a_graph_break():
     compiled = torch.compile(fast, backend="eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), fast(x), rtol=1e-4, atol=1e-5)
+
+
+def test_swap_class_counts_exact_matches_and_refuses_a_foreign_class():
+    net = nn.Sequential(nn.Conv3d(1, 2, 1), nn.Sequential(nn.Conv3d(2, 2, 1)), nn.Conv2d(2, 2, 1))
+    keys = list(net.state_dict())
+    assert swap_class(net, nn.Conv3d, OneDNNConv3d) == 2
+    assert [type(m).__name__ for m in net.modules()][1:] == [
+        "OneDNNConv3d",
+        "Sequential",
+        "OneDNNConv3d",
+        "Conv2d",
+    ]
+    assert swap_class(net, nn.Conv3d, OneDNNConv3d) == 0  # subclasses are not swapped again
+    assert list(net.state_dict()) == keys
+    with pytest.raises(TypeError, match="must subclass"):
+        swap_class(net, nn.Conv2d, OneDNNConv3d)

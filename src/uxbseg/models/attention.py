@@ -18,6 +18,8 @@ from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 from torch.nn import functional as F
 
+from .swap import swap_class
+
 __all__ = ["SDPAWindowAttention", "sdpa_window_attention"]
 
 
@@ -50,9 +52,4 @@ class SDPAWindowAttention(WindowAttention):
 def sdpa_window_attention(module: nn.Module) -> int:
     """Swap every MONAI ``WindowAttention`` inside ``module`` for :class:`SDPAWindowAttention` in
     place (a class swap: the subclass adds no state); returns how many were swapped."""
-    swapped = 0
-    for child in module.modules():
-        if type(child) is WindowAttention:
-            child.__class__ = SDPAWindowAttention
-            swapped += 1
-    return swapped
+    return swap_class(module, WindowAttention, SDPAWindowAttention)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .swap import swap_class
+
 __all__ = ["OneDNNConv3d", "onednn_conv3d"]
 
 
@@ -74,9 +76,4 @@ class OneDNNConv3d(nn.Conv3d):
 def onednn_conv3d(module: nn.Module) -> int:
     """Swap every ``nn.Conv3d`` inside ``module`` for :class:`OneDNNConv3d` in place (same
     parameters); returns how many were swapped."""
-    swapped = 0
-    for child in module.modules():
-        if type(child) is nn.Conv3d:  # the subclass adds no state: a class swap suffices
-            child.__class__ = OneDNNConv3d
-            swapped += 1
-    return swapped
+    return swap_class(module, nn.Conv3d, OneDNNConv3d)

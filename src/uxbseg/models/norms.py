@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .swap import swap_class
+
 __all__ = ["ChannelsLastInstanceNorm3d", "channels_last_instance_norms"]
 
 _CL = torch.channels_last_3d
@@ -123,9 +125,4 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
 def channels_last_instance_norms(module: nn.Module) -> int:
     """Swap every ``nn.InstanceNorm3d`` inside ``module`` for :class:`ChannelsLastInstanceNorm3d`
     in place (same parameters); returns how many were swapped."""
-    swapped = 0
-    for child in module.modules():
-        if type(child) is nn.InstanceNorm3d:  # the subclass adds no state: a class swap suffices
-            child.__class__ = ChannelsLastInstanceNorm3d
-            swapped += 1
-    return swapped
+    return swap_class(module, nn.InstanceNorm3d, ChannelsLastInstanceNorm3d)
