@@ -73,19 +73,21 @@ def test_batch_one_takes_onednn_where_torch_would_not(shape):
 
 @pytest.mark.parametrize(
     "case",
-    ["batch 2", "float64", "autocast", "768 channels", "above torch's threshold"],
+    ["batch 2", "float64", "autocast", "768 channels", "above torch's threshold", "unbatched"],
 )
 def test_other_inputs_go_through_conv3d_unchanged(case):
     """Another batch, dtype or autocast, a default-layout input with many channels (where
-    torch's unfolded kernel was faster), or one that torch sends to oneDNN itself
-    (N*C*D*H = 12*32*64 > 20480) takes nn.Conv3d's own path."""
+    torch's unfolded kernel was faster), one that torch sends to oneDNN itself
+    (N*C*D*H = 12*32*64 > 20480), or an unbatched input takes nn.Conv3d's own path."""
     torch.manual_seed(0)
-    c = 768 if case == "768 channels" else 12
+    c = {"768 channels": 768, "unbatched": 1}.get(case, 12)
     plain = nn.Conv3d(c, 12, 3, padding=1)
     fast = copy.deepcopy(plain)
     onednn_conv3d(fast)
     size = {"768 channels": (1, 4, 4), "above torch's threshold": (32, 64, 8)}
     x = torch.randn(2 if case == "batch 2" else 1, c, *size.get(case, (8, 16, 16)))
+    if case == "unbatched":  # (C, D, H, W) with C = 1, which nn.Conv3d also takes
+        x = x[0]
     if case == "float64":
         plain, fast, x = plain.double(), fast.double(), x.double()
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=case == "autocast"):

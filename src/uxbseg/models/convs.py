@@ -39,6 +39,7 @@ def _onednn_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
     own)."""
     return (
         not torch.compiler.is_compiling()  # first: Dynamo cannot trace the mkldnn queries
+        and x.dim() == 5  # not an unbatched (C, D, H, W) input
         and x.shape[0] == 1
         and x.shape[1] * x.shape[2] * x.shape[3] <= _TORCH_ONEDNN_ABOVE
         and (
