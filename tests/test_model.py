@@ -201,7 +201,8 @@ def test_output_conv_not_folded_where_it_costs_more(tiny_cfg):
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch):
-    """channels_last_3d (oneDNN for every conv on CPU) changes speed, not results or gradients."""
+    """channels_last_3d (oneDNN for every conv on CPU), and NHWC in the 2D branches, change
+    speed, not results or gradients."""
     tiny_cfg.model.channels_last = False  # tiny.yaml turns it on
     torch.manual_seed(0)
     plain = UXBFusionModel.from_config(tiny_cfg)
@@ -212,18 +213,33 @@ def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch):
     fast.load_state_dict(plain.state_dict())
     conv = fast.voxel_branch.net.encoder1.layer.conv1.conv.weight
     assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    names_2d = ("surface_branch.enc1.0.weight", "surface_branch.dec1.3.weight")
+    patch = "image_branch.encoder.stages.0.patch_embeddings.proj.weight"
+    for name in (*names_2d, patch):
+        w = dict(fast.named_parameters())[name]
+        assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous(), name
     c = len(tiny_cfg.grid.features)
     x = (torch.randn(batch, 3, 64, 64), torch.randn(batch, c, 32, 32, 64))
     outs = []
     for model in (plain, fast):
-        torch.manual_seed(1)  # same dropout / drop-path draws in training mode
+        for m in model.modules():  # a dropout mask is drawn in memory order, so each layout
+            if isinstance(m, torch.nn.Dropout):  # would draw another (equally likely) one
+                m.p = 0.0
+        torch.manual_seed(1)  # same drop-path draws (one per sample) in training mode
         out = model(*x)
-        (out["logits3d"].square().mean() + out["logits2d"].mean()).backward()
-        outs.append((out["logits3d"], dict(model.named_parameters())))
+        loss = out["logits3d"].square().mean() + out["logits2d"].mean()
+        (loss + out["logits_surface"].square().mean()).backward()
+        outs.append((out, dict(model.named_parameters())))
     (a, pa), (b, pb) = outs
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    for name in ("voxel_branch.net.encoder1.layer.conv1.conv.weight", "fusion.conv1.weight"):
-        torch.testing.assert_close(pa[name].grad, pb[name].grad, rtol=1e-3, atol=1e-6)
+    for key in ("logits3d", "logits2d", "logits_surface"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    for name in (
+        "voxel_branch.net.encoder1.layer.conv1.conv.weight",
+        "fusion.conv1.weight",
+        *names_2d,
+        patch,
+    ):
+        torch.testing.assert_close(pa[name].grad, pb[name].grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
 def test_compile_branches_compiles_each_branch_in_place_and_says_what_it_costs(tiny_cfg, caplog):

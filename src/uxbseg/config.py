@@ -113,7 +113,8 @@ class ModelConfig:
     # 3D convs and SwinUNETR's norms in channels_last_3d: faster at batch 1 on the CPU (oneDNN for
     # every conv) and on an H200 (cuDNN's NDHWC kernels, no transposes); on a GPU at batch >= 4
     # torch's own norm in the default layout was faster than the row-sum norm (BENCHMARKS); the
-    # norm now takes torch's batch_norm kernels on a GPU (models/norms.py), not yet measured there
+    # norm now takes torch's batch_norm kernels on a GPU (models/norms.py), not yet measured there;
+    # the 2D branches' convs in NHWC as well (the surface branch's pre-training 1.16x on the CPU)
     channels_last: bool = True
     # the small 3D convs of a float32 CPU batch of one (predict, evaluate) through oneDNN, where
     # PyTorch picks its unfolded kernel (models/convs.py): tiny forward 2.4x faster, same result

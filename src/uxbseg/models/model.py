@@ -124,6 +124,11 @@ class UXBFusionModel(nn.Module):
                 if branch is not None:
                     branch.to(memory_format=torch.channels_last_3d)
                     channels_last_instance_norms(branch)  # no layout copies around the norms
+            # the 2D branches' convs in NHWC too; SegFormer's flatten(2).transpose(1, 2) of an
+            # NHWC map is then a view, not a copy
+            for branch in (self.image_branch, self.surface_branch):
+                if branch is not None:
+                    branch.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg: Config) -> UXBFusionModel:
@@ -162,7 +167,8 @@ class UXBFusionModel(nn.Module):
 
     def surface_maps(self, voxels: torch.Tensor) -> torch.Tensor:
         """The surface branch's input (B, C, H, W): a depth slice of the ``surface_*`` maps."""
-        return voxels[:, self.surface_channels, 0].contiguous()
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return voxels[:, self.surface_channels, 0].contiguous(memory_format=layout)
 
     def forward(self, image: torch.Tensor, voxels: torch.Tensor) -> dict[str, torch.Tensor | None]:
         _d, h, w = self.grid_shape
