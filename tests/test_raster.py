@@ -59,3 +59,32 @@ def test_dem_from_points_takes_lowest_and_fills_holes():
     dem = dem_from_points(x, y, z, (0, 0, 3, 3), 1.0)
     assert dem.shape == (3, 3)
     assert dem[0, 0] == 3.0 and dem[2, 2] == 1.0 and np.isfinite(dem).all()
+
+
+def test_tpi_gapless_dem_reuses_the_normalisation_and_gives_the_same_values():
+    """The cached normalisation of a DEM without gaps gives exactly the uncached TPI, and a DEM
+    with gaps still normalises by its own valid cells."""
+    from scipy import signal
+
+    from uxbseg.io.raster import _disc, _disc_coverage
+
+    def uncached(d):  # both convolutions for every tile, as before the cache
+        kernel = _disc(12.5)
+        num = signal.fftconvolve(d, kernel, mode="same")
+        den = signal.fftconvolve(np.ones_like(d), kernel, mode="same")
+        return d - num / np.maximum(den, 1e-9)
+
+    rng = np.random.default_rng(0)
+    dem = rng.normal(100.0, 5.0, (90, 70))
+    other = rng.normal(300.0, 20.0, (90, 70))  # another tile of the same size: a cache hit
+    _disc_coverage.cache_clear()
+    np.testing.assert_array_equal(tpi(dem, 2.0, 25.0), uncached(dem))
+    np.testing.assert_array_equal(tpi(other, 2.0, 25.0), uncached(other))
+    info = _disc_coverage.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    gappy = dem.copy()
+    gappy[:, :35] = np.nan  # the west half missing: its mean comes from the east half only
+    t = tpi(gappy, 2.0, 25.0)
+    assert np.all(t[:, :35] == 0.0)
+    east = tpi(dem[:, 35:], 2.0, 25.0)  # the east half alone, as its own raster
+    np.testing.assert_allclose(t[:, 35:], east, atol=1e-9)
