@@ -34,11 +34,17 @@ from .seed_reference import (
 )
 
 
-def mapping(repeats: int, workdir: Path) -> None:
+def _km_las(workdir: Path) -> Path:
+    """The 1 km real tile as uncompressed LAS in ``workdir`` (written once)."""
     src = workdir / "km_tile.las"
     if not src.is_file():
         workdir.mkdir(parents=True, exist_ok=True)
         laspy.read(KM_TILE).write(src)
+    return src
+
+
+def mapping(repeats: int, workdir: Path) -> None:
+    src = _km_las(workdir)
     spec = GridSpec((32, 256, 256))
     pred = np.random.default_rng(0).integers(0, 3, spec.shape).astype(np.uint8)
     out = workdir / "out.las"
@@ -131,10 +137,7 @@ def model_end_to_end(repeats: int, workdir: Path, tta: bool = False) -> None:
     from uxbseg.models import UXBFusionModel
     from uxbseg.predict import PredictJob, predict_one
 
-    src = workdir / "km_tile.las"
-    if not src.is_file():
-        workdir.mkdir(parents=True, exist_ok=True)
-        laspy.read(KM_TILE).write(src)
+    src = _km_las(workdir)
     cfg = load_config(packaged_config("tiny"))
     seed_cfg = load_config(
         packaged_config("tiny"),
