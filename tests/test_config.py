@@ -57,6 +57,7 @@ def test_overrides_and_round_trip(tmp_path):
         ("nonsense=1", "nonsense"),
         ("trainer.gradient_clip_norm=0", "trainer.gradient_clip_norm"),
         ("loss.dice_weight=-1", "loss.dice_weight"),
+        ("trainer.max_time_minutes=0", "trainer.max_time_minutes"),
     ],
 )
 def test_invalid_keys_and_values_name_the_key(override, names):

@@ -88,3 +88,28 @@ def test_tpi_gapless_dem_reuses_the_normalisation_and_gives_the_same_values():
     assert np.all(t[:, :35] == 0.0)
     east = tpi(dem[:, 35:], 2.0, 25.0)  # the east half alone, as its own raster
     np.testing.assert_allclose(t[:, 35:], east, atol=1e-9)
+
+
+@pytest.mark.real
+def test_tpi_on_the_real_dem_is_the_disc_mean_difference():
+    """The real 1 m DEM (1000 x 1000, Slovenia): at 100 m the FFT TPI equals elevation minus the
+    plain mean of the cells within 100 m that lie in the raster, at the centre, the edges and
+    the corners alike."""
+    from .conftest import REAL_DIR
+
+    path = REAL_DIR / "dem" / "TM1_564_146.tif"
+    if not path.is_file():
+        pytest.skip(f"real DEM not found at {path} (needs ../shared beside the project)")
+    dem = np.asarray(Image.open(path), dtype=np.float64)
+    assert dem.shape == (1000, 1000) and np.isfinite(dem).all()
+    t = tpi(dem, 1.0, 100.0)
+    assert t.shape == dem.shape and np.isfinite(t).all()
+    yy, xx = np.mgrid[0:1000, 0:1000]
+    rng = np.random.default_rng(1)
+    cells = [(500, 500), (0, 0), (999, 999), (0, 640), (371, 999), (50, 50), (950, 120)]
+    cells += [tuple(c) for c in rng.integers(0, 1000, (8, 2))]
+    for r, c in cells:
+        inside = (yy - r) ** 2 + (xx - c) ** 2 <= 100.0**2
+        assert t[r, c] == pytest.approx(dem[r, c] - dem[inside].mean(), abs=1e-6), (r, c)
+    # real relief, not a flat sheet: metres of TPI both ways
+    assert t.min() < -2.0 and t.max() > 2.0

@@ -119,3 +119,21 @@ def test_train_counts_the_stage_in_its_time_and_resume_skips_it(
     assert "pre-trained" not in caplog.text  # the checkpoint holds the trained branch
     after = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert after["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_a_short_time_budget_still_trains_one_epoch_after_a_capped_stage(
+    tiny_cfg, tiny_dataset, tmp_path, caplog
+):
+    # 0.06 s: the stage's half is spent before its first step, and the main run's budget is
+    # already over when it starts; it must still run a step and a validation
+    tiny_cfg.trainer.surface_pretrain_steps = 5000
+    tiny_cfg.trainer.surface_pretrain_batch = 2
+    tiny_cfg.trainer.max_time_minutes = 0.001
+    caplog.set_level("INFO", logger="uxbseg")
+    result = train(tiny_dataset, tiny_cfg, tmp_path, progress=False)
+    found = re.search(r"stopped after (\d+) of trainer\.surface_pretrain_steps=5000", caplog.text)
+    assert found and int(found.group(1)) < 5000, caplog.text
+    assert result.best_weights is not None and result.best_weights.is_file()
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1  # one step of the 4 in the epoch, then the validation

@@ -180,7 +180,7 @@ class TrainerConfig:
     strategy: str = "auto"  # e.g. ddp; Lightning picks one for devices > 1
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     seed: int = 0
-    max_time_minutes: float | None = None
+    max_time_minutes: float | None = None  # stops mid-epoch (validating there), after step 1
     gradient_clip_norm: float | None = None  # seed: none; clips the global gradient L2 norm
     # exponential moving average of the weights, per step (seed: none); validation and the
     # exported best weights use the average
@@ -188,7 +188,8 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     # steps (batches of surface_pretrain_batch tiles) that train the surface branch alone on the
     # training tiles' column maps before the fusion model trains (0 = off; the seed has no such
-    # stage); their time counts towards max_time_minutes. See training/surface_pretrain.py
+    # stage); their time counts towards max_time_minutes, and they stop at half of it at the
+    # latest. See training/surface_pretrain.py
     surface_pretrain_steps: int = 0
     surface_pretrain_batch: int = 8
 
@@ -290,6 +291,11 @@ def _validate(cfg: Config) -> None:
     clip = cfg.trainer.gradient_clip_norm
     if clip is not None and not clip > 0:
         raise ConfigError(f"trainer.gradient_clip_norm must be > 0 or null, got {clip}")
+    budget = cfg.trainer.max_time_minutes
+    if budget is not None and not budget > 0:
+        raise ConfigError(
+            f"trainer.max_time_minutes must be > 0 or null (no time limit), got {budget}"
+        )
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

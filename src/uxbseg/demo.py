@@ -23,10 +23,13 @@ def run_demo(
 ) -> dict:
     """Run the whole pipeline on synthetic data; returns the evaluation and prediction results."""
 
+    import torch
+
     from .cli import quiet_lightning
     from .config import load_config
     from .data.pairs import find_pairs
     from .data.synthetic import synth_dataset
+    from .errors import UXBError
     from .evaluate import evaluate
     from .io.weights import load_model
     from .predict import PredictJob, predict_files
@@ -39,10 +42,14 @@ def run_demo(
         print(f"[1/4] writing a synthetic dataset to {data} ...", flush=True)
         synth_dataset(data, {"train": train_tiles, "test": 8, "predict": 4}, seed=seed)
     cfg = load_config(packaged_config("tiny"), [f"trainer.max_time_minutes={minutes}"])
-    print(
-        f"[2/4] training configs/tiny.yaml on the CPU for at most {minutes:g} min ...", flush=True
-    )
+    where = "a GPU" if torch.cuda.is_available() else "the CPU"  # trainer.accelerator: auto
+    print(f"[2/4] training configs/tiny.yaml on {where} for at most {minutes:g} min", flush=True)
     result = train(data, cfg, out / "run", progress=progress)
+    if result.best_weights is None:
+        raise UXBError(
+            f"{out / 'run'}: training recorded no finite validation loss, so there are no weights "
+            "to evaluate; see metrics.csv there, and run the demo again with more --minutes"
+        )
     model, cfg = load_model(result.best_weights)
     print("[3/4] evaluating on the test split ...", flush=True)
     ev = evaluate(model, cfg, data, "test", progress=progress)
@@ -76,6 +83,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(kind: type):
+    """An argparse type: ``kind`` of the text, which must be > 0 (else a usage error)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" message
+    return parse
+
+
 def add_demo_command(sub) -> None:
     """Register ``uxbseg demo``."""
     p = sub.add_parser(
@@ -85,7 +105,14 @@ def add_demo_command(sub) -> None:
         "trains configs/tiny.yaml, evaluates it, classifies the predict split.",
     )
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default demo/)")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
-    p.add_argument("--train-tiles", type=int, default=32, help="synthetic training tiles")
+    p.add_argument(
+        "--minutes",
+        type=_positive(float),
+        default=5.0,
+        help="training time budget, surface pre-training included (default 5)",
+    )
+    p.add_argument(
+        "--train-tiles", type=_positive(int), default=32, help="synthetic training tiles (32)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo)

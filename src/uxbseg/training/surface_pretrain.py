@@ -7,12 +7,17 @@ costs a second a step, so before the fusion model trains, ``trainer.surface_pret
 steps train the branch alone on batches of ``trainer.surface_pretrain_batch`` tiles (random
 flips and quarter turns), with the optimiser settings of the main run (AdamW, ``lr_main``,
 ``decay`` over these steps). The fusion model then starts from that branch.
+
+Under a time budget (``trainer.max_time_minutes``) the stage stops at :data:`TIME_SHARE` of it
+at the latest, so the fusion model always keeps the rest: a 30-second demo does not spend 100 s
+here and then train for no epoch at all.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 import lightning.pytorch as pl
 import numpy as np
@@ -28,9 +33,12 @@ from ..models.surface_branch import SurfaceBranch
 from .optimizer import adamw
 from .schedule import decay_factor
 
-__all__ = ["SurfacePretrainTask", "column_maps", "pretrain_surface"]
+__all__ = ["TIME_SHARE", "SurfacePretrainTask", "column_maps", "pretrain_surface"]
 
 log = logging.getLogger(__name__)
+
+TIME_SHARE = 0.5
+"""The largest part of ``trainer.max_time_minutes`` the stage may take (maps included)."""
 
 
 class SurfacePretrainTask(pl.LightningModule):
@@ -93,7 +101,8 @@ def pretrain_surface(
 
     Runs on one device of ``trainer.accelerator`` at ``precision`` (a Lightning precision, the
     main run's). Under DDP every process runs it from the same seed, and DDP starts from rank
-    0's weights in any case.
+    0's weights in any case. With ``trainer.max_time_minutes`` set it stops after
+    :data:`TIME_SHARE` of that time even if steps remain (a warning says how many ran).
     """
     tc = cfg.trainer
     if model.surface_branch is None:
@@ -108,12 +117,17 @@ def pretrain_surface(
         sampler=RandomSampler(data, replacement=True, num_samples=steps * batch, generator=gen),
     )
     task = SurfacePretrainTask(model.surface_branch, cfg.loss.class_weights, cfg.optim, steps)
+    max_time = None
+    if tc.max_time_minutes:
+        left = TIME_SHARE * 60.0 * tc.max_time_minutes - (time.monotonic() - start)
+        max_time = timedelta(seconds=max(left, 0.0))
     trainer = pl.Trainer(
         accelerator=tc.accelerator,
         devices=1,
         precision=precision,
         max_epochs=1,
         max_steps=steps,
+        max_time=max_time,
         gradient_clip_val=tc.gradient_clip_norm,
         gradient_clip_algorithm="norm",
         logger=False,
@@ -124,13 +138,24 @@ def pretrain_surface(
     trainer.fit(task, train_dataloaders=loader)
     model.surface_branch.to("cpu")
     seconds = time.monotonic() - start
+    done = trainer.global_step
     last = trainer.callback_metrics.get("surface_pretrain/loss")
     log.info(
         "surface branch pre-trained on %d tiles: %d steps of %d in %.1f s (last loss %s)",
         len(data),
-        steps,
+        done,
         batch,
         seconds,
         f"{float(last):.4f}" if last is not None else "n/a",
     )
+    if done < steps:
+        log.warning(
+            "surface pre-training stopped after %d of trainer.surface_pretrain_steps=%d steps: "
+            "it may take %.0f%% of trainer.max_time_minutes=%g, and its learning rate had not "
+            "decayed yet; give more minutes or fewer steps to complete it",
+            done,
+            steps,
+            100 * TIME_SHARE,
+            tc.max_time_minutes,
+        )
     return seconds

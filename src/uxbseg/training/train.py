@@ -235,6 +235,11 @@ def _trainer(cfg: Config, run_dir: Path, callbacks: list[Callback], progress: bo
         precision=_precision(cfg),
         benchmark=True,  # fixed-size grids: cuDNN autotuning pays on a GPU (BENCHMARKS.md)
         max_epochs=tc.max_epochs,
+        # a time budget stops a run mid-epoch and validates there, but never before its first
+        # step: a run leaves best weights however short the budget (unless the loss is not
+        # finite), and a long epoch (the seed's config on a large survey) is not forced to end
+        min_steps=1,
+        min_epochs=0,  # Lightning would make min_steps imply one whole epoch
         max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
         gradient_clip_val=tc.gradient_clip_norm,
         gradient_clip_algorithm="norm",
