@@ -16,7 +16,8 @@
 # Measured already (BENCHMARKS.md), rerun with more time:
 #   python3 -m benchmarks train --config seed --steps 5 --fast-batch 1 4 --check --profile 15
 #   python3 -m benchmarks data --config seed --tiles 16 --workers 0 4 8 14
-# Writes everything to $OUT/gpu.log.
+# Writes everything to $OUT/gpu.log. Then, if the machine is still warm and ~2 minutes are left,
+# bash benchmarks/gpu_smoke.sh in a second call: the product end to end on the card.
 # Usage on the device: bash benchmarks/gpu_check.sh   (needs the project importable: pip install -e .,
 # or PYTHONPATH=src with its dependencies installed). BATCH=8 bash ... compiles at batch 8 instead
 # (compiled at batch 4 in the default layout it took 58.8 GiB on an H200; batch 8 would need an

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The product itself on a GPU, end to end: a short second device call after gpu_check.sh (about
+# 1-2 minutes; the benchmarks only time model steps, so this is what runs Lightning's bf16-mixed
+# training, the fused AdamW and predict's autocast on CUDA at all).
+# 1. uxbseg demo with a 0.5-minute budget on 4 synthetic tiles: synth, surface pre-training,
+#    training, evaluate, predict - on the GPU (trainer.accelerator: auto);
+# 2. predict --tta --probabilities with the same weights, on the GPU and on the CPU
+#    (CUDA_VISIBLE_DEVICES=""), and the two compared point by point: class agreement and the
+#    largest probability difference (bf16 autocast against float32).
+# Runs on a CPU-only machine too (both predictions on the CPU: agreement 1, difference 0).
+# Usage on the device: bash benchmarks/gpu_smoke.sh   (uxbseg importable, as for gpu_check.sh).
+# Writes everything to $OUT/smoke.log; exit status 1 if a step failed.
+set -uo pipefail
+OUT=${OUT:-/tmp/uxbseg-gpu}
+WORK=${WORK:-/tmp/uxbseg-smoke}
+mkdir -p "$OUT"
+rm -rf "$WORK"
+WEIGHTS="$WORK/run/FusedSwinCrossEntropy_tpi_clr_swin_best.safetensors"
+run() {
+  local t0=$SECONDS
+  "$@" || { echo "FAILED ($?): $*"; exit 1; }
+  echo "($((SECONDS - t0)) s: $*)"
+}
+{
+  nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
+  run python3 -m uxbseg demo --out "$WORK" --minutes 0.5 --train-tiles 4
+  for where in gpu cpu; do
+    if [ "$where" = cpu ]; then export CUDA_VISIBLE_DEVICES=""; fi
+    run python3 -m uxbseg predict --weights "$WEIGHTS" --data "$WORK/data" --tta \
+      --probabilities --out "$WORK/pred_$where"
+  done
+  run python3 - "$WORK" <<'EOF'
+import sys
+from pathlib import Path
+
+import laspy
+import numpy as np
+
+work = Path(sys.argv[1])
+for gpu in sorted((work / "pred_gpu").glob("pred_*.la[sz]")):
+    a, b = laspy.read(gpu), laspy.read(work / "pred_cpu" / gpu.name)
+    probs = [n for n in a.point_format.extra_dimension_names if n.startswith("prob_")]
+    diff = max(float(np.abs(np.asarray(a[n]) - np.asarray(b[n])).max()) for n in probs)
+    same = float(np.mean(np.asarray(a.classification) == np.asarray(b.classification)))
+    print(f"{gpu.name}: {len(a.points)} points, classes equal {same:.4f}, max |dp| {diff:.2e}")
+EOF
+} 2>&1 | tee "$OUT/smoke.log"
+exit "${PIPESTATUS[0]}"
