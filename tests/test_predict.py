@@ -238,6 +238,7 @@ def test_evaluate_reports_three_levels_and_baseline(weights, tiny_dataset, capsy
     assert main(["evaluate", "--weights", str(weights), "--data", str(tiny_dataset)]) == 0
     text = capsys.readouterr().out
     assert "points (all-ground)" in text
+    assert "pixels = the 2D image head alone" in text  # says which row reaches the LAS
     assert f"95 % interval over the {res['tiles']} tiles" in text
 
 

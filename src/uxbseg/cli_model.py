@@ -73,6 +73,11 @@ def _format_eval(result: dict) -> str:
             rows[lvl] = result[lvl]["metrics"]
             rows[f"{lvl} (all-ground)"] = result[lvl]["baseline"]
     lines = [f"{result['split']}: {result['tiles']} tiles", format_metrics_table(rows)]
+    lines.append(
+        "rows: voxels = the fused 2D+3D classes on the grid; points = those classes on every LAS "
+        "point (what predict writes); pixels = the 2D image head alone (an auxiliary output, "
+        "not written to LAS); all-ground = every voxel, pixel or point called ground"
+    )
     for lvl in ("voxels", "points"):
         if lvl in result:
             lines.append(
