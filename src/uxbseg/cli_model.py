@@ -20,8 +20,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
     result = train(args.data, cfg, args.out, resume=args.resume, skip_bad=args.skip_bad or None)
     if result.best_weights is None:
-        print(f"run folder {result.run_dir}: no validation improvement was recorded")
-        return 1
+        from .errors import UXBError
+
+        raise UXBError(
+            f"{result.run_dir}: no finite validation loss was recorded, so no weights were "
+            "exported; metrics.csv there shows the losses (for a NaN, lower optim.lr_main or "
+            "set trainer.gradient_clip_norm)"
+        )
     print(
         f"best val loss {result.best_val_loss:.5f} at epoch {result.best_epoch}; "
         f"weights: {result.best_weights} (and .pth); run folder: {result.run_dir}"

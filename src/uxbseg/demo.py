@@ -47,8 +47,8 @@ def run_demo(
     result = train(data, cfg, out / "run", progress=progress)
     if result.best_weights is None:
         raise UXBError(
-            f"{out / 'run'}: training recorded no finite validation loss, so there are no weights "
-            "to evaluate; see metrics.csv there, and run the demo again with more --minutes"
+            f"{out / 'run'}: no finite validation loss was recorded, so there are no weights "
+            "to evaluate; metrics.csv there shows the losses"
         )
     model, cfg = load_model(result.best_weights)
     print("[3/4] evaluating on the test split ...", flush=True)
