@@ -23,4 +23,3 @@ def test_demo_rejects_a_budget_or_tile_count_that_is_not_positive(args, message,
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
-

@@ -96,16 +96,21 @@ def test_pretraining_lowers_the_branch_loss_and_touches_nothing_else(tiny_cfg, t
             assert torch.equal(v, others[k]), k
 
 
+def _train_with_stage(cfg, root, run_dir, caplog, steps: int, minutes: float):
+    """``train`` with a surface stage of ``steps`` steps of 2 tiles under ``minutes``."""
+    cfg.trainer.surface_pretrain_steps = steps
+    cfg.trainer.surface_pretrain_batch = 2
+    cfg.trainer.max_time_minutes = minutes
+    caplog.set_level("INFO", logger="uxbseg")
+    return train(root, cfg, run_dir, progress=False)
+
+
 @pytest.mark.slow
 def test_train_counts_the_stage_in_its_time_and_resume_skips_it(
     tiny_cfg, tiny_dataset, tmp_path, caplog
 ):
-    tiny_cfg.trainer.surface_pretrain_steps = 10
-    tiny_cfg.trainer.surface_pretrain_batch = 2
     tiny_cfg.trainer.max_epochs = 1
-    tiny_cfg.trainer.max_time_minutes = 30.0
-    caplog.set_level("INFO", logger="uxbseg")
-    train(tiny_dataset, tiny_cfg, tmp_path, progress=False)
+    _train_with_stage(tiny_cfg, tiny_dataset, tmp_path, caplog, steps=10, minutes=30.0)
     found = re.search(
         r"surface branch pre-trained on 4 tiles: 10 steps of 2 in ([\d.]+) s", caplog.text
     )
@@ -122,16 +127,12 @@ def test_train_counts_the_stage_in_its_time_and_resume_skips_it(
 
 
 @pytest.mark.slow
-def test_a_short_time_budget_still_trains_one_epoch_after_a_capped_stage(
+def test_a_short_time_budget_caps_the_stage_and_still_leaves_weights(
     tiny_cfg, tiny_dataset, tmp_path, caplog
 ):
     # 0.06 s: the stage's half is spent before its first step, and the main run's budget is
     # already over when it starts; it must still run a step and a validation
-    tiny_cfg.trainer.surface_pretrain_steps = 5000
-    tiny_cfg.trainer.surface_pretrain_batch = 2
-    tiny_cfg.trainer.max_time_minutes = 0.001
-    caplog.set_level("INFO", logger="uxbseg")
-    result = train(tiny_dataset, tiny_cfg, tmp_path, progress=False)
+    result = _train_with_stage(tiny_cfg, tiny_dataset, tmp_path, caplog, steps=5000, minutes=1e-3)
     found = re.search(r"stopped after (\d+) of trainer\.surface_pretrain_steps=5000", caplog.text)
     assert found and int(found.group(1)) < 5000, caplog.text
     assert result.best_weights is not None and result.best_weights.is_file()
