@@ -317,3 +317,50 @@ def test_tta_is_mirror_equivariant(weights):
     assert plain.shape == p.shape == (3, d, h, w)
     torch.testing.assert_close(p.sum(0), torch.ones(d, h, w), atol=1e-5, rtol=0)
     assert (plain - p).abs().max() > 1e-4
+
+
+def test_an_input_folder_stands_for_its_las_files(weights, tiny_dataset, tmp_path, capsys):
+    folder = tmp_path / "survey"
+    folder.mkdir()
+    for pair in ("pair_0000", "pair_0001"):
+        src = next((tiny_dataset / "predict" / pair).glob("*.las"))
+        shutil.copy(src, folder / src.name.replace(".las", ".LAS"))  # any case of the suffix
+    (folder / "notes.txt").write_text("not a point cloud")
+    (folder / "sub").mkdir()  # sub-folders are not searched
+    shutil.copy(src, folder / "sub" / "elsewhere.las")
+    out = tmp_path / "out"
+    assert (
+        main(["predict", "--weights", str(weights), "--input", str(folder), "--out", str(out)]) == 0
+    )
+    stems = sorted(p.stem for p in folder.glob("*.LAS"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"pred_{s}.{ext}" for s in stems for ext in ("las", "npy")
+    )
+    assert "2 of 2 files written" in capsys.readouterr().out
+
+
+def _predict_fails(weights, args, out, capsys) -> str:
+    assert main(["predict", "--weights", str(weights), "--out", str(out), *args]) == 1
+    assert not out.exists()  # refused before any work
+    return capsys.readouterr().err
+
+
+def test_inputs_that_would_overwrite_each_other_are_refused(
+    weights, tiny_dataset, tmp_path, capsys
+):
+    src = next((tiny_dataset / "predict" / "pair_0000").glob("*.las"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "tile.las", tmp_path / "b" / "tile.laz"
+    shutil.copy(src, first)
+    laspy.read(src).write(second)  # same stem: both pred_tile.npy
+    err = _predict_fails(weights, ["--input", str(first), str(second)], tmp_path / "o", capsys)
+    assert f"{first} and {second} would both be written as pred_tile.*" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _predict_fails(weights, ["--input", str(empty)], tmp_path / "o", capsys)
+    assert f"{empty}: a folder without .las/.laz files" in err
+    image = next((tiny_dataset / "predict" / "pair_0000").glob("tpi*.png"))
+    args = ["--input", str(tmp_path / "a"), "--image", str(image)]
+    err = _predict_fails(weights, args, tmp_path / "o", capsys)
+    assert f"{tmp_path / 'a'} is a folder" in err

@@ -120,7 +120,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+LAS_SUFFIXES = (".copc.laz", ".laz", ".las")
+"""What an --input folder is searched for (any case), and what a job's id drops from a name."""
+
+
+def _las_in(folder: Path) -> list[Path]:
+    """The LAS/LAZ files directly inside ``folder``, sorted; an error if there are none."""
+    from .errors import BadDataError
+
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(LAS_SUFFIXES)
+    )
+    if not files:
+        raise BadDataError(
+            f"{folder}: a folder without .las/.laz files; pass LAS/LAZ files, or a folder "
+            "that holds them (its sub-folders are not searched)"
+        )
+    return files
+
+
+def _las_stem(path: Path) -> str:
+    name = path.name
+    for suffix in LAS_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def _predict_jobs(args: argparse.Namespace, cfg) -> list:
+    """The jobs of --data or --input (a folder stands for its LAS/LAZ files), checked before the
+    model is built: an image per file if any, and no two jobs writing the same output names."""
     from .data.pairs import find_pairs
     from .errors import BadDataError
     from .predict import PredictJob
@@ -130,21 +159,33 @@ def _predict_jobs(args: argparse.Namespace, cfg) -> list:
             args.data, args.split or cfg.data.predict_split, cfg.data.image_glob, cfg.data.mask_glob
         )
         # a pair without point cloud stays in the list and fails with a message naming it
-        return [PredictJob(p.las or p.folder, p.image, p.short_id) for p in pairs]
-    images = args.image or []
-    if images and len(images) != len(args.input):
-        raise BadDataError(
-            f"{len(images)} --image for {len(args.input)} --input files; give one "
-            "image per input, in the same order, or none"
-        )
-    jobs = []
-    for i, path in enumerate(args.input):
-        stem = path.name
-        for suffix in (".copc.laz", ".laz", ".las", ".LAZ", ".LAS"):
-            if stem.endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        jobs.append(PredictJob(path, images[i] if images else None, stem))
+        jobs = [PredictJob(p.las or p.folder, p.image, p.short_id) for p in pairs]
+    else:
+        images = args.image or []
+        folders = [p for p in args.input if p.is_dir()]
+        if images and folders:
+            raise BadDataError(
+                f"--image pairs one image with each --input file, and {folders[0]} is a folder; "
+                "give its files instead, or no --image (a TPI image is rendered from the points)"
+            )
+        files = [f for p in args.input for f in (_las_in(p) if p.is_dir() else [p])]
+        if images and len(images) != len(files):
+            raise BadDataError(
+                f"{len(images)} --image for {len(files)} --input files; give one "
+                "image per input, in the same order, or none"
+            )
+        jobs = [
+            PredictJob(f, images[i] if images else None, _las_stem(f)) for i, f in enumerate(files)
+        ]
+    first: dict[str, Path] = {}
+    for job in jobs:
+        other = first.setdefault(job.out_id, job.las)
+        if other != job.las:
+            raise BadDataError(
+                f"{other} and {job.las} would both be written as pred_{job.out_id}.* (one output "
+                "would replace the other); predict them into different --out folders, or rename "
+                "one"
+            )
     return jobs
 
 
@@ -161,11 +202,11 @@ def _codes(text: str) -> list[int]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .io.weights import load_model
+    from .io.weights import load_model, weights_config
     from .predict import predict_files
 
+    jobs = _predict_jobs(args, weights_config(args.weights))  # bad arguments fail in a second
     model, cfg = _with_adjustment(*load_model(args.weights), args)
-    jobs = _predict_jobs(args, cfg)
     codes = args.codes
     out = args.out or (args.data / "predict_out" if args.data else Path("predict_out"))
     results = predict_files(
@@ -245,12 +286,18 @@ def add_prediction_commands(sub) -> None:
         description="Write pred_<id>.las/.laz (same points, same order, every other field, VLR "
         "and EVLR unchanged) and pred_<id>.npy (uint8 voxel grid). Inputs come from a dataset's "
         "predict/ split (--data) or are given directly (--input, with --image or a TPI image "
-        "rendered from the points). A bad input is reported and skipped; exit 1 if any failed.",
+        "rendered from the points). A bad input is reported and skipped; exit 1 if any failed. "
+        "Two inputs that would write the same pred_<id> are refused before any work.",
     )
     p.add_argument("--weights", type=Path, required=True, help="trained weights (.safetensors)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="dataset folder; uses its predict/ split")
-    src.add_argument("--input", type=Path, nargs="+", help="LAS/LAZ files to classify")
+    src.add_argument(
+        "--input",
+        type=Path,
+        nargs="+",
+        help="LAS/LAZ files to classify, or folders: every .las/.laz directly inside",
+    )
     p.add_argument(
         "--image",
         type=Path,

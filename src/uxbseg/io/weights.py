@@ -12,7 +12,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from ..config import Config, config_from_dict, config_to_dict
 from ..errors import BadDataError
 
-__all__ = ["BEST_WEIGHTS_NAME", "load_model", "save_weights"]
+__all__ = ["BEST_WEIGHTS_NAME", "load_model", "save_weights", "weights_config"]
 
 BEST_WEIGHTS_NAME = "FusedSwinCrossEntropy_tpi_clr_swin_best"
 
@@ -64,6 +64,17 @@ def _config_for(path: Path) -> Config:
     )
 
 
+def weights_config(path: str | Path) -> Config:
+    """The configuration a weights file was trained with, without building the model (fast:
+    the safetensors header, or the run's config.yaml for a ``.pth``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadDataError(
+            f"{path}: weights file not found; pass the run's {BEST_WEIGHTS_NAME}.safetensors"
+        )
+    return _config_for(path)
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     """Build the model a weights file describes and load its weights; returns (model, config).
 
@@ -73,11 +84,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     from ..models import UXBFusionModel
 
     path = Path(path)
-    if not path.is_file():
-        raise BadDataError(
-            f"{path}: weights file not found; pass the run's {BEST_WEIGHTS_NAME}.safetensors"
-        )
-    cfg = _config_for(path)
+    cfg = weights_config(path)
     cfg.model.pretrained_2d = None  # the weights file holds every parameter
     try:
         if path.suffix == ".safetensors":
