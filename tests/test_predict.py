@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from uxbseg.cli import main
+from uxbseg.errors import BadDataError
 from uxbseg.io.las import read_raw_vlrs
 from uxbseg.io.weights import load_model
 from uxbseg.predict import PredictJob, predict_files
@@ -72,7 +73,8 @@ def weights(trained_run):
 def test_every_real_file_nothing_lost(weights, tmp_path):
     files = real_las_files()
     model, cfg = load_model(weights)
-    jobs = [PredictJob(p, None, p.name.split(".")[0]) for p in files]
+    # the whole name as id: simple.las and simple.copc.laz share a stem (check_jobs refuses that)
+    jobs = [PredictJob(p, None, p.name.replace(".", "_")) for p in files]
     results = predict_files(model, cfg, jobs, tmp_path, progress=False)
     assert [r.error for r in results] == [None] * len(files)
     for r in results:
@@ -364,3 +366,24 @@ def test_inputs_that_would_overwrite_each_other_are_refused(
     args = ["--input", str(tmp_path / "a"), "--image", str(image)]
     err = _predict_fails(weights, args, tmp_path / "o", capsys)
     assert f"{tmp_path / 'a'} is a folder" in err
+    # --out = the inputs' folder, where one input is named as another's prediction
+    survey = tmp_path / "survey"
+    survey.mkdir()
+    shutil.copy(src, survey / "x.las")
+    shutil.copy(src, survey / "pred_x.las")
+    before = (survey / "pred_x.las").read_bytes()
+    args = ["predict", "--weights", str(weights), "--out", str(survey), "--input", str(survey)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{survey / 'pred_x.las'}: the prediction of {survey / 'x.las'} would be written over"
+        in err
+    )
+    assert (survey / "pred_x.las").read_bytes() == before
+    assert sorted(p.name for p in survey.iterdir()) == ["pred_x.las", "x.las"]
+    # the library refuses the same, before any work
+    model, cfg = load_model(weights)
+    jobs = [PredictJob(first, None, "tile"), PredictJob(second, None, "tile")]
+    with pytest.raises(BadDataError, match="would both be written as pred_tile"):
+        predict_files(model, cfg, jobs, tmp_path / "lib", progress=False)
+    assert not (tmp_path / "lib").exists()

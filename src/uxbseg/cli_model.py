@@ -148,8 +148,8 @@ def _las_stem(path: Path) -> str:
 
 
 def _predict_jobs(args: argparse.Namespace, cfg) -> list:
-    """The jobs of --data or --input (a folder stands for its LAS/LAZ files), checked before the
-    model is built: an image per file if any, and no two jobs writing the same output names."""
+    """The jobs of --data or --input (a folder stands for its LAS/LAZ files); an image per file
+    if any."""
     from .data.pairs import find_pairs
     from .errors import BadDataError
     from .predict import PredictJob
@@ -177,15 +177,6 @@ def _predict_jobs(args: argparse.Namespace, cfg) -> list:
         jobs = [
             PredictJob(f, images[i] if images else None, _las_stem(f)) for i, f in enumerate(files)
         ]
-    first: dict[str, Path] = {}
-    for job in jobs:
-        other = first.setdefault(job.out_id, job.las)
-        if other != job.las:
-            raise BadDataError(
-                f"{other} and {job.las} would both be written as pred_{job.out_id}.* (one output "
-                "would replace the other); predict them into different --out folders, or rename "
-                "one"
-            )
     return jobs
 
 
@@ -203,12 +194,13 @@ def _codes(text: str) -> list[int]:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .io.weights import load_model, weights_config
-    from .predict import predict_files
+    from .predict import check_jobs, predict_files
 
-    jobs = _predict_jobs(args, weights_config(args.weights))  # bad arguments fail in a second
+    jobs = _predict_jobs(args, weights_config(args.weights))
+    out = args.out or (args.data / "predict_out" if args.data else Path("predict_out"))
+    check_jobs(jobs, out)  # conflicting arguments fail before the model is built
     model, cfg = _with_adjustment(*load_model(args.weights), args)
     codes = args.codes
-    out = args.out or (args.data / "predict_out" if args.data else Path("predict_out"))
     results = predict_files(
         model,
         cfg,
@@ -287,7 +279,8 @@ def add_prediction_commands(sub) -> None:
         "and EVLR unchanged) and pred_<id>.npy (uint8 voxel grid). Inputs come from a dataset's "
         "predict/ split (--data) or are given directly (--input, with --image or a TPI image "
         "rendered from the points). A bad input is reported and skipped; exit 1 if any failed. "
-        "Two inputs that would write the same pred_<id> are refused before any work.",
+        "Inputs that would write the same pred_<id>, or write over an input, are refused "
+        "before any work.",
     )
     p.add_argument("--weights", type=Path, required=True, help="trained weights (.safetensors)")
     src = p.add_mutually_exclusive_group(required=True)

@@ -29,7 +29,15 @@ from .io.raster import (
     tpi,
 )
 
-__all__ = ["PredictJob", "PredictResult", "infer_tile", "predict_files", "render_tpi_image"]
+__all__ = [
+    "PredictJob",
+    "PredictResult",
+    "check_jobs",
+    "infer_tile",
+    "output_paths",
+    "predict_files",
+    "render_tpi_image",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,35 @@ class PredictResult:
     points: int = 0
     counts: dict[str, int] | None = None
     error: str | None = None
+
+
+def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
+    """(classified LAS/LAZ, voxel grid .npy) that ``job`` writes into ``out_dir``."""
+    ext = "laz" if is_compressed(job.las) else "las"
+    return out_dir / f"pred_{job.out_id}.{ext}", out_dir / f"pred_{job.out_id}.npy"
+
+
+def check_jobs(jobs: Sequence[PredictJob], out_dir: str | Path) -> None:
+    """Refuse, before any work, jobs that would write the same output names (one would replace
+    the other) or write over one of the inputs (``--out`` being the inputs' folder)."""
+    out_dir = Path(out_dir)
+    inputs = {job.las.resolve(): job.las for job in jobs}
+    first: dict[str, Path] = {}
+    for job in jobs:
+        other = first.setdefault(job.out_id, job.las)
+        if other != job.las:
+            raise BadDataError(
+                f"{other} and {job.las} would both be written as pred_{job.out_id}.* (one output "
+                "would replace the other); predict them into different --out folders, or rename "
+                "one"
+            )
+        for out in output_paths(job, out_dir):
+            hit = inputs.get(out.resolve())
+            if hit is not None:
+                raise BadDataError(
+                    f"{hit}: the prediction of {job.las} would be written over this input file; "
+                    "choose another --out folder"
+                )
 
 
 def render_tpi_image(las, size: int, cell: float | None = None) -> np.ndarray:
@@ -170,9 +207,8 @@ def predict_one(
         extra = {f"prob_{c.name}": p[c.index] for c in CLASSES}
         extra["entropy"] = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
     out_dir.mkdir(parents=True, exist_ok=True)
+    las_out, npy_out = output_paths(job, out_dir)
     compress = is_compressed(job.las)
-    las_out = out_dir / f"pred_{job.out_id}.{'laz' if compress else 'las'}"
-    npy_out = out_dir / f"pred_{job.out_id}.npy"
     write_classified(las, point_codes, las_out, compress, job.las, keep_classification, extra)
     _save_npy(npy_out, grid)
     counts = np.bincount(point_class, minlength=len(CLASSES))
@@ -191,9 +227,11 @@ def predict_files(
     progress: bool = True,
     tta: bool = False,
 ) -> list[PredictResult]:
-    """Predict every job; a bad input is reported and skipped while the others go on."""
+    """Predict every job; a bad input is reported and skipped while the others go on. Jobs that
+    conflict (:func:`check_jobs`) are refused before any work."""
     from tqdm.auto import tqdm
 
+    check_jobs(jobs, out_dir)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     results = []
