@@ -1,9 +1,11 @@
 import laspy
 import numpy as np
+import pytest
 from PIL import Image
 
 from uxbseg.data.pairs import find_pairs
 from uxbseg.data.synthetic import SynthParams, synth_dataset, synth_tile
+from uxbseg.errors import BadDataError
 
 
 def test_layout_and_content(tiny_dataset):
@@ -53,3 +55,17 @@ def test_labels_follow_the_relief():
     from_mask = np.vectorize(lut.get)(mask[row, col])
     labelled = cls != 1
     assert (from_mask[labelled] == cls[labelled]).mean() > 0.97
+
+
+def test_writes_over_its_own_tiles_but_never_into_a_real_pair(tmp_path):
+    first = synth_dataset(tmp_path, {"train": 1, "test": 1}, seed=5)
+    again = synth_dataset(tmp_path, {"train": 1, "test": 1}, seed=5)  # same names: replaced
+    assert again == first and len(list(first[0].iterdir())) == 3
+    real = tmp_path / "test" / "pair_0000" / "survey_tile.laz"
+    real.write_bytes(b"a real tile")
+    untouched = {p: p.read_bytes() for p in (tmp_path / "train" / "pair_0000").iterdir()}
+    with pytest.raises(BadDataError, match=r"test/pair_0000 already holds survey_tile\.laz"):
+        synth_dataset(tmp_path, {"train": 1, "test": 1}, seed=6)
+    # refused before anything was written, the train pair included
+    assert {p: p.read_bytes() for p in (tmp_path / "train" / "pair_0000").iterdir()} == untouched
+    assert real.read_bytes() == b"a real tile"

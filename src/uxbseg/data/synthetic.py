@@ -10,6 +10,7 @@ the archaeology are labelled ground, so a model must learn shape, not "anything 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..classes import CLASSES
+from ..errors import BadDataError
 from ..io.raster import TPI_CLIP_M, TPI_RADIUS_M, colourise_tpi, tpi
 
 __all__ = ["SynthParams", "synth_dataset", "synth_tile"]
@@ -238,24 +240,38 @@ def synth_dataset(
     seed: int = 0,
     params: SynthParams | None = None,
 ) -> list[Path]:
-    """Write a synthetic dataset in the UXB layout; returns the pair folders written."""
+    """Write a synthetic dataset in the UXB layout; returns the pair folders written.
+
+    Writing again over an earlier synthetic dataset replaces its files; a pair folder that holds
+    any other file (a real dataset's) is refused before anything is written.
+    """
     p = params or SynthParams()
     splits = splits if splits is not None else {"train": 40, "test": 12, "predict": 8}
     out = Path(out)
-    folders = []
-    k = 0
+    plan = []  # (split index, tile index, folder, origin, file names)
     for s_i, (split, count) in enumerate(splits.items()):
         for i in range(count):
-            rng = np.random.default_rng([seed, s_i, i])
+            k = len(plan)
             origin = (250_000.0 + 1000.0 * (k % 20), 1_950_000.0 + 1000.0 * (k // 20))
-            k += 1
-            las, image, mask = synth_tile(rng, origin, p)
-            folder = out / split / f"pair_{i:04d}"
-            folder.mkdir(parents=True, exist_ok=True)
             tag = f"{int(origin[0])}_{int(origin[1])}"
-            Image.fromarray(image).save(folder / f"tpi_100m_{tag}.png")
-            Image.fromarray(mask).save(folder / f"uxb_msk_pl_st_{tag}.png")
-            las.write(folder / f"tile_{tag}.las")
-            folders.append(folder)
-            log.debug("wrote %s (%d points)", folder, len(las.points))
+            names = (f"tpi_100m_{tag}.png", f"uxb_msk_pl_st_{tag}.png", f"tile_{tag}.las")
+            plan.append((s_i, i, out / split / f"pair_{i:04d}", origin, names))
+    for _, _, folder, _, names in plan:
+        others = sorted(set(os.listdir(folder)) - set(names)) if folder.is_dir() else []
+        if others:
+            raise BadDataError(
+                f"{folder} already holds {', '.join(others[:3])}"
+                f"{' ...' if len(others) > 3 else ''}: synthetic tiles would be mixed into "
+                "that pair; write the synthetic dataset to an empty folder"
+            )
+    folders = []
+    for s_i, i, folder, origin, (image_name, mask_name, las_name) in plan:
+        rng = np.random.default_rng([seed, s_i, i])
+        las, image, mask = synth_tile(rng, origin, p)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / image_name)
+        Image.fromarray(mask).save(folder / mask_name)
+        las.write(folder / las_name)
+        folders.append(folder)
+        log.debug("wrote %s (%d points)", folder, len(las.points))
     return folders
