@@ -23,3 +23,13 @@ def test_demo_rejects_a_budget_or_tile_count_that_is_not_positive(args, message,
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_each_demo_trains_into_a_new_run_folder(tmp_path):
+    from uxbseg.demo import _new_run_dir
+
+    assert _new_run_dir(tmp_path) == tmp_path / "run"
+    (tmp_path / "run").mkdir()
+    assert _new_run_dir(tmp_path) == tmp_path / "run_2"
+    (tmp_path / "run_2").mkdir()
+    assert _new_run_dir(tmp_path) == tmp_path / "run_3"

@@ -364,3 +364,13 @@ def test_ema_weights_are_validated_exported_and_checkpointed(tiny_cfg, tiny_data
     for k in got:  # the exported weights are the average that was validated, not the raw ones
         torch.testing.assert_close(got[k], averaged[k])
     assert any(not torch.equal(averaged[k], raw[k]) for k in got if raw[k].is_floating_point())
+
+
+def test_a_new_run_never_replaces_an_earlier_one(trained_run, tiny_dataset, capsys):
+    run = trained_run[0].run_dir
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    args = ["train", "--data", str(tiny_dataset), "--config", str(ROOT / "configs" / "tiny.yaml")]
+    assert main([*args, "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"{run} already holds a training run (last.ckpt)" in err and "--resume" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

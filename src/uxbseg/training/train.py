@@ -23,6 +23,7 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 
 from ..config import Config, save_config
 from ..data.datamodule import UXBDataModule, checked_pairs
+from ..errors import BadDataError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from .surface_pretrain import pretrain_surface
 from .task import UXBSegmentationTask
@@ -152,19 +153,23 @@ def train(
     skip = cfg.data.skip_bad if skip_bad is None else skip_bad
     train_pairs = checked_pairs(root, cfg.data.train_split, cfg, skip)
     val_pairs = checked_pairs(root, cfg.data.val_split, cfg, skip)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     ckpt_path = None
     if resume:
         if not last.is_file():
-            from ..errors import BadDataError
-
             raise BadDataError(f"{last}: nothing to resume; train without --resume first")
         ckpt_path = str(last)
+    else:
+        earlier = [p for p in (last, run_dir / f"{BEST_WEIGHTS_NAME}.safetensors") if p.is_file()]
+        if earlier:
+            raise BadDataError(
+                f"{run_dir} already holds a training run ({earlier[0].name}); a new run there "
+                "would replace its weights: pass --resume to continue it, or choose another --out"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
     dm = UXBDataModule(root, cfg, train_pairs, val_pairs)
     task = UXBSegmentationTask.from_config(cfg)
