@@ -25,11 +25,21 @@ def test_demo_rejects_a_budget_or_tile_count_that_is_not_positive(args, message,
     assert not out.exists()
 
 
-def test_each_demo_trains_into_a_new_run_folder(tmp_path):
-    from uxbseg.demo import _new_run_dir
+def test_run_folders_are_numbered_and_the_latest_is_resumed(tmp_path, monkeypatch, capsys):
+    from uxbseg.errors import BadDataError
+    from uxbseg.run_dirs import latest_run_dir, new_run_dir
 
-    assert _new_run_dir(tmp_path) == tmp_path / "run"
-    (tmp_path / "run").mkdir()
-    assert _new_run_dir(tmp_path) == tmp_path / "run_2"
-    (tmp_path / "run_2").mkdir()
-    assert _new_run_dir(tmp_path) == tmp_path / "run_3"
+    assert new_run_dir(tmp_path / "runs") == tmp_path / "runs" / "run"  # need not exist yet
+    for name in ("run", "run_2", "run_7", "run_x", "other"):
+        (tmp_path / name).mkdir()
+    assert new_run_dir(tmp_path) == tmp_path / "run_8"  # past the highest, gaps left alone
+    with pytest.raises(BadDataError, match=r"no run with checkpoints/last\.ckpt"):
+        latest_run_dir(tmp_path)
+    for name in ("run", "run_2"):
+        (tmp_path / name / "checkpoints").mkdir()
+        (tmp_path / name / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert latest_run_dir(tmp_path) == tmp_path / "run_2"  # run_7 has nothing to resume
+    # the CLI: --resume without --out looks in ./runs
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", str(tmp_path), "--resume"]) == 1
+    assert "runs: no run with checkpoints/last.ckpt to resume" in capsys.readouterr().err

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+RUNS = Path("runs")
+"""Where ``uxbseg train`` puts its run folders when --out is not given."""
+
 
 def _load_cfg(args: argparse.Namespace):
     from .config import load_config
@@ -14,11 +17,16 @@ def _load_cfg(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .cli import quiet_lightning
+    from .run_dirs import latest_run_dir, new_run_dir
     from .training.train import train
 
     quiet_lightning(args.verbose)
     cfg = _load_cfg(args)
-    result = train(args.data, cfg, args.out, resume=args.resume, skip_bad=args.skip_bad or None)
+    out = args.out
+    if out is None:  # a new folder under runs/, or the latest one there for --resume
+        out = latest_run_dir(RUNS) if args.resume else new_run_dir(RUNS)
+        print(f"run folder: {out}", flush=True)
+    result = train(args.data, cfg, out, resume=args.resume, skip_bad=args.skip_bad or None)
     if result.best_weights is None:
         from .errors import UXBError
 
@@ -62,8 +70,17 @@ def add_model_commands(sub) -> None:
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder (ROOT)")
     _config_args(p)
-    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help=f"run folder (default: a new one, {RUNS}/run, {RUNS}/run_2, ...; never one that "
+        "holds a run, unless --resume)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue from OUT/checkpoints/last.ckpt (default OUT: the latest run in {RUNS}/)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="leave out pairs with problems")
     p.set_defaults(func=_cmd_train)
     add_prediction_commands(sub)

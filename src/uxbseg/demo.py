@@ -33,6 +33,7 @@ def run_demo(
     from .evaluate import evaluate
     from .io.weights import load_model
     from .predict import PredictJob, predict_files
+    from .run_dirs import new_run_dir
     from .training.train import train
 
     quiet_lightning(False)
@@ -44,7 +45,7 @@ def run_demo(
     cfg = load_config(packaged_config("tiny"), [f"trainer.max_time_minutes={minutes}"])
     where = "a GPU" if torch.cuda.is_available() else "the CPU"  # trainer.accelerator: auto
     print(f"[2/4] training configs/tiny.yaml on {where} for at most {minutes:g} min", flush=True)
-    result = train(data, cfg, _new_run_dir(out), progress=progress)
+    result = train(data, cfg, new_run_dir(out), progress=progress)
     if result.best_weights is None:
         raise UXBError(
             f"{result.run_dir}: no finite validation loss was recorded, so there are no weights "
@@ -62,16 +63,6 @@ def run_demo(
         "run": result,
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _new_run_dir(out: Path) -> Path:
-    """``out/run``, or ``out/run_2``, ``run_3``, ... when an earlier demo's run is there (a run
-    folder is never trained into twice)."""
-    run, n = out / "run", 1
-    while run.exists():
-        n += 1
-        run = out / f"run_{n}"
-    return run
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
