@@ -43,3 +43,18 @@ def test_run_folders_are_numbered_and_the_latest_is_resumed(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", str(tmp_path), "--resume"]) == 1
     assert "runs: no run with checkpoints/last.ckpt to resume" in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_is_refused(trained_run, tiny_dataset, tmp_path, capsys):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me")
+    las = next((tiny_dataset / "predict" / "pair_0000").glob("*.las"))
+    weights = trained_run[0].best_weights
+    for args in (
+        ["predict", "--weights", str(weights), "--input", str(las)],
+        ["train", "--data", str(tiny_dataset)],
+        ["demo"],
+    ):
+        assert main([*args, "--out", str(afile)]) == 1, args
+        assert f"error: {afile}: a file, not a folder" in capsys.readouterr().err
+    assert afile.read_text() == "keep me"

@@ -37,6 +37,8 @@ def run_demo(
     from .training.train import train
 
     quiet_lightning(False)
+    if out.exists() and not out.is_dir():
+        raise UXBError(f"{out}: a file, not a folder; choose a folder for --out")
     t0 = time.perf_counter()
     data = out / "data"
     if not (data / "train").is_dir():

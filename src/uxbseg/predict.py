@@ -73,6 +73,8 @@ def check_jobs(jobs: Sequence[PredictJob], out_dir: str | Path) -> None:
     """Refuse, before any work, jobs that would write the same output names (one would replace
     the other) or write over one of the inputs (``--out`` being the inputs' folder)."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadDataError(f"{out_dir}: a file, not a folder; choose a folder for --out")
     inputs = {job.las.resolve(): job.las for job in jobs}
     first: dict[str, Path] = {}
     for job in jobs:

@@ -150,6 +150,8 @@ def train(
     to the Lightning trainer (e.g. for monitoring).
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BadDataError(f"{run_dir}: a file, not a folder; choose a folder for --out")
     skip = cfg.data.skip_bad if skip_bad is None else skip_bad
     train_pairs = checked_pairs(root, cfg.data.train_split, cfg, skip)
     val_pairs = checked_pairs(root, cfg.data.val_split, cfg, skip)
