@@ -387,3 +387,19 @@ def test_inputs_that_would_overwrite_each_other_are_refused(
     with pytest.raises(BadDataError, match="would both be written as pred_tile"):
         predict_files(model, cfg, jobs, tmp_path / "lib", progress=False)
     assert not (tmp_path / "lib").exists()
+
+
+def test_evaluate_names_every_incomplete_pair_before_any_tile(
+    weights, tiny_dataset, tmp_path, capsys
+):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_dataset / "test", root / "test")
+    pair0, pair1 = sorted((root / "test").iterdir())
+    next(pair0.glob("uxb_msk*.png")).unlink()
+    next(pair1.glob("tpi*.png")).unlink()
+    assert main(["evaluate", "--weights", str(weights), "--data", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert f"2 pair(s) of {root / 'test'} cannot be evaluated" in err
+    assert (
+        f"  {pair0.name}: {pair0}: no mask" in err and f"  {pair1.name}: {pair1}: no image" in err
+    )

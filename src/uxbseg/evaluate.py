@@ -58,11 +58,16 @@ def evaluate(
         raise BadDataError(f"{Path(root) / split}: no pair_* folders to evaluate")
     spec = GridSpec.from_config(cfg.grid)
     _, h, w = spec.shape
+    bad = [p for p in pairs if p.problems]
+    if bad:  # all of them, before any tile is evaluated
+        lines = "\n".join(f"  {p.pair_id}: {problem}" for p in bad for problem in p.problems)
+        raise BadDataError(
+            f"{len(bad)} pair(s) of {Path(root) / split} cannot be evaluated:\n{lines}\n"
+            f"Fix them (`uxbseg inspect {root}` lists every check)."
+        )
     per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
     base = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
     for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
-        if pair.problems:
-            raise BadDataError(f"{pair.folder}: {pair.problems[0]}")
         las = read_las(pair.las)
         pts = PointArrays.from_las(las)
         vox = voxelize(pts, spec, with_labels=False)
