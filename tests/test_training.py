@@ -374,3 +374,24 @@ def test_a_new_run_never_replaces_an_earlier_one(trained_run, tiny_dataset, caps
     err = capsys.readouterr().err
     assert f"{run} already holds a training run (last.ckpt)" in err and "--resume" in err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_resume_takes_the_runs_own_config_and_refuses_another_model(
+    trained_run, tiny_dataset, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0].run_dir, run)
+    saved = (run / "config.yaml").read_bytes()
+    args = ["train", "--data", str(tiny_dataset), "--out", str(run), "--resume"]
+    # another model: refused with what to do, and the run's config.yaml kept as it was
+    other = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--set", "model.feature_size=24"]
+    assert main([*args, *other]) == 1
+    err = capsys.readouterr().err
+    assert "last.ckpt: the checkpoint does not fit the configured model" in err
+    assert (run / "config.yaml").read_bytes() == saved
+    # no --config: the run's own (its test-sized grid, 2 epochs done), one epoch more
+    assert main([*args, "--set", "trainer.max_epochs=3"]) == 0
+    after = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert after["epoch"] == 2
+    assert "max_epochs: 3" in (run / "config.yaml").read_text()

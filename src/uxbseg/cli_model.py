@@ -21,11 +21,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training.train import train
 
     quiet_lightning(args.verbose)
-    cfg = _load_cfg(args)
     out = args.out
     if out is None:  # a new folder under runs/, or the latest one there for --resume
         out = latest_run_dir(RUNS) if args.resume else new_run_dir(RUNS)
         print(f"run folder: {out}", flush=True)
+    saved = out / "config.yaml"
+    if args.resume and args.config is None and saved.is_file():  # the run's own model
+        from .config import load_config
+
+        cfg = load_config(saved, args.set)
+    else:
+        cfg = _load_cfg(args)
     result = train(args.data, cfg, out, resume=args.resume, skip_bad=args.skip_bad or None)
     if result.best_weights is None:
         from .errors import UXBError
@@ -46,8 +52,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         type=Path,
-        help="YAML configuration (default: the seed's values; "
-        "see configs/seed.yaml and configs/tiny.yaml)",
+        help="YAML configuration (default: the seed's values, see configs/seed.yaml and "
+        "configs/tiny.yaml; with --resume the run's own config.yaml)",
     )
     p.add_argument(
         "--set",

@@ -163,14 +163,15 @@ def train(
             raise BadDataError(f"{last}: nothing to resume; train without --resume first")
         ckpt_path = str(last)
     else:
-        earlier = [p for p in (last, run_dir / f"{BEST_WEIGHTS_NAME}.safetensors") if p.is_file()]
-        if earlier:
+        existing = [p for p in (last, run_dir / f"{BEST_WEIGHTS_NAME}.safetensors") if p.is_file()]
+        if existing:
             raise BadDataError(
-                f"{run_dir} already holds a training run ({earlier[0].name}); a new run there "
+                f"{run_dir} already holds a training run ({existing[0].name}); a new run there "
                 "would replace its weights: pass --resume to continue it, or choose another --out"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if not resume:  # a resumed run's config.yaml is replaced once its checkpoint has loaded
+        save_config(cfg, run_dir / "config.yaml")
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
     dm = UXBDataModule(root, cfg, train_pairs, val_pairs)
@@ -204,9 +205,20 @@ def train(
     try:
         # resume reads last.ckpt through TensorsOnlyCheckpointIO: never unpickles objects
         trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    except RuntimeError as exc:
+        if ckpt_path is None or "state_dict" not in str(exc):
+            raise
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), "")[:160]
+        raise BadDataError(
+            f"{last}: the checkpoint does not fit the configured model ({first} ...); resume "
+            f"with the run's own configuration, {run_dir / 'config.yaml'} (the command line "
+            "uses it when --config is left out)"
+        ) from exc
     finally:
         if earlier:  # Lightning's CSV logger starts metrics.csv afresh; keep the earlier epochs
             _prepend_rows(metrics_csv, earlier)
+    if resume:
+        save_config(cfg, run_dir / "config.yaml")
     best = run_dir / f"{BEST_WEIGHTS_NAME}.safetensors"
     return TrainResult(
         run_dir,
