@@ -326,7 +326,7 @@ def test_an_input_folder_stands_for_its_las_files(weights, tiny_dataset, tmp_pat
     folder.mkdir()
     for pair in ("pair_0000", "pair_0001"):
         src = next((tiny_dataset / "predict" / pair).glob("*.las"))
-        shutil.copy(src, folder / src.name.replace(".las", ".LAS"))  # any case of the suffix
+        shutil.copy(src, folder / src.name.replace(".las", ".LAS"))  # upper case too
     (folder / "notes.txt").write_text("not a point cloud")
     (folder / "sub").mkdir()  # sub-folders are not searched
     shutil.copy(src, folder / "sub" / "elsewhere.las")

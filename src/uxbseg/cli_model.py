@@ -143,17 +143,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-LAS_SUFFIXES = (".copc.laz", ".laz", ".las")
-"""What an --input folder is searched for (any case), and what a job's id drops from a name."""
-
-
 def _las_in(folder: Path) -> list[Path]:
-    """The LAS/LAZ files directly inside ``folder``, sorted; an error if there are none."""
+    """The point clouds directly inside ``folder`` (the names a pair folder's is found by),
+    sorted; an error if there are none."""
+    from .data.pairs import LAS_PATTERNS
     from .errors import BadDataError
 
-    files = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(LAS_SUFFIXES)
-    )
+    files = sorted({p for pat in LAS_PATTERNS for p in folder.glob(pat) if p.is_file()})
     if not files:
         raise BadDataError(
             f"{folder}: a folder without .las/.laz files; pass LAS/LAZ files, or a folder "
@@ -163,8 +159,9 @@ def _las_in(folder: Path) -> list[Path]:
 
 
 def _las_stem(path: Path) -> str:
+    """The name without its point-cloud suffix: the id of the job's outputs."""
     name = path.name
-    for suffix in LAS_SUFFIXES:
+    for suffix in (".copc.laz", ".laz", ".las"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
