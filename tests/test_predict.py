@@ -75,7 +75,9 @@ def test_every_real_file_nothing_lost(weights, tmp_path):
     model, cfg = load_model(weights)
     # the whole name as id: simple.las and simple.copc.laz share a stem (check_jobs refuses that)
     jobs = [PredictJob(p, None, p.name.replace(".", "_")) for p in files]
-    results = predict_files(model, cfg, jobs, tmp_path, progress=False)
+    # each file whole: the files span 0 m to 4.6 km, thousands of the 100 m training tiles
+    # (cut into windows in test_windows.py and in the next test)
+    results = predict_files(model, cfg, jobs, tmp_path, progress=False, window="off")
     assert [r.error for r in results] == [None] * len(files)
     for r in results:
         src = r.job.las
@@ -101,8 +103,9 @@ def test_probabilities_and_keep_classification(weights, tmp_path):
         progress=False,
         probabilities=True,
         keep_classification=True,
+        window=1500.0,  # the file spans 3.4 x 4.6 km: 3 x 4 windows
     )[0]
-    assert r.error is None
+    assert r.error is None and r.windows == 12
     new = ("uxb_class", "prob_ground", "prob_plazuela", "prob_structure", "entropy")
     _a, b = _assert_nothing_lost(src, r.las, keep_classification=True, new_dims=new)
     p = np.stack([b.prob_ground, b.prob_plazuela, b.prob_structure])

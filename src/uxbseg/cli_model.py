@@ -200,6 +200,20 @@ def _predict_jobs(args: argparse.Namespace, cfg) -> list:
     return jobs
 
 
+def _window(text: str) -> float | str | None:
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    try:
+        side = float(text)
+    except ValueError:
+        side = 0.0
+    if not side > 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a window side > 0 in CRS units (e.g. 100), auto or off"
+        )
+    return side
+
+
 def _codes(text: str) -> list[int]:
     try:
         codes = [int(c) for c in text.split(",")]
@@ -230,16 +244,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         keep_classification=args.keep_classification,
         codes=codes,
         tta=args.tta,
+        window=args.window,
     )
     failed = [r for r in results if r.error]
     for r in results:
         if r.error:
             print(f"FAILED {r.job.las}: {r.error}")
         else:
+            grids = f"{r.npy.name}/ ({r.windows} windows)" if r.windows else r.npy.name
             print(
                 f"{r.job.las.name} -> {r.las} ({r.points} points: "
                 + ", ".join(f"{k} {v}" for k, v in r.counts.items())
-                + f"), {r.npy.name}"
+                + f"), {grids}"
             )
     print(f"{len(results) - len(failed)} of {len(results)} files written to {out}")
     return 1 if failed else 0
@@ -298,7 +314,10 @@ def add_prediction_commands(sub) -> None:
         description="Write pred_<id>.las/.laz (same points, same order, every other field, VLR "
         "and EVLR unchanged) and pred_<id>.npy (uint8 voxel grid). Inputs come from a dataset's "
         "predict/ split (--data) or are given directly (--input, with --image or a TPI image "
-        "rendered from the points). A bad input is reported and skipped; exit 1 if any failed. "
+        "rendered from the points). A file more than 1.25x the training tiles' side is cut "
+        "into windows of that side (--window), each point classified by the nearest window's "
+        "centre; its grids go to pred_<id>.windows/. "
+        "A bad input is reported and skipped; exit 1 if any failed. "
         "Inputs that would write the same pred_<id>, or write over an input, are refused "
         "before any work.",
     )
@@ -334,6 +353,16 @@ def add_prediction_commands(sub) -> None:
         "--codes",
         type=_codes,
         help="LAS codes written for ground,plazuela,structure (default 2,27,6)",
+    )
+    p.add_argument(
+        "--window",
+        type=_window,
+        default="auto",
+        metavar="SIDE|auto|off",
+        help="cut a point cloud more than 1.25x this side (CRS units) into overlapping windows "
+        "of this side, so the model sees it at the scale of its training tiles; each window's "
+        "grid goes to pred_<id>.windows/. auto (default): the training tiles' side, recorded "
+        "in the weights; off: every file is one tile, however large",
     )
     _decision_args(p)
     p.set_defaults(func=_cmd_predict)

@@ -81,6 +81,10 @@ class GridConfig:
     z_percentiles: tuple[float, float] = (0.1, 99.9)
     features: tuple[str, ...] = ("occupancy", "log_density", "height")
     empty_label: Literal["ignore", "ground"] = "ignore"
+    # the larger XY side (CRS units) of the training tiles, the median over train/; null = set
+    # by `train` from the LAS headers. predict cuts point clouds larger than this into windows
+    # of this side, so the model sees them at the scale it learnt (predict --window)
+    tile_extent: float | None = None
 
 
 @dataclass
@@ -291,6 +295,11 @@ def _validate(cfg: Config) -> None:
     clip = cfg.trainer.gradient_clip_norm
     if clip is not None and not clip > 0:
         raise ConfigError(f"trainer.gradient_clip_norm must be > 0 or null, got {clip}")
+    extent = cfg.grid.tile_extent
+    if extent is not None and not extent > 0:
+        raise ConfigError(
+            f"grid.tile_extent must be > 0 or null (set from the training tiles), got {extent}"
+        )
     budget = cfg.trainer.max_time_minutes
     if budget is not None and not budget > 0:
         raise ConfigError(

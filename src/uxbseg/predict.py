@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +22,17 @@ from .decision import decide
 from .errors import BadDataError, UXBError
 from .io.las import PointArrays, is_compressed, read_las, write_classified
 from .io.raster import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     TPI_CLIP_M,
     TPI_RADIUS_M,
     colourise_tpi,
     dem_from_points,
     load_image,
+    load_image_window,
+    normalise_rgb,
     tpi,
+    window_tpi,
 )
+from .windows import WindowPlan, plan_windows
 
 __all__ = [
     "PredictJob",
@@ -37,6 +42,7 @@ __all__ = [
     "output_paths",
     "predict_files",
     "render_tpi_image",
+    "resolve_window",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,12 +67,32 @@ class PredictResult:
     points: int = 0
     counts: dict[str, int] | None = None
     error: str | None = None
+    windows: int = 0  # 0: predicted as one tile; else the windows it was cut into (npy: folder)
 
 
 def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
-    """(classified LAS/LAZ, voxel grid .npy) that ``job`` writes into ``out_dir``."""
+    """(classified LAS/LAZ, voxel grid .npy) that ``job`` writes into ``out_dir``. A file cut
+    into windows writes ``pred_<id>.windows/`` (a grid per window) instead of the .npy."""
     ext = "laz" if is_compressed(job.las) else "las"
     return out_dir / f"pred_{job.out_id}.{ext}", out_dir / f"pred_{job.out_id}.npy"
+
+
+def resolve_window(window: float | str | None, cfg: Config) -> float | None:
+    """The window side for ``window``: a number of CRS units, "auto" (the training tiles' side,
+    ``grid.tile_extent``, when the weights record it), or None / "off" (every file one tile)."""
+    if window is None or window == "off":
+        return None
+    if window == "auto":
+        if cfg.grid.tile_extent is None:
+            log.info(
+                "the weights do not record their training tiles' size (grid.tile_extent); every "
+                "file is predicted as one tile. Pass --window SIDE to cut large files"
+            )
+        return cfg.grid.tile_extent
+    side = float(window)
+    if not side > 0:
+        raise BadDataError(f"--window {window}: give a side > 0 in CRS units, auto or off")
+    return side
 
 
 def check_jobs(jobs: Sequence[PredictJob], out_dir: str | Path) -> None:
@@ -104,12 +130,15 @@ def render_tpi_image(las, size: int, cell: float | None = None) -> np.ndarray:
     """
     x, y, z = np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)
     bounds = (x.min(), y.min(), x.max(), y.max())
-    if cell is None:  # 1 m, coarser for large extents: the image is `size` pixels anyway
-        cell = max(1.0, (bounds[2] - bounds[0]) / 1024, (bounds[3] - bounds[1]) / 1024)
+    if cell is None:
+        cell = _tpi_cell(bounds)
     dem = dem_from_points(x, y, z, bounds, cell)
-    rgb = colourise_tpi(tpi(dem, cell, TPI_RADIUS_M), TPI_CLIP_M, size)
-    arr = (rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return normalise_rgb(colourise_tpi(tpi(dem, cell, TPI_RADIUS_M), TPI_CLIP_M, size))
+
+
+def _tpi_cell(bounds: tuple[float, float, float, float]) -> float:
+    """1 m, coarser for large extents: the image is ``size`` pixels anyway."""
+    return max(1.0, (bounds[2] - bounds[0]) / 1024, (bounds[3] - bounds[1]) / 1024)
 
 
 def _device_autocast(device: torch.device):
@@ -168,6 +197,131 @@ def _save_npy(path: Path, grid: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _windows(las, points: PointArrays, side: float | None) -> WindowPlan | None:
+    """The windows a file is cut into for a window ``side`` (CRS units), or None (one tile)."""
+    if side is None:
+        return None
+    sx, sy = (max(1, round(side / float(s))) for s in las.header.scales[:2])
+    X, Y = points.X, points.Y
+    return plan_windows((int(X.min()), int(X.max())), (int(Y.min()), int(Y.max())), (sx, sy))
+
+
+class _WindowGrids:
+    """``pred_<id>.windows/``: a uint8 grid per window (``r<row>_c<col>.npy``, row 0 = north)
+    and ``windows.json`` with each window's bounds; written under a temporary name, then
+    renamed over any earlier one."""
+
+    def __init__(self, folder: Path, plan: WindowPlan, side: float) -> None:
+        self.folder = folder
+        self.tmp = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        rows, cols = plan.shape
+        self.index = {"side": side, "rows": rows, "columns": cols, "windows": []}
+
+    def add(self, row: int, col: int, bounds, points: int, grid: np.ndarray) -> None:
+        name = f"r{row:03d}_c{col:03d}.npy"
+        np.save(self.tmp / name, grid)
+        self.index["windows"].append(
+            {
+                "row": row,
+                "col": col,
+                "npy": name,
+                "bounds": [float(b) for b in bounds],
+                "points": points,
+            }
+        )
+
+    def close(self) -> None:
+        (self.tmp / "windows.json").write_text(json.dumps(self.index, indent=1))
+        if self.folder.is_dir():
+            shutil.rmtree(self.folder)
+        os.replace(self.tmp, self.folder)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _predict_windows(
+    model,
+    cfg: Config,
+    job: PredictJob,
+    las,
+    points: PointArrays,
+    plan: WindowPlan,
+    device: torch.device,
+    tta: bool,
+    probabilities: bool,
+    grids: _WindowGrids | None,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Classes (N,) and, with ``probabilities``, class probabilities (K, N) of every point of a
+    file cut into windows: each window is voxelised over its own bounds and gets its own image
+    (cut from ``job.image``, or rendered from its points and those within the TPI radius)."""
+    from tqdm.auto import tqdm
+
+    spec = GridSpec.from_config(cfg.grid)
+    n = len(points)
+    xr, yr = np.ascontiguousarray(points.X), np.ascontiguousarray(points.Y)
+    own = plan.rows(yr) * plan.shape[1] + plan.columns(xr)  # the one window each point takes
+    scale, offset = las.header.scales, las.header.offsets
+
+    def crs(raw: tuple[int, int], axis: int) -> tuple[float, float]:
+        return raw[0] * scale[axis] + offset[axis], raw[1] * scale[axis] + offset[axis]
+
+    file_bounds = (
+        xr.min() * scale[0] + offset[0],
+        yr.min() * scale[1] + offset[1],
+        xr.max() * scale[0] + offset[0],
+        yr.max() * scale[1] + offset[1],
+    )
+    render = job.image is None
+    margin = [math.ceil(TPI_RADIUS_M / s) if render else 0 for s in scale[:2]]
+    point_class = np.zeros(n, dtype=np.uint8)
+    point_probs = np.zeros((len(CLASSES), n), dtype=np.float32) if probabilities else None
+    bar = tqdm(total=len(plan), desc=job.las.name, unit="window", leave=False, disable=not progress)
+    rows, cols = plan.shape
+    for col in range(cols):
+        (xlo, xhi), _ = plan.window(0, col).limits
+        lo, hi = xlo - margin[0], xhi + margin[0]
+        column = np.flatnonzero((xr >= lo) & (xr <= hi))
+        yc = yr[column]
+        for row in range(rows):
+            bar.update()
+            win = plan.window(row, col)
+            (ylo, yhi) = win.y
+            lo, hi = ylo - margin[1], yhi + margin[1]
+            near = column[(yc >= lo) & (yc <= hi)]
+            xn, yn = xr[near], yr[near]
+            inside = (xn >= xlo) & (xn <= xhi) & (yn >= ylo) & (yn <= yhi)
+            idx = near[inside]
+            mine = own[idx] == row * cols + col
+            if not mine.any():  # no point takes its class from here (an empty corner)
+                continue
+            vox = voxelize(points.take(idx), spec, with_labels=False, xy_limits=win.limits)
+            (x0, x1), (y0, y1) = crs(win.x, 0), crs(win.y, 1)
+            bounds = (x0, y0, x1, y1)
+            if render:
+                x = xn * scale[0] + offset[0]
+                y = yn * scale[1] + offset[1]
+                z = np.asarray(points.Z)[near] * scale[2] + offset[2]
+                t = window_tpi(x, y, z, bounds, _tpi_cell(bounds))
+                image = normalise_rgb(colourise_tpi(t, TPI_CLIP_M, cfg.data.image_size))
+            else:
+                image = load_image_window(job.image, file_bounds, bounds, cfg.data.image_size)
+            probs, _ = infer_tile(model, image, vox.features, device, tta)
+            grid = decide(probs, cfg.loss.class_weights, cfg.model.logit_adjustment)
+            grid = grid.numpy().astype(np.uint8)
+            taken, at = idx[mine], vox.point_voxel[mine]
+            point_class[taken] = grid.ravel()[at]
+            if point_probs is not None:
+                point_probs[:, taken] = probs.reshape(len(CLASSES), -1).numpy()[:, at]
+            if grids is not None:
+                grids.add(row, col, bounds, int(mine.sum()), grid)
+    bar.close()
+    return point_class, point_probs
+
+
 def predict_one(
     model,
     cfg: Config,
@@ -178,14 +332,75 @@ def predict_one(
     keep_classification: bool = False,
     codes: Sequence[int] | None = None,
     tta: bool = False,
+    window: float | None = None,
+    progress: bool = False,
 ) -> PredictResult:
-    """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written)."""
+    """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written).
+
+    A file more than :data:`~uxbseg.windows.WINDOW_TRIGGER` times ``window`` (CRS units) on a
+    side is cut into windows of that side (:mod:`uxbseg.windows`); None predicts it as one tile.
+    """
     las = read_las(job.las)
     n = len(las.points)
     if n == 0:
         raise BadDataError(f"{job.las}: the point cloud is empty; nothing to classify")
+    points = PointArrays.from_las(las)
+    plan = _windows(las, points, window)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    las_out, npy_out = output_paths(job, out_dir)
+    windows_out = npy_out.with_suffix(".windows")
+    grids = None if plan is None else _WindowGrids(windows_out, plan, window)
+    try:
+        if plan is None:
+            point_class, point_probs, grid = _predict_tile(
+                model, cfg, job, las, points, device, tta, probabilities
+            )
+        else:
+            point_class, point_probs = _predict_windows(
+                model, cfg, job, las, points, plan, device, tta, probabilities, grids, progress
+            )
+        if codes is None:
+            point_codes = class_to_las_code(point_class)
+        else:  # user-chosen codes (--codes); checked against the point format when writing
+            point_codes = np.asarray(codes, dtype=np.int64)[point_class]
+        extra = None
+        if probabilities:
+            p = point_probs
+            extra = {f"prob_{c.name}": p[c.index] for c in CLASSES}
+            extra["entropy"] = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
+        compress = is_compressed(job.las)
+        write_classified(las, point_codes, las_out, compress, job.las, keep_classification, extra)
+        if grids is None:
+            _save_npy(npy_out, grid)
+        else:
+            grids.close()
+    finally:
+        if grids is not None:
+            grids.discard()  # what is left of the partial folder after a failure
+    # the other kind of grid output, from an earlier run with other windows, is stale now
+    stale = npy_out if plan is not None else windows_out
+    if stale.is_file():
+        stale.unlink()
+    elif stale.is_dir() and (stale / "windows.json").is_file():
+        shutil.rmtree(stale)
+    counts = np.bincount(point_class, minlength=len(CLASSES))
+    return PredictResult(
+        job,
+        npy_out if plan is None else windows_out,
+        las_out,
+        n,
+        {c.name: int(counts[c.index]) for c in CLASSES},
+        windows=0 if plan is None else len(plan),
+    )
+
+
+def _predict_tile(
+    model, cfg: Config, job: PredictJob, las, points: PointArrays, device, tta, probabilities
+):
+    """Classes (N,), with ``probabilities`` class probabilities (K, N), and the voxel grid of a
+    file predicted as one tile."""
     spec = GridSpec.from_config(cfg.grid)
-    vox = voxelize(PointArrays.from_las(las), spec, with_labels=False)
+    vox = voxelize(points, spec, with_labels=False)
     if job.image is not None:
         image = load_image(job.image, cfg.data.image_size)
     else:
@@ -198,23 +413,10 @@ def predict_one(
     probs, _ = infer_tile(model, image, vox.features, device, tta)
     grid = decide(probs, cfg.loss.class_weights, cfg.model.logit_adjustment)
     grid = grid.numpy().astype(np.uint8)
-    point_class = grid.ravel()[vox.point_voxel]
-    if codes is None:
-        point_codes = class_to_las_code(point_class)
-    else:  # user-chosen codes (--codes); checked against the point format when writing
-        point_codes = np.asarray(codes, dtype=np.int64)[point_class]
-    extra = None
+    point_probs = None
     if probabilities:
-        p = probs.reshape(len(CLASSES), -1).numpy()[:, vox.point_voxel]
-        extra = {f"prob_{c.name}": p[c.index] for c in CLASSES}
-        extra["entropy"] = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    las_out, npy_out = output_paths(job, out_dir)
-    compress = is_compressed(job.las)
-    write_classified(las, point_codes, las_out, compress, job.las, keep_classification, extra)
-    _save_npy(npy_out, grid)
-    counts = np.bincount(point_class, minlength=len(CLASSES))
-    return PredictResult(job, npy_out, las_out, n, {c.name: int(counts[c.index]) for c in CLASSES})
+        point_probs = probs.reshape(len(CLASSES), -1).numpy()[:, vox.point_voxel]
+    return grid.ravel()[vox.point_voxel], point_probs, grid
 
 
 def predict_files(
@@ -228,12 +430,15 @@ def predict_files(
     codes: Sequence[int] | None = None,
     progress: bool = True,
     tta: bool = False,
+    window: float | str | None = "auto",
 ) -> list[PredictResult]:
     """Predict every job; a bad input is reported and skipped while the others go on. Jobs that
-    conflict (:func:`check_jobs`) are refused before any work."""
+    conflict (:func:`check_jobs`) are refused before any work. ``window``: see
+    :func:`resolve_window`; files larger than it are cut into windows."""
     from tqdm.auto import tqdm
 
     check_jobs(jobs, out_dir)
+    side = resolve_window(window, cfg)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     results = []
@@ -250,6 +455,8 @@ def predict_files(
                     keep_classification,
                     codes,
                     tta,
+                    side,
+                    progress,
                 )
             )
         except UXBError as exc:

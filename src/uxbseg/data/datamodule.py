@@ -15,17 +15,27 @@ from ..config import Config
 from ..errors import BadDataError
 from .cache import VoxelCache, default_cache_dir
 from .dataset import UXBDataset
-from .pairs import Pair, check_pair, find_pairs
+from .pairs import Pair, PairReport, check_pair, find_pairs
 from .sampler import BalancedSampler
 from .voxelize import GridSpec
 
-__all__ = ["UXBDataModule", "checked_pairs"]
+__all__ = ["UXBDataModule", "checked_pairs", "checked_reports", "tile_extent"]
 
 log = logging.getLogger(__name__)
 
 
 def checked_pairs(root: str | Path, split: str, cfg: Config, skip_bad: bool) -> list[Pair]:
     """Pairs of a split after the ``inspect`` checks: bad ones raise, or are skipped and named."""
+    return [r.pair for r in checked_reports(root, split, cfg, skip_bad)]
+
+
+def tile_extent(reports: list[PairReport]) -> float:
+    """The side of a split's tiles: the median over its pairs of the larger XY extent."""
+    return float(np.median([max(r.extent) for r in reports]))
+
+
+def checked_reports(root: str | Path, split: str, cfg: Config, skip_bad: bool) -> list[PairReport]:
+    """:func:`checked_pairs` with each pair's ``inspect`` report (point count, extent)."""
     pairs = find_pairs(root, split, cfg.data.image_glob, cfg.data.mask_glob)
     if not pairs:
         raise BadDataError(f"{Path(root) / split}: no pair_* folders; run `uxbseg inspect {root}`")
@@ -39,7 +49,7 @@ def checked_pairs(root: str | Path, split: str, cfg: Config, skip_bad: bool) -> 
         )
     for r in bad:
         log.warning("skipping %s/%s: %s", split, r.pair.pair_id, "; ".join(map(str, r.problems)))
-    good = [r.pair for r in reports if r.ok]
+    good = [r for r in reports if r.ok]
     if not good:
         raise BadDataError(f"{Path(root) / split}: every pair has problems; nothing to train on")
     return good

@@ -231,6 +231,7 @@ def _bin_points(
     z_limits: tuple[int, int] | None,
     with_height: bool,
     codes: np.ndarray | None = None,
+    xy_limits: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]:
     """:func:`bin_points`, the class-major key of :func:`_class_counts` for LAS ``codes`` (None
     without codes) and the voxel side in XY (CRS units) from the spans it measured.
@@ -246,13 +247,17 @@ def _bin_points(
     X, Y = points.X, points.Y
     if n < _THREAD_MIN_POINTS:  # the records fit the cache: gather X and Y once, bin the copies
         X, Y = np.ascontiguousarray(X), np.ascontiguousarray(Y)
+    given = xy_limits is not None
+    if given:
+        (xlo, xhi), (ylo, yhi) = xy_limits
+    elif n < _THREAD_MIN_POINTS:
         (xlo, xhi), (ylo, yhi) = (int(X.min()), int(X.max())), (int(Y.min()), int(Y.max()))
     else:
         (xlo, xhi), (ylo, yhi) = _xy_limits(points)
     axes = (
         (_Axis(*z_limits, d, spec.binning, h * w, clip=True), points.Z),
-        (_Axis(ylo, yhi, h, spec.binning, w, flip=True), Y),  # row 0 = north
-        (_Axis(xlo, xhi, w, spec.binning, 1), X),
+        (_Axis(ylo, yhi, h, spec.binning, w, flip=True, clip=given), Y),  # row 0 = north
+        (_Axis(xlo, xhi, w, spec.binning, 1, clip=given), X),
     )
     dtype = np.int32 if v < 2**31 and all(a.fits_int32() for a, _ in axes) else np.int64
     flat = np.empty(n, dtype=np.int64)
@@ -442,10 +447,17 @@ def _surface_feature(name: str, geo: _Surface) -> np.ndarray:
     return out
 
 
-def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> VoxelizedTile:
+def voxelize(
+    points: PointArrays,
+    spec: GridSpec,
+    with_labels: bool = True,
+    xy_limits: tuple[tuple[int, int], tuple[int, int]] | None = None,
+) -> VoxelizedTile:
     """Turn one tile's points into features (C, D, H, W), labels (D, H, W) and point indices.
 
-    The classification field is read only for ``labels``; features never see it.
+    The classification field is read only for ``labels``; features never see it. The grid
+    spans the points' own XY extent, or ``xy_limits`` = ((X min, X max), (Y min, Y max)) in raw
+    integer coordinates (a prediction window; points outside are clipped to its edge).
     """
     if len(points) == 0:
         raise ValueError("cannot voxelise an empty point cloud")
@@ -453,7 +465,7 @@ def voxelize(points: PointArrays, spec: GridSpec, with_labels: bool = True) -> V
     v = spec.num_voxels
     need_height = any(f in ("height", *SURFACE_FEATURES) for f in spec.features)
     codes = points.classification if with_labels else None
-    flat, zfrac, key, cell = _bin_points(points, spec, z_limits, need_height, codes)
+    flat, zfrac, key, cell = _bin_points(points, spec, z_limits, need_height, codes, xy_limits)
     if key is None:
         counts = np.bincount(flat, minlength=v)
         z_sums = np.bincount(flat, weights=zfrac, minlength=v) if need_height else None

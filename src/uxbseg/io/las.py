@@ -89,6 +89,10 @@ class PointArrays:
         """The fields of a LAS file; the bit-packed ones are unpacked only when first used."""
         return _LasPointArrays(las)
 
+    def take(self, index: np.ndarray) -> PointArrays:
+        """The points at ``index`` (e.g. one prediction window); other fields follow on use."""
+        return _TakenPointArrays(self, index)
+
 
 class _LasPointArrays(PointArrays):
     """:class:`PointArrays` over a LasData: X/Y/Z are views, other fields decoded on demand.
@@ -119,6 +123,35 @@ class _LasPointArrays(PointArrays):
     @functools.cached_property
     def classification(self) -> np.ndarray:
         return np.asarray(self._las.classification)
+
+
+class _TakenPointArrays(PointArrays):
+    """:meth:`PointArrays.take`: X/Y/Z gathered now, the other fields when first used."""
+
+    def __init__(self, source: PointArrays, index: np.ndarray) -> None:
+        self._source, self._index = source, index
+        self.X, self.Y, self.Z = source.X[index], source.Y[index], source.Z[index]
+        self.scales = source.scales
+
+    def _field(self, name: str) -> np.ndarray | None:
+        values = getattr(self._source, name)
+        return None if values is None else values[self._index]
+
+    @functools.cached_property
+    def intensity(self) -> np.ndarray | None:
+        return self._field("intensity")
+
+    @functools.cached_property
+    def return_number(self) -> np.ndarray | None:
+        return self._field("return_number")
+
+    @functools.cached_property
+    def number_of_returns(self) -> np.ndarray | None:
+        return self._field("number_of_returns")
+
+    @functools.cached_property
+    def classification(self) -> np.ndarray | None:
+        return self._field("classification")
 
 
 def read_points(path: str | Path) -> PointArrays:

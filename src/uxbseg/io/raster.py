@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,13 @@ __all__ = [
     "colourise_tpi",
     "dem_from_points",
     "load_image",
+    "load_image_window",
     "load_mask",
+    "normalise_rgb",
     "open_image",
     "read_mask_values",
     "tpi",
+    "window_tpi",
 ]
 
 TPI_RADIUS_M = 100.0
@@ -57,9 +61,45 @@ def load_image(path: str | Path, size: int = 512) -> np.ndarray:
     Returns float32 (3, size, size).
     """
     im = open_image(path, "RGB").resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
+    return normalise_rgb(np.asarray(im))
+
+
+def normalise_rgb(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 (3, H, W) normalised like SegFormer's processor."""
+    arr = (rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_image_window(
+    path: str | Path,
+    bounds: tuple[float, float, float, float],
+    window: tuple[float, float, float, float],
+    size: int = 512,
+) -> np.ndarray:
+    """The part of an image covering ``window``, resized (bilinear) and normalised like
+    :func:`load_image`.
+
+    The image covers ``bounds`` = (xmin, ymin, xmax, ymax), north-up; both in CRS units. The
+    window's pixels are cut out before resizing, so, as for a tile's own image, nothing beyond
+    its edge blends in; parts of the window beyond the image repeat the image's edge pixels.
+    """
+    arr = np.asarray(open_image(path, "RGB"))
+    h, w = arr.shape[:2]
+    bx0, by0, bx1, by1 = bounds
+    x0, y0, x1, y1 = window
+    fx = [(x - bx0) / max(bx1 - bx0, 1e-12) * w for x in (x0, x1)]
+    fy = [(by1 - y) / max(by1 - by0, 1e-12) * h for y in (y1, y0)]  # row 0 = north
+    # pixel edges within rounding of a window edge are that edge (no sliver of a neighbour)
+    box = [round(b) if abs(b - round(b)) < 1e-6 else b for b in (fx[0], fy[0], fx[1], fy[1])]
+    pad = max(0, math.ceil(max(-box[0], -box[1], box[2] - w, box[3] - h)))
+    if pad:
+        arr = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        box = [b + pad for b in box]
+    c0, r0 = math.floor(box[0]), math.floor(box[1])
+    cut = arr[r0 : math.ceil(box[3]), c0 : math.ceil(box[2])]
+    inner = (box[0] - c0, box[1] - r0, box[2] - c0, box[3] - r0)
+    im = Image.fromarray(np.ascontiguousarray(cut), "RGB")
+    return normalise_rgb(np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, inner)))
 
 
 def read_mask_values(path: str | Path) -> np.ndarray:
@@ -166,3 +206,47 @@ def dem_from_points(
         idx = ndimage.distance_transform_edt(holes, return_distances=False, return_indices=True)
         dem = dem[tuple(idx)]
     return dem
+
+
+def window_tpi(
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    window: tuple[float, float, float, float],
+    cell_size: float,
+    radius_m: float = TPI_RADIUS_M,
+) -> np.ndarray:
+    """TPI (metres) of one window of a larger survey, from its points and those around it.
+
+    ``window`` = (xmin, ymin, xmax, ymax); ``x, y, z`` should hold every point within
+    ``radius_m`` of it. The window's raster is laid out as :func:`dem_from_points` lays out a
+    tile with those bounds (holes filled from the nearest cell); the margin around it keeps
+    only the cells that hold points, so the mean of each disc uses the real terrain beside the
+    window where there is some, and the part of the disc inside the window where there is none
+    - a window with nothing around it gets the TPI of a lone tile.
+    """
+    x0, y0, x1, y1 = window
+    w = max(1, int(np.ceil((x1 - x0) / cell_size)))
+    h = max(1, int(np.ceil((y1 - y0) / cell_size)))
+    m = int(np.ceil(radius_m / cell_size))
+    col = np.floor((x - x0) / cell_size).astype(np.int64)
+    row = np.floor((y1 - y) / cell_size).astype(np.int64)
+    inside = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)  # clipped like a tile's edge points
+    col[inside] = np.clip(col[inside], 0, w - 1)
+    row[inside] = np.clip(row[inside], 0, h - 1)
+    col, row = col + m, row + m
+    hh, ww = h + 2 * m, w + 2 * m
+    keep = (col >= 0) & (col < ww) & (row >= 0) & (row < hh)
+    dem = np.full(hh * ww, np.inf)
+    np.minimum.at(dem, row[keep] * ww + col[keep], z[keep])
+    dem = dem.reshape(hh, ww)
+    holes = ~np.isfinite(dem)
+    inner = (slice(m, m + h), slice(m, m + w))
+    if holes[inner].all():
+        return np.zeros((h, w))
+    if holes[inner].any():  # from the nearest cell with points, as a tile's holes are
+        idx = ndimage.distance_transform_edt(holes, return_distances=False, return_indices=True)
+        filled = dem[tuple(idx)]
+        dem[inner] = filled[inner]
+    dem[~np.isfinite(dem)] = np.nan  # the margin's empty cells: outside every disc's mean
+    return tpi(dem, cell_size, radius_m)[inner]

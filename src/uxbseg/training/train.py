@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from ..config import Config, save_config
-from ..data.datamodule import UXBDataModule, checked_pairs
+from ..data.datamodule import UXBDataModule, checked_pairs, checked_reports, tile_extent
 from ..errors import BadDataError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from .surface_pretrain import pretrain_surface
@@ -153,7 +153,12 @@ def train(
     if run_dir.exists() and not run_dir.is_dir():
         raise BadDataError(f"{run_dir}: a file, not a folder; choose a folder for --out")
     skip = cfg.data.skip_bad if skip_bad is None else skip_bad
-    train_pairs = checked_pairs(root, cfg.data.train_split, cfg, skip)
+    train_reports = checked_reports(root, cfg.data.train_split, cfg, skip)
+    train_pairs = [r.pair for r in train_reports]
+    if cfg.grid.tile_extent is None:  # recorded with the weights: predict's window side
+        side = tile_extent(train_reports)
+        cfg = replace(cfg, grid=replace(cfg.grid, tile_extent=round(side, 3)))
+        log.info("training tiles are %.3f units on their larger side (grid.tile_extent)", side)
     val_pairs = checked_pairs(root, cfg.data.val_split, cfg, skip)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"

@@ -1,0 +1,111 @@
+"""Prediction windows: a point cloud larger than the training tiles, cut into tiles of their size.
+
+The grid is laid over each tile's own XY extent (the seed's min-max binning), so a model trained
+on 100 m tiles would see a 1 km file at a tenth of the scale it learnt. ``predict`` therefore cuts
+such a file into windows with the training tiles' side (``grid.tile_extent``): along each axis
+``ceil(extent / side)`` windows, evenly spaced from edge to edge (so they overlap a little), or one
+centred window where the file is narrower than a tile. Every point is read by each window that
+contains it (context) and takes its class from exactly one: the window whose centre is nearest.
+
+All limits are raw integer LAS coordinates (``X = round((x - offset) / scale)``), so the windows,
+the point selection and the voxel grids agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["WINDOW_TRIGGER", "Window", "WindowPlan", "plan_windows"]
+
+WINDOW_TRIGGER = 1.25
+"""A file is cut when its larger side is more than this many training-tile sides: tiles of a
+dataset are rarely all the same size, and a file 20 % larger than them is still one tile."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window: grid position (row 0 = north, column 0 = west) and raw XY limits (inclusive)."""
+
+    row: int
+    col: int
+    x: tuple[int, int]
+    y: tuple[int, int]
+
+    @property
+    def limits(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((X min, X max), (Y min, Y max))``, the form :func:`~uxbseg.data.voxelize.voxelize`
+        takes."""
+        return self.x, self.y
+
+
+def _starts(lo: int, hi: int, side: int) -> np.ndarray:
+    span = hi - lo
+    if span <= side:  # narrower than a tile: one window centred on the data
+        return np.array([lo + span // 2 - side // 2], dtype=np.int64)
+    n = math.ceil(span / side)
+    return np.array([lo + (i * (span - side)) // (n - 1) for i in range(n)], dtype=np.int64)
+
+
+def _boundaries(starts: np.ndarray, side: int) -> np.ndarray:
+    """Where one window's points end and the next one's begin: the middle of their overlap
+    (= between their centres), so each point lies inside the window it is given to."""
+    return (starts[1:] + starts[:-1] + side) // 2
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Windows of ``side`` (raw units per axis) starting at ``x_starts`` / ``y_starts``."""
+
+    x_starts: np.ndarray
+    y_starts: np.ndarray  # ascending, i.e. south first; rows count from the north
+    side: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns)."""
+        return len(self.y_starts), len(self.x_starts)
+
+    def __len__(self) -> int:
+        return len(self.x_starts) * len(self.y_starts)
+
+    def window(self, row: int, col: int) -> Window:
+        """The window at ``row`` (0 = north) and ``col`` (0 = west)."""
+        sx, sy = self.side
+        x0 = int(self.x_starts[col])
+        y0 = int(self.y_starts[len(self.y_starts) - 1 - row])
+        return Window(row, col, (x0, x0 + sx), (y0, y0 + sy))
+
+    def __iter__(self) -> Iterator[Window]:
+        rows, cols = self.shape
+        for col in range(cols):  # column by column: the points of a column are selected once
+            for row in range(rows):
+                yield self.window(row, col)
+
+    def columns(self, X: np.ndarray) -> np.ndarray:
+        """The column each raw X is predicted in."""
+        return np.searchsorted(_boundaries(self.x_starts, self.side[0]), X, side="right")
+
+    def rows(self, Y: np.ndarray) -> np.ndarray:
+        """The row (0 = north) each raw Y is predicted in."""
+        south_first = np.searchsorted(_boundaries(self.y_starts, self.side[1]), Y, side="right")
+        return len(self.y_starts) - 1 - south_first
+
+
+def plan_windows(
+    x_limits: tuple[int, int],
+    y_limits: tuple[int, int],
+    side: tuple[int, int],
+    trigger: float = WINDOW_TRIGGER,
+) -> WindowPlan | None:
+    """Windows of ``side`` = (X side, Y side) raw units over the raw limits, or None when the
+    file is no more than ``trigger`` tile sides on either axis (it is predicted as one tile)."""
+    if min(side) < 1:
+        raise ValueError(f"window side must be >= 1 raw unit, got {side}")
+    (xlo, xhi), (ylo, yhi) = x_limits, y_limits
+    if max((xhi - xlo) / side[0], (yhi - ylo) / side[1]) <= trigger:
+        return None
+    return WindowPlan(_starts(xlo, xhi, side[0]), _starts(ylo, yhi, side[1]), side)

@@ -1,0 +1,283 @@
+"""Prediction windows: a file larger than the training tiles is cut into tiles of their size."""
+
+import json
+
+import laspy
+import numpy as np
+import pytest
+from PIL import Image
+
+from uxbseg.cli import main
+from uxbseg.config import load_config
+from uxbseg.data.voxelize import GridSpec, voxelize
+from uxbseg.io.las import PointArrays
+from uxbseg.io.raster import load_image, load_image_window
+from uxbseg.io.weights import load_model, weights_config
+from uxbseg.predict import PredictJob, predict_files
+from uxbseg.windows import plan_windows
+
+from .conftest import ROOT, TINY_TEST_OVERRIDES, real_las_files
+from .test_predict import _assert_nothing_lost
+
+
+@pytest.mark.parametrize(
+    ("x_limits", "y_limits", "side", "shape"),
+    [
+        ((0, 100_000), (0, 100_000), (10_000, 10_000), (10, 10)),  # 1 km of 100 m tiles
+        ((-5_000, 14_999), (7, 2_507), (10_000, 10_000), (1, 2)),  # a strip narrower than a tile
+        ((0, 13_001), (0, 26_000), (10_000, 10_000), (3, 2)),  # overlapping windows
+        ((3, 1_000_003), (0, 999), (1_000, 1_000), (1, 1000)),
+    ],
+)
+def test_windows_cover_every_point_with_one_window_that_holds_it(x_limits, y_limits, side, shape):
+    plan = plan_windows(x_limits, y_limits, side)
+    assert plan.shape == shape
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.integers(*x_limits, 20_000, endpoint=True), x_limits])
+    Y = np.concatenate([rng.integers(*y_limits, 20_000, endpoint=True), y_limits])
+    rows, cols = plan.rows(Y), plan.columns(X)
+    for row, col in {(int(r), int(c)) for r, c in zip(rows, cols)}:
+        win = plan.window(row, col)
+        assert win.x[1] - win.x[0] == side[0] and win.y[1] - win.y[0] == side[1]
+        mine = (rows == row) & (cols == col)
+        assert ((X[mine] >= win.x[0]) & (X[mine] <= win.x[1])).all()
+        assert ((Y[mine] >= win.y[0]) & (Y[mine] <= win.y[1])).all()
+    # row 0 is the north: the window of the highest points comes first
+    assert rows[np.argmax(Y)] == 0 and rows[np.argmin(Y)] == shape[0] - 1
+    assert cols[np.argmin(X)] == 0 and cols[np.argmax(X)] == shape[1] - 1
+    wins = list(plan)
+    assert len(wins) == len(plan) == shape[0] * shape[1]
+    # the windows reach the data's edges where the data is wider than a window
+    if shape[1] > 1:
+        assert min(w.x[0] for w in wins) == x_limits[0]
+        assert max(w.x[1] for w in wins) == x_limits[1]
+
+
+def test_a_file_about_the_size_of_a_tile_is_not_cut():
+    assert plan_windows((0, 12_500), (0, 12_500), (10_000, 10_000)) is None
+    assert plan_windows((0, 12_501), (0, 100), (10_000, 10_000)).shape == (1, 2)
+    with pytest.raises(ValueError, match="side"):
+        plan_windows((0, 10), (0, 10), (0, 5))
+
+
+def test_voxelize_over_given_limits():
+    rng = np.random.default_rng(1)
+    n = 5000
+    pts = PointArrays(
+        X=rng.integers(100, 1100, n), Y=rng.integers(-50, 950, n), Z=rng.integers(0, 300, n)
+    )
+    spec = GridSpec(shape=(4, 16, 16), binning="seed")
+    own = voxelize(pts, spec, with_labels=False)
+    lim = ((int(pts.X.min()), int(pts.X.max())), (int(pts.Y.min()), int(pts.Y.max())))
+    same = voxelize(pts, spec, with_labels=False, xy_limits=lim)
+    np.testing.assert_array_equal(same.point_voxel, own.point_voxel)
+    np.testing.assert_array_equal(same.features, own.features)
+    # twice as wide to the east: every point lands in the western half of the columns
+    wide = voxelize(pts, spec, False, ((lim[0][0], 2 * lim[0][1] - lim[0][0]), lim[1]))
+    assert (wide.point_voxel % 16).max() <= 8
+    assert (wide.features[0][..., 9:] == 0).all() and wide.features[0].sum() > 0
+
+
+def test_image_window_is_the_part_of_the_image_over_it(tmp_path):
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)  # 200 m east-west, 100 m north-south
+    path = tmp_path / "tpi.png"
+    Image.fromarray(rgb).save(path)
+    bounds = (1000.0, 5000.0, 1200.0, 5100.0)
+    whole = load_image_window(path, bounds, bounds, 32)
+    np.testing.assert_array_equal(whole, load_image(path, 32))
+    Image.fromarray(rgb[:, 64:]).save(tmp_path / "east.png")
+    east = load_image_window(path, bounds, (1100.0, 5000.0, 1200.0, 5100.0), 32)
+    np.testing.assert_allclose(east, load_image(tmp_path / "east.png", 32), atol=1e-6)
+    # beyond the image: its edge pixels, repeated
+    beyond = load_image_window(path, bounds, (1200.0, 5000.0, 1300.0, 5100.0), 8)
+    edge = load_image_window(path, bounds, (1199.9, 5000.0, 1200.0, 5100.0), 8)
+    np.testing.assert_allclose(beyond, edge, atol=0.05)
+
+
+def test_training_records_the_tiles_side(trained_run):
+    cfg = weights_config(trained_run[0].best_weights)
+    assert cfg.grid.tile_extent is not None
+    assert 99.0 <= cfg.grid.tile_extent <= 100.0  # the synthetic tiles are 100 m
+    saved = load_config(trained_run[0].run_dir / "config.yaml")
+    assert saved.grid.tile_extent == cfg.grid.tile_extent
+
+
+def _two_tiles_far_apart(tiny_dataset, tmp_path, axis):
+    """Two test tiles (each with corner points so that it spans exactly 100 m) put 300 m apart
+    along ``axis`` in one file, and an image of that file made from the tiles' images."""
+    pairs = sorted((tiny_dataset / "test").glob("pair_*"))[:2]
+    tiles, images = [], []
+    for i, pair in enumerate(pairs):
+        src = laspy.read(next(pair.glob("*.las")))
+        x = np.asarray(src.x) - src.x.min()
+        y = np.asarray(src.y) - src.y.min()
+        z = np.asarray(src.z)
+        x, y = np.append(x, [0.0, 100.0]), np.append(y, [0.0, 100.0])
+        z = np.append(z, [np.median(z)] * 2)
+        shift = 300.0 * i
+        tiles.append((x + shift * (axis == "x"), y + shift * (axis == "y"), z))
+        header = laspy.LasHeader(point_format=3, version="1.2")
+        header.scales, header.offsets = [0.01] * 3, [0.0] * 3
+        las = laspy.LasData(header)
+        las.x, las.y, las.z = x, y, z
+        las.write(tmp_path / f"tile{i}.las")
+        im = np.asarray(Image.open(next(pair.glob("tpi_100m*.png"))).convert("RGB"))
+        images.append(im)
+    header = laspy.LasHeader(point_format=3, version="1.2")
+    header.scales, header.offsets = [0.01] * 3, [0.0] * 3
+    las = laspy.LasData(header)
+    las.x, las.y, las.z = (np.concatenate([t[k] for t in tiles]) for k in range(3))
+    las.write(tmp_path / "both.las")
+    s = images[0].shape[0]
+    big = np.zeros((s, 4 * s, 3) if axis == "x" else (4 * s, s, 3), dtype=np.uint8)
+    if axis == "x":
+        big[:, :s], big[:, 3 * s :] = images
+    else:  # row 0 is north: the second tile, 300 m north, is at the top
+        big[3 * s :], big[:s] = images
+    Image.fromarray(big).save(tmp_path / "both.png")
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / f"tile{i}.png")
+    return [len(t[0]) for t in tiles]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("axis", ["x", "y"])
+@pytest.mark.parametrize("with_image", [False, True])
+def test_a_window_is_predicted_as_the_tile_alone(
+    trained_run, tiny_dataset, tmp_path, axis, with_image
+):
+    """Two tiles 300 m apart in one file, cut into 100 m windows: each point gets the
+    probabilities the model gives it when its tile is predicted alone (same voxel grid, same
+    image: cut from the file's image, or rendered with nothing else within the TPI radius)."""
+    sizes = _two_tiles_far_apart(tiny_dataset, tmp_path, axis)
+    model, cfg = load_model(trained_run[0].best_weights)
+
+    def image(name):
+        return tmp_path / f"{name}.png" if with_image else None
+
+    singles = [PredictJob(tmp_path / f"tile{i}.las", image(f"tile{i}"), f"tile{i}") for i in (0, 1)]
+    predict_files(model, cfg, singles, tmp_path / "alone", probabilities=True, progress=False)
+    job = PredictJob(tmp_path / "both.las", image("both"), "both")
+    (res,) = predict_files(
+        model, cfg, [job], tmp_path / "win", probabilities=True, window=100.0, progress=False
+    )
+    assert res.error is None and res.windows == 4 and res.points == sum(sizes)
+    index = json.loads((tmp_path / "win" / "pred_both.windows" / "windows.json").read_text())
+    assert index["side"] == 100.0 and (index["rows"], index["columns"]) == (
+        (1, 4) if axis == "x" else (4, 1)
+    )
+    # of the two windows between the tiles, one takes the points on the first tile's far edge;
+    # the other holds no point of its own and writes no grid
+    assert sum(w["points"] for w in index["windows"]) == sum(sizes)
+    assert len(index["windows"]) == 3
+    for w in index["windows"]:
+        grid = np.load(tmp_path / "win" / "pred_both.windows" / w["npy"])
+        assert grid.shape == cfg.grid.shape and grid.dtype == np.uint8
+    both = laspy.read(tmp_path / "win" / "pred_both.las")
+    start = 0
+    for i, n in enumerate(sizes):
+        alone = laspy.read(tmp_path / "alone" / f"pred_tile{i}.las")
+        part = slice(start, start + n)
+        start += n
+        # points on a tile's far edge (x or y = 100 m exactly) go to the next window
+        coord = np.asarray(alone.x if axis == "x" else alone.y)
+        keep = coord < 100.0
+        assert keep.mean() > 0.99
+        for name in ("prob_ground", "prob_plazuela", "prob_structure", "classification"):
+            got = np.asarray(both[name])[part][keep]
+            want = np.asarray(alone[name])[keep]
+            np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
+    # the probabilities differ between the two tiles: the test compares something
+    p = np.asarray(both["prob_plazuela"])
+    assert p[: sizes[0]].mean() != pytest.approx(p[sizes[0] :].mean(), abs=1e-6)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_the_real_1km_tile_in_windows_loses_nothing(trained_run, tmp_path, capsys):
+    (path,) = [p for p in real_las_files() if p.name.startswith("test_semis_2023")]
+    weights = trained_run[0].best_weights
+    args = ["--weights", str(weights), "--input", str(path), "--out", str(tmp_path)]
+    rc = main(["predict", *args, "--window", "250"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "(16 windows)" in out
+    (las_out,) = tmp_path.glob("pred_*.laz")
+    _assert_nothing_lost(path, las_out)
+    index = json.loads(next(tmp_path.glob("*.windows/windows.json")).read_text())
+    assert len(index["windows"]) == 16 and index["side"] == 250.0
+    assert sum(w["points"] for w in index["windows"]) == laspy.open(path).header.point_count
+
+
+def test_window_argument_is_checked(trained_run, tmp_path, capsys):
+    weights = str(trained_run[0].best_weights)
+    for bad in ("0", "-5", "big"):
+        with pytest.raises(SystemExit) as exc:
+            main(["predict", "--weights", weights, "--input", "x.las", "--window", bad])
+        assert exc.value.code == 2
+        assert "window side > 0" in capsys.readouterr().err
+
+
+def test_weights_without_a_recorded_side_predict_whole_files(tiny_dataset, tmp_path, caplog):
+    """Old weights (no grid.tile_extent): auto predicts each file as one tile, and says so."""
+    import logging
+
+    from uxbseg.models import UXBFusionModel
+    from uxbseg.predict import resolve_window
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", TINY_TEST_OVERRIDES)
+    assert cfg.grid.tile_extent is None
+    with caplog.at_level(logging.INFO, logger="uxbseg.predict"):
+        assert resolve_window("auto", cfg) is None
+    assert "--window" in caplog.text
+    assert resolve_window(None, cfg) is None and resolve_window(40, cfg) == 40.0
+    model = UXBFusionModel.from_config(cfg)
+    las = next((tiny_dataset / "predict").glob("pair_*/*.las"))
+    (res,) = predict_files(model, cfg, [PredictJob(las, None, "a")], tmp_path, progress=False)
+    assert res.windows == 0 and (tmp_path / "pred_a.npy").is_file()
+    (res,) = predict_files(
+        model, cfg, [PredictJob(las, None, "b")], tmp_path, window=30.0, progress=False
+    )
+    assert res.windows == 16 and (tmp_path / "pred_b.windows" / "windows.json").is_file()
+
+
+def test_window_tpi_uses_the_terrain_around_the_window():
+    """With points all around, a window's TPI is the survey's TPI cut out (the 100 m discs of
+    its edge cells reach into the neighbours); with none around, it is the lone tile's."""
+    from uxbseg.io.raster import dem_from_points, tpi, window_tpi
+
+    yy, xx = np.mgrid[0:300, 0:300] + 0.5  # a point at each 1 m cell's centre, 300 m a side
+    x, y = xx.ravel(), yy.ravel()
+    z = 10 * np.sin(x / 40) + 0.05 * y + np.where(x > 200, 6.0, 0.0)  # a terrace to the east
+    survey = tpi(dem_from_points(x, y, z, (0, 0, 300, 300), 1.0), 1.0)
+    window = (100.0, 100.0, 200.0, 200.0)
+    got = window_tpi(x, y, z, window, 1.0)
+    np.testing.assert_allclose(got, survey[100:200, 100:200], atol=1e-9)
+    inside = (x >= 100) & (x <= 200) & (y >= 100) & (y <= 200)
+    lone = tpi(dem_from_points(x[inside], y[inside], z[inside], window, 1.0), 1.0)
+    np.testing.assert_allclose(window_tpi(x[inside], y[inside], z[inside], window, 1.0), lone)
+    # the terrace beside the window lowers its eastern cells' TPI: the margin matters
+    assert (got[:, -10:] - lone[:, -10:]).mean() < -0.5
+
+
+def test_window_outputs_replace_the_other_kind_and_failures_leave_none(tiny_dataset, tmp_path):
+    from uxbseg.models import UXBFusionModel
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", TINY_TEST_OVERRIDES)
+    model = UXBFusionModel.from_config(cfg)
+    las = next((tiny_dataset / "predict").glob("pair_*/*.las"))
+    job = PredictJob(las, None, "a")
+    predict_files(model, cfg, [job], tmp_path, window="off", progress=False)
+    assert (tmp_path / "pred_a.npy").is_file()
+    predict_files(model, cfg, [job], tmp_path, window=60.0, progress=False)
+    assert not (tmp_path / "pred_a.npy").exists()  # stale: the grids are in the folder now
+    assert len(list((tmp_path / "pred_a.windows").glob("r*_c*.npy"))) == 4
+    predict_files(model, cfg, [job], tmp_path, window=None, progress=False)
+    assert (tmp_path / "pred_a.npy").is_file() and not (tmp_path / "pred_a.windows").exists()
+    # a code the point format cannot hold fails the file after inference: nothing is left
+    job = PredictJob(las, None, "b")
+    codes = [200, 27, 6]  # ground (every point, untrained) as 200: format 1 holds 0-31
+    (res,) = predict_files(model, cfg, [job], tmp_path, codes=codes, window=60.0, progress=False)
+    assert res.error is not None and "200" in res.error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred_a.las", "pred_a.npy"]
