@@ -173,6 +173,51 @@ def model_end_to_end(repeats: int, workdir: Path, tta: bool = False) -> None:
     print(f"  uxbseg {t['seed'] / t['ours']:.2f}x the seed formulation; same voxel classes: {same}")
 
 
+def windows_end_to_end(repeats: int, workdir: Path, side: float, batch: int) -> None:
+    """predict on the 1 km tile cut into windows of ``side``, one window at a time through the
+    model against ``batch`` at a time (tiny model, same weights), and the file whole."""
+    import torch
+
+    from uxbseg.config import load_config
+    from uxbseg.demo import packaged_config
+    from uxbseg.models import UXBFusionModel
+    from uxbseg.predict import PredictJob, predict_one
+
+    src = _km_las(workdir)
+    cfg = load_config(packaged_config("tiny"))
+    torch.manual_seed(0)
+    model = UXBFusionModel.from_config(cfg).eval()
+    job = PredictJob(src, None, "km")
+    device = torch.device("cpu")
+    results = {}
+
+    def run(name: str, window: float | None, b: int):
+        def go():
+            results[name] = predict_one(
+                model, cfg, job, workdir / name, device, window=window, batch=b
+            )
+
+        return go
+
+    runs = {
+        "whole": run("whole", None, 1),
+        "batch1": run("batch1", side, 1),
+        f"batch{batch}": run(f"batch{batch}", side, batch),
+    }
+    t = timeit_interleaved(runs, repeats)
+    n = laspy.open(src).header.point_count
+    k = results["batch1"].windows
+    print(
+        f"predict on {src.name} ({n:,} points) in {k} windows of {side:g} m, tiny model, median "
+        f"of {repeats} interleaved rounds:"
+    )
+    print(f"  whole file, one tile  {t['whole']:6.2f} s")
+    for b in (1, batch):
+        dt = t[f"batch{b}"]
+        print(f"  windows, batch {b:<2d}     {dt:6.2f} s  {1e3 * dt / k:6.1f} ms a window")
+    print(f"  batch {batch}: {t['batch1'] / t[f'batch{batch}']:.2f}x batch 1")
+
+
 def memory(points: int, workdir: Path) -> None:
     import torch
 
@@ -225,10 +270,19 @@ def main(argv=None) -> None:
         help="also time predict end to end with the tiny model against its seed formulation",
     )
     p.add_argument("--tta", action="store_true", help="with --model: four mirror images a tile")
+    p.add_argument(
+        "--windows",
+        type=float,
+        metavar="SIDE",
+        help="also time predict on the 1 km tile cut into windows of SIDE metres",
+    )
+    p.add_argument("--batch", type=int, default=2, help="with --windows: windows per batch (2)")
     a = p.parse_args(argv)
     mapping(a.repeats, a.workdir)
     if a.model:
         model_end_to_end(a.repeats, a.workdir, a.tta)
+    if a.windows:
+        windows_end_to_end(a.repeats, a.workdir, a.windows, a.batch)
     if a.memory_points:
         memory(a.memory_points, a.workdir)
 

@@ -281,3 +281,25 @@ def test_window_outputs_replace_the_other_kind_and_failures_leave_none(tiny_data
     (res,) = predict_files(model, cfg, [job], tmp_path, codes=codes, window=60.0, progress=False)
     assert res.error is not None and "200" in res.error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred_a.las", "pred_a.npy"]
+
+
+def test_windows_in_batches_give_what_one_at_a_time_gives(trained_run, tiny_dataset, tmp_path):
+    model, cfg = load_model(trained_run[0].best_weights)
+    las = next((tiny_dataset / "predict").glob("pair_*/*.las"))
+    out = {}
+    for batch in (1, 3):  # 16 windows: five batches of 3 and one of 1
+        job = PredictJob(las, None, f"b{batch}")
+        (res,) = predict_files(
+            model, cfg, [job], tmp_path, probabilities=True, window=30.0, batch=batch,
+            progress=False,
+        )  # fmt: skip
+        assert res.windows == 16
+        out[batch] = laspy.read(res.las)
+    for name in ("prob_ground", "prob_plazuela", "prob_structure"):
+        np.testing.assert_allclose(out[3][name], out[1][name], atol=1e-4, err_msg=name)
+    same = np.asarray(out[3].classification) == np.asarray(out[1].classification)
+    assert same.mean() > 0.999
+    for w in json.loads((tmp_path / "pred_b1.windows" / "windows.json").read_text())["windows"]:
+        a = np.load(tmp_path / "pred_b1.windows" / w["npy"])
+        b = np.load(tmp_path / "pred_b3.windows" / w["npy"])
+        assert (a == b).mean() > 0.999

@@ -8,6 +8,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from .cli_model import positive
+
 __all__ = ["add_demo_command", "packaged_config", "run_demo"]
 
 log = logging.getLogger(__name__)
@@ -86,19 +88,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(kind: type):
-    """An argparse type: ``kind`` of the text, which must be > 0 (else a usage error)."""
-
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" message
-    return parse
-
-
 def add_demo_command(sub) -> None:
     """Register ``uxbseg demo``."""
     p = sub.add_parser(
@@ -110,12 +99,12 @@ def add_demo_command(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default demo/)")
     p.add_argument(
         "--minutes",
-        type=_positive(float),
+        type=positive(float),
         default=5.0,
         help="training time budget, surface pre-training included (default 5)",
     )
     p.add_argument(
-        "--train-tiles", type=_positive(int), default=32, help="synthetic training tiles (32)"
+        "--train-tiles", type=positive(int), default=32, help="synthetic training tiles (32)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo)

@@ -39,6 +39,7 @@ __all__ = [
     "PredictResult",
     "check_jobs",
     "infer_tile",
+    "infer_tiles",
     "output_paths",
     "predict_files",
     "render_tpi_image",
@@ -153,23 +154,21 @@ last two axes are x (W) and y (H) in the image, the voxel grid and the logits al
 
 
 @torch.inference_mode()
-def infer_tile(
+def infer_tiles(
     model: torch.nn.Module,
-    image: np.ndarray,
+    images: np.ndarray,
     voxels: np.ndarray,
     device: torch.device,
     tta: bool = False,
-    class_weights: Sequence[float] = (),
-    logit_adjustment: float = 0.0,
-) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Class probabilities (K, D, H, W) of one tile (float32, CPU) and the 2D classes (H, W).
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class probabilities (B, K, D, H, W) of a batch of tiles and those of the 2D head
+    (B, K, H, W; None without one), float32 on the CPU.
 
-    With ``tta`` the probabilities are averaged over the four mirror images of the tile
-    (:data:`MIRRORS`), each mapped back (4x the inference time). The 2D classes are
-    :func:`~uxbseg.decision.decide` with ``class_weights`` and ``logit_adjustment``.
+    With ``tta`` the probabilities are averaged over the four mirror images of each tile
+    (:data:`MIRRORS`), each mapped back (4x the inference time).
     """
-    img = torch.from_numpy(image)[None].to(device)
-    vox = torch.from_numpy(voxels)[None].to(device)
+    img = torch.from_numpy(images).to(device)
+    vox = torch.from_numpy(voxels).to(device)
     probs = probs2d = None
     for dims in MIRRORS if tta else MIRRORS[:1]:
 
@@ -183,11 +182,29 @@ def infer_tile(
         if out["logits2d"] is not None:
             p2 = flip(F.softmax(out["logits2d"].float(), dim=1))
             probs2d = p2 if probs2d is None else probs2d + p2
-    probs = probs[0].cpu() / (len(MIRRORS) if tta else 1)
+    n = len(MIRRORS) if tta else 1
+    return probs.cpu() / n, None if probs2d is None else probs2d.cpu() / n
+
+
+def infer_tile(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    voxels: np.ndarray,
+    device: torch.device,
+    tta: bool = False,
+    class_weights: Sequence[float] = (),
+    logit_adjustment: float = 0.0,
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Class probabilities (K, D, H, W) of one tile (float32, CPU) and the 2D classes (H, W).
+
+    :func:`infer_tiles` for one tile; the 2D classes are :func:`~uxbseg.decision.decide` with
+    ``class_weights`` and ``logit_adjustment``.
+    """
+    probs, probs2d = infer_tiles(model, image[None], voxels[None], device, tta)
     pred2d = None
     if probs2d is not None:
-        pred2d = decide(probs2d[0], class_weights, logit_adjustment).cpu().numpy()
-    return probs, pred2d
+        pred2d = decide(probs2d[0], class_weights, logit_adjustment).numpy()
+    return probs[0], pred2d
 
 
 def _save_npy(path: Path, grid: np.ndarray) -> None:
@@ -242,52 +259,41 @@ class _WindowGrids:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _predict_windows(
-    model,
-    cfg: Config,
-    job: PredictJob,
-    las,
-    points: PointArrays,
-    plan: WindowPlan,
-    device: torch.device,
-    tta: bool,
-    probabilities: bool,
-    grids: _WindowGrids | None,
-    progress: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Classes (N,) and, with ``probabilities``, class probabilities (K, N) of every point of a
-    file cut into windows: each window is voxelised over its own bounds and gets its own image
-    (cut from ``job.image``, or rendered from its points and those within the TPI radius)."""
-    from tqdm.auto import tqdm
+@dataclass
+class _WindowInput:
+    """One window, ready for the model: which points take their class from which voxel."""
 
+    row: int
+    col: int
+    bounds: tuple[float, float, float, float]
+    taken: np.ndarray  # indices of the points that take their class from this window
+    voxel: np.ndarray  # each taken point's voxel (flat index)
+    image: np.ndarray
+    features: np.ndarray
+
+
+def _window_inputs(job: PredictJob, las, points: PointArrays, plan: WindowPlan, cfg: Config):
+    """:class:`_WindowInput` of each window that some point takes its class from: the window's
+    points voxelised over its bounds, and its image (cut from ``job.image``, or rendered from
+    its points and those within the TPI radius around it)."""
     spec = GridSpec.from_config(cfg.grid)
-    n = len(points)
     xr, yr = np.ascontiguousarray(points.X), np.ascontiguousarray(points.Y)
-    own = plan.rows(yr) * plan.shape[1] + plan.columns(xr)  # the one window each point takes
+    rows, cols = plan.shape
+    own = plan.rows(yr) * cols + plan.columns(xr)  # the one window each point takes
     scale, offset = las.header.scales, las.header.offsets
 
     def crs(raw: tuple[int, int], axis: int) -> tuple[float, float]:
         return raw[0] * scale[axis] + offset[axis], raw[1] * scale[axis] + offset[axis]
 
-    file_bounds = (
-        xr.min() * scale[0] + offset[0],
-        yr.min() * scale[1] + offset[1],
-        xr.max() * scale[0] + offset[0],
-        yr.max() * scale[1] + offset[1],
-    )
+    (fx0, fx1), (fy0, fy1) = crs((xr.min(), xr.max()), 0), crs((yr.min(), yr.max()), 1)
     render = job.image is None
     margin = [math.ceil(TPI_RADIUS_M / s) if render else 0 for s in scale[:2]]
-    point_class = np.zeros(n, dtype=np.uint8)
-    point_probs = np.zeros((len(CLASSES), n), dtype=np.float32) if probabilities else None
-    bar = tqdm(total=len(plan), desc=job.las.name, unit="window", leave=False, disable=not progress)
-    rows, cols = plan.shape
     for col in range(cols):
         (xlo, xhi), _ = plan.window(0, col).limits
         lo, hi = xlo - margin[0], xhi + margin[0]
         column = np.flatnonzero((xr >= lo) & (xr <= hi))
         yc = yr[column]
         for row in range(rows):
-            bar.update()
             win = plan.window(row, col)
             (ylo, yhi) = win.y
             lo, hi = ylo - margin[1], yhi + margin[1]
@@ -297,6 +303,7 @@ def _predict_windows(
             idx = near[inside]
             mine = own[idx] == row * cols + col
             if not mine.any():  # no point takes its class from here (an empty corner)
+                yield None
                 continue
             vox = voxelize(points.take(idx), spec, with_labels=False, xy_limits=win.limits)
             (x0, x1), (y0, y1) = crs(win.x, 0), crs(win.y, 1)
@@ -308,16 +315,57 @@ def _predict_windows(
                 t = window_tpi(x, y, z, bounds, _tpi_cell(bounds))
                 image = normalise_rgb(colourise_tpi(t, TPI_CLIP_M, cfg.data.image_size))
             else:
+                file_bounds = (fx0, fy0, fx1, fy1)
                 image = load_image_window(job.image, file_bounds, bounds, cfg.data.image_size)
-            probs, _ = infer_tile(model, image, vox.features, device, tta)
-            grid = decide(probs, cfg.loss.class_weights, cfg.model.logit_adjustment)
-            grid = grid.numpy().astype(np.uint8)
-            taken, at = idx[mine], vox.point_voxel[mine]
-            point_class[taken] = grid.ravel()[at]
+            taken, voxel = idx[mine], vox.point_voxel[mine]
+            yield _WindowInput(row, col, bounds, taken, voxel, image, vox.features)
+
+
+def _predict_windows(
+    model,
+    cfg: Config,
+    job: PredictJob,
+    las,
+    points: PointArrays,
+    plan: WindowPlan,
+    device: torch.device,
+    tta: bool,
+    probabilities: bool,
+    grids: _WindowGrids,
+    progress: bool,
+    batch: int = 1,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Classes (N,) and, with ``probabilities``, class probabilities (K, N) of every point of a
+    file cut into windows, ``batch`` windows at a time through the model."""
+    from tqdm.auto import tqdm
+
+    n = len(points)
+    point_class = np.zeros(n, dtype=np.uint8)
+    point_probs = np.zeros((len(CLASSES), n), dtype=np.float32) if probabilities else None
+    pending: list[_WindowInput] = []
+
+    def run() -> None:
+        images = np.stack([w.image for w in pending])
+        features = np.stack([w.features for w in pending])
+        probs, _ = infer_tiles(model, images, features, device, tta)
+        grid_b = decide(probs, cfg.loss.class_weights, cfg.model.logit_adjustment, dim=1)
+        grid_b = grid_b.numpy().astype(np.uint8)
+        for w, p, grid in zip(pending, probs, grid_b):
+            point_class[w.taken] = grid.ravel()[w.voxel]
             if point_probs is not None:
-                point_probs[:, taken] = probs.reshape(len(CLASSES), -1).numpy()[:, at]
-            if grids is not None:
-                grids.add(row, col, bounds, int(mine.sum()), grid)
+                point_probs[:, w.taken] = p.reshape(len(CLASSES), -1).numpy()[:, w.voxel]
+            grids.add(w.row, w.col, w.bounds, len(w.taken), grid)
+        pending.clear()
+
+    bar = tqdm(total=len(plan), desc=job.las.name, unit="window", leave=False, disable=not progress)
+    for w in _window_inputs(job, las, points, plan, cfg):
+        bar.update()
+        if w is not None:
+            pending.append(w)
+            if len(pending) == batch:
+                run()
+    if pending:
+        run()
     bar.close()
     return point_class, point_probs
 
@@ -334,11 +382,13 @@ def predict_one(
     tta: bool = False,
     window: float | None = None,
     progress: bool = False,
+    batch: int = 1,
 ) -> PredictResult:
     """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written).
 
     A file more than :data:`~uxbseg.windows.WINDOW_TRIGGER` times ``window`` (CRS units) on a
-    side is cut into windows of that side (:mod:`uxbseg.windows`); None predicts it as one tile.
+    side is cut into windows of that side (:mod:`uxbseg.windows`), ``batch`` at a time through
+    the model; None predicts it as one tile.
     """
     las = read_las(job.las)
     n = len(las.points)
@@ -357,8 +407,9 @@ def predict_one(
             )
         else:
             point_class, point_probs = _predict_windows(
-                model, cfg, job, las, points, plan, device, tta, probabilities, grids, progress
-            )
+                model, cfg, job, las, points, plan, device, tta, probabilities, grids, progress,
+                batch,
+            )  # fmt: skip
         if codes is None:
             point_codes = class_to_las_code(point_class)
         else:  # user-chosen codes (--codes); checked against the point format when writing
@@ -431,14 +482,19 @@ def predict_files(
     progress: bool = True,
     tta: bool = False,
     window: float | str | None = "auto",
+    batch: int | None = None,
 ) -> list[PredictResult]:
     """Predict every job; a bad input is reported and skipped while the others go on. Jobs that
     conflict (:func:`check_jobs`) are refused before any work. ``window``: see
-    :func:`resolve_window`; files larger than it are cut into windows."""
+    :func:`resolve_window`; files larger than it are cut into windows, ``batch`` of them at a
+    time through the model (default: the training batch, ``data.batch_size``, which fits)."""
     from tqdm.auto import tqdm
 
     check_jobs(jobs, out_dir)
     side = resolve_window(window, cfg)
+    batch = cfg.data.batch_size if batch is None else batch
+    if batch < 1:
+        raise BadDataError(f"--batch {batch}: give a number of windows >= 1")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     results = []
@@ -457,6 +513,7 @@ def predict_files(
                     tta,
                     side,
                     progress,
+                    batch,
                 )
             )
         except UXBError as exc:
