@@ -76,3 +76,20 @@ def test_unmapped_codes_are_reported_not_errors(tiny_dataset, capsys):
 def test_missing_root_is_a_clear_error(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope")]) == 1
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_a_tile_of_another_size_is_noted(broken, capsys):
+    """A 300 m tile among 100 m ones is seen at a third of their scale: a note, not a problem."""
+    las_path = next((broken / "test" / "pair_0001").glob("*.las"))
+    las = laspy.read(las_path)
+    las.x = np.asarray(las.x) * 3 - 2 * float(las.x.min())
+    las.y = np.asarray(las.y) * 3 - 2 * float(las.y.min())
+    las.write(las_path)
+    assert main(["inspect", str(broken)]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if "the grid spans each tile" in line]
+    assert len(notes) == 1 and "note pair_0001" in notes[0]
+    assert "3x the median 100.0 m of train/" in notes[0] and "at 0.33x" in notes[0]
+    main(["inspect", str(broken), "--split", "test"])  # without train/: the split's own median
+    out = capsys.readouterr().out  # of a 100 m and a 300 m tile: 200 m, both are noted
+    assert out.count("x the median 200.0 m of test/") == 2

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .classes import CLASSES
-from .data.pairs import PairReport, check_pair, find_pairs, find_splits
+from .data.pairs import PairReport, check_pair, find_pairs, find_splits, tile_extent
 from .errors import BadDataError
+from .windows import WINDOW_TRIGGER
 
 __all__ = ["format_reports", "inspect_dataset"]
 
@@ -29,7 +30,33 @@ def inspect_dataset(
             f"{root}: no split folder with pair_* folders inside; "
             "expected ROOT/train/pair_0000/ ..."
         )
-    return {s: [check_pair(p) for p in find_pairs(root, s, image_glob, mask_glob)] for s in splits}
+    reports = {
+        s: [check_pair(p) for p in find_pairs(root, s, image_glob, mask_glob)] for s in splits
+    }
+    _note_scale(reports)
+    return reports
+
+
+def _note_scale(reports: dict[str, list[PairReport]]) -> None:
+    """Note the tiles much larger or smaller than the training tiles (the median of train/,
+    else of every split): the grid spans each tile, so those are seen at another scale."""
+    typical = tile_extent(reports.get("train") or [r for reps in reports.values() for r in reps])
+    if typical is None:
+        return
+    where = "train/" if reports.get("train") else ", ".join(f"{s}/" for s in reports)
+    for reps in reports.values():
+        for r in reps:
+            if not r.extent or not max(r.extent) > 0:
+                continue
+            ratio = max(r.extent) / typical
+            if 1 / WINDOW_TRIGGER <= ratio <= WINDOW_TRIGGER:
+                continue
+            r.notes.append(
+                f"{max(r.extent):.1f} m on its larger side, {ratio:.2g}x the median "
+                f"{typical:.1f} m of {where}: the grid spans each tile, so the model sees this "
+                f"one at {1 / ratio:.2g}x the others' scale. predict cuts large files into "
+                "windows; training and evaluate take tiles whole: cut it into tiles like the others"
+            )
 
 
 def _hist(d: dict[int, int]) -> str:

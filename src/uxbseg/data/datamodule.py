@@ -19,7 +19,7 @@ from .pairs import Pair, PairReport, check_pair, find_pairs
 from .sampler import BalancedSampler
 from .voxelize import GridSpec
 
-__all__ = ["UXBDataModule", "checked_pairs", "checked_reports", "tile_extent"]
+__all__ = ["UXBDataModule", "checked_pairs", "checked_reports"]
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 def checked_pairs(root: str | Path, split: str, cfg: Config, skip_bad: bool) -> list[Pair]:
     """Pairs of a split after the ``inspect`` checks: bad ones raise, or are skipped and named."""
     return [r.pair for r in checked_reports(root, split, cfg, skip_bad)]
-
-
-def tile_extent(reports: list[PairReport]) -> float:
-    """The side of a split's tiles: the median over its pairs of the larger XY extent."""
-    return float(np.median([max(r.extent) for r in reports]))
 
 
 def checked_reports(root: str | Path, split: str, cfg: Config, skip_bad: bool) -> list[PairReport]:

@@ -12,7 +12,15 @@ from ..errors import BadDataError
 from ..io.las import read_las
 from ..io.raster import open_image
 
-__all__ = ["Pair", "PairReport", "Problem", "check_pair", "find_pairs", "find_splits"]
+__all__ = [
+    "Pair",
+    "PairReport",
+    "Problem",
+    "check_pair",
+    "find_pairs",
+    "find_splits",
+    "tile_extent",
+]
 
 LAS_PATTERNS = ("*.las", "*.laz", "*.LAS", "*.LAZ")
 KNOWN_SPLITS = ("train", "test", "predict")
@@ -131,6 +139,13 @@ class PairReport:
 
 _MASK_VALUES = {c.mask_value for c in CLASSES}
 _LAS_CODES = {c.las_code for c in CLASSES}
+
+
+def tile_extent(reports: list[PairReport]) -> float | None:
+    """The side of a split's tiles: the median over its pairs of the larger XY extent (None
+    when no pair has one)."""
+    sides = [max(r.extent) for r in reports if r.extent]
+    return float(np.median(sides)) if sides else None
 
 
 def check_pair(pair: Pair) -> PairReport:

@@ -22,7 +22,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from ..config import Config, save_config
-from ..data.datamodule import UXBDataModule, checked_pairs, checked_reports, tile_extent
+from ..data.datamodule import UXBDataModule, checked_pairs, checked_reports
+from ..data.pairs import tile_extent
 from ..errors import BadDataError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from .surface_pretrain import pretrain_surface
@@ -155,8 +156,8 @@ def train(
     skip = cfg.data.skip_bad if skip_bad is None else skip_bad
     train_reports = checked_reports(root, cfg.data.train_split, cfg, skip)
     train_pairs = [r.pair for r in train_reports]
-    if cfg.grid.tile_extent is None:  # recorded with the weights: predict's window side
-        side = tile_extent(train_reports)
+    side = tile_extent(train_reports)
+    if cfg.grid.tile_extent is None and side is not None:  # with the weights: predict's window
         cfg = replace(cfg, grid=replace(cfg.grid, tile_extent=round(side, 3)))
         log.info("training tiles are %.3f units on their larger side (grid.tile_extent)", side)
     val_pairs = checked_pairs(root, cfg.data.val_split, cfg, skip)
