@@ -26,3 +26,31 @@ def test_real_file_voxelises(path):
     assert int(vox.features[0].sum()) == len(np.unique(vox.point_voxel))
     counts = np.bincount(vox.point_voxel, minlength=spec.num_voxels)
     assert counts.sum() == n
+
+
+FT, US_FT = ("foot", 0.3048), ("US survey foot", 0.3048006096012192)
+M = ("metre", 1.0)
+UNITS = {  # (horizontal, vertical) as the files' WKT or GeoTIFF keys give them
+    "1_4_w_evlr.las": (US_FT, US_FT),  # WKT in an EVLR, a VERTCS inside the PROJCS
+    "autzen_trim.laz": (FT, None),  # GeoTIFF keys
+    "autzen_trim_7.las": (FT, None),
+    "simple.copc.laz": (M, US_FT),  # COMPD_CS: metres, heights in US feet
+    "las_with_several_extra_byte_bloc.laz": (M, None),  # WKT 2
+    "test_semis_2023_0292_6833_LA93_IGN69_extra_dims.laz": (M, None),
+    "simple.las": (None, None),  # no unit stated
+}
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(("name", "units"), UNITS.items())
+def test_crs_units_of_real_files(name, units):
+    from uxbseg.io.las import crs_units, units_warning
+
+    (path,) = [p for p in real_las_files() if p.name == name]
+    las = read_las(path)
+    assert crs_units(las) == units
+    warning = units_warning(las)
+    if any(u and u[0] != "metre" for u in units):
+        assert "foot" in warning and "reproject" in warning
+    else:
+        assert warning is None

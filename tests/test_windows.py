@@ -303,3 +303,53 @@ def test_windows_in_batches_give_what_one_at_a_time_gives(trained_run, tiny_data
         a = np.load(tmp_path / "pred_b1.windows" / w["npy"])
         b = np.load(tmp_path / "pred_b3.windows" / w["npy"])
         assert (a == b).mean() > 0.999
+
+
+WKT_FT = (
+    'PROJCS["NAD83 / Oregon GIC Lambert (ft)",GEOGCS["NAD83",DATUM["North_American_Datum_1983",'
+    'SPHEROID["GRS 1980",6378137,298.257222101],TOWGS84[0,0,0,0,0,0,0]],PRIMEM["Greenwich",0],'
+    'UNIT["degree",0.0174532925199433]],PROJECTION["Lambert_Conformal_Conic_2SP"],'
+    'PARAMETER["false_easting",1312335.958],UNIT["foot",0.3048],AXIS["X",EAST],AXIS["Y",NORTH]]'
+)
+WKT2_M = (
+    'PROJCRS["x",BASEGEOGCRS["y",DATUM["d",ELLIPSOID["e",6378137,298.2,LENGTHUNIT["metre",1]]]],'
+    'CONVERSION["c",METHOD["m"],PARAMETER["False easting",1000,LENGTHUNIT["US survey foot",'
+    '0.304800609601219]]],CS[Cartesian,2],AXIS["(E)",east,ORDER[1],LENGTHUNIT["metre",1]],'
+    'AXIS["(N)",north,ORDER[2],LENGTHUNIT["metre",1]]]'
+)
+
+
+def test_crs_units_come_from_the_projected_crs_itself():
+    from uxbseg.io.las import _wkt_units
+
+    assert _wkt_units(WKT_FT) == (("foot", 0.3048), None)
+    # the conversion's false easting in US feet is not the axes' unit
+    assert _wkt_units(WKT2_M) == (("metre", 1.0), None)
+    compound = f'COMPD_CS["c",{WKT2_M},VERT_CS["v",VERT_DATUM["n",2005],UNIT["US survey foot",1]]]'
+    assert _wkt_units(compound) == (("metre", 1.0), ("US survey foot", 0.3048006096012192))
+
+
+def test_a_file_in_feet_is_predicted_with_a_warning_and_noted_by_inspect(
+    trained_run, tiny_dataset, tmp_path, caplog, capsys
+):
+    import logging
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(tiny_dataset / "predict", root / "predict")
+    las_path = next((root / "predict" / "pair_0000").glob("*.las"))
+    las = laspy.read(las_path)
+    las.header.vlrs.append(laspy.vlrs.known.WktCoordinateSystemVlr(WKT_FT))
+    las.write(las_path)
+    model, cfg = load_model(trained_run[0].best_weights)
+    with caplog.at_level(logging.WARNING, logger="uxbseg.predict"):
+        (res,) = predict_files(
+            model, cfg, [PredictJob(las_path, None, "ft")], tmp_path / "o", progress=False
+        )
+    assert res.error is None and res.points == len(las.points)
+    assert "horizontal unit is the foot (0.3048 m)" in caplog.text
+    assert str(las_path) in caplog.text
+    assert main(["inspect", str(root)]) == 0  # a note, not a problem
+    out = capsys.readouterr().out
+    assert "note pair_0000: its CRS's horizontal unit is the foot" in out
+    assert "pair_0001: its CRS" not in out

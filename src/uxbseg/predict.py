@@ -20,7 +20,7 @@ from .config import Config
 from .data.voxelize import GridSpec, voxelize
 from .decision import decide
 from .errors import BadDataError, UXBError
-from .io.las import PointArrays, is_compressed, read_las, write_classified
+from .io.las import PointArrays, is_compressed, read_las, units_warning, write_classified
 from .io.raster import (
     TPI_CLIP_M,
     TPI_RADIUS_M,
@@ -394,6 +394,9 @@ def predict_one(
     n = len(las.points)
     if n == 0:
         raise BadDataError(f"{job.las}: the point cloud is empty; nothing to classify")
+    units = units_warning(las)
+    if units:
+        log.warning("%s: %s", job.las, units)
     points = PointArrays.from_las(las)
     plan = _windows(las, points, window)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,17 @@ def checked_reports(root: str | Path, split: str, cfg: Config, skip_bad: bool) -
     for r in bad:
         log.warning("skipping %s/%s: %s", split, r.pair.pair_id, "; ".join(map(str, r.problems)))
     good = [r for r in reports if r.ok]
+    other_units = [r for r in good if r.units]
+    if other_units:
+        first = other_units[0]
+        log.warning(
+            "%d of the %d pairs of %s are not in metres; %s: %s",
+            len(other_units),
+            len(good),
+            split,
+            first.pair.las,
+            first.units,
+        )
     if not good:
         raise BadDataError(f"{Path(root) / split}: every pair has problems; nothing to train on")
     return good

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..classes import CLASSES
 from ..errors import BadDataError
-from ..io.las import read_las
+from ..io.las import read_las, units_warning
 from ..io.raster import open_image
 
 __all__ = [
@@ -126,6 +126,7 @@ class PairReport:
     mask_values: dict[int, int] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None
     mask_size: tuple[int, int] | None = None
+    units: str | None = None  # what is wrong with the LAS's CRS units (not metres), if anything
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -177,6 +178,9 @@ def check_pair(pair: Pair) -> PairReport:
                             "a tile needs points spread in X and Y; remove the pair",
                         )
                     )
+                rep.units = units_warning(las)
+                if rep.units:
+                    rep.notes.append(rep.units)
                 codes, n = np.unique(np.asarray(las.classification), return_counts=True)
                 rep.las_classes = {int(c): int(k) for c, k in zip(codes, n)}
                 other = {c: k for c, k in rep.las_classes.items() if c not in _LAS_CODES}

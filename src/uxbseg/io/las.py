@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,13 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PointArrays",
+    "crs_units",
     "is_compressed",
     "max_classification",
     "read_las",
     "read_points",
     "read_raw_vlrs",
+    "units_warning",
     "write_classified",
 ]
 
@@ -152,6 +155,85 @@ class _TakenPointArrays(PointArrays):
     @functools.cached_property
     def classification(self) -> np.ndarray | None:
         return self._field("classification")
+
+
+_EPSG_UNITS = {
+    9001: ("metre", 1.0),
+    9002: ("foot", 0.3048),
+    9003: ("US survey foot", 0.3048006096012192),
+    9005: ("Clarke's foot", 0.3047972654),
+    9036: ("kilometre", 1000.0),
+}
+"""EPSG length units as GeoTIFF keys give them: name and metres per unit."""
+_PROJECTED = {"PROJCS", "PROJCRS", "PROJECTEDCRS"}
+_VERTICAL = {"VERT_CS", "VERTCS", "VERTCRS", "VERTICALCRS"}
+_UNIT = {"UNIT", "LENGTHUNIT"}
+_WKT_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\[|\]")
+_UNIT_ARGS = re.compile(r'\s*"([^"]*)"\s*,\s*([0-9.eE+-]+)')
+
+
+def _metres_per(name: str, factor: float) -> float:
+    """Metres per unit; a foot whose WKT gives it a factor of 1 (it happens) is a foot."""
+    if "foot" in name.lower() or "feet" in name.lower():
+        return 0.3048006096012192 if "us" in name.lower() else 0.3048
+    return factor
+
+
+def _wkt_units(wkt: str) -> tuple[tuple[str, float] | None, tuple[str, float] | None]:
+    """(horizontal, vertical) length units of a WKT 1 or 2 CRS: the UNIT of the projected CRS
+    itself (or of one of its axes), not of its datum, base CRS or conversion parameters."""
+    stack: list[str] = []
+    found: dict[str, tuple[str, float]] = {}
+    for m in _WKT_TOKEN.finditer(wkt):
+        if m.group(0) == "]":
+            if stack:
+                stack.pop()
+            continue
+        word = m.group(1).upper()
+        if word in _UNIT and stack:
+            for kind, owners in (("h", _PROJECTED), ("v", _VERTICAL)):
+                at = max((i for i, w in enumerate(stack) if w in owners), default=None)
+                if at is not None and all(w == "AXIS" for w in stack[at + 1 :]):
+                    args = _UNIT_ARGS.match(wkt, m.end())
+                    if args and kind not in found:
+                        name = args.group(1)
+                        found[kind] = (name, _metres_per(name, float(args.group(2))))
+        stack.append(word)
+    return found.get("h"), found.get("v")
+
+
+def crs_units(las: laspy.LasData) -> tuple[tuple[str, float] | None, tuple[str, float] | None]:
+    """(horizontal, vertical) length units of a file's CRS as (name, metres per unit), each
+    None when the file does not say: from its WKT (VLR or EVLR), else its GeoTIFF keys."""
+    records = [*las.header.vlrs, *(las.evlrs or [])]
+    for rec in records:
+        if rec.user_id == "LASF_Projection" and hasattr(rec, "string"):
+            h, v = _wkt_units(rec.string)
+            if h or v:
+                return h, v
+    for rec in records:
+        if rec.user_id == "LASF_Projection" and hasattr(rec, "geo_keys"):
+            keys = {k.id: k.value_offset for k in rec.geo_keys if k.tiff_tag_location == 0}
+            return _EPSG_UNITS.get(keys.get(3076)), _EPSG_UNITS.get(keys.get(4099))
+    return None, None
+
+
+def units_warning(las: laspy.LasData) -> str | None:
+    """What is wrong with a file whose CRS is not in metres, or None: uxbseg's distances (the
+    100 m TPI radius, 1 m DEM cells, relief radii, the TPI colour scale) are metres, and are
+    applied to the coordinates as they are."""
+    h, v = crs_units(las)
+    off = [(axis, u) for axis, u in (("horizontal", h), ("vertical", v)) if u]
+    off = [(axis, u) for axis, u in off if abs(u[1] - 1.0) > 1e-3]
+    if not off:
+        return None
+    said = " and ".join(f"{axis} unit is the {name} ({m:g} m)" for axis, (name, m) in off)
+    return (
+        f"its CRS's {said}: uxbseg's distances (the 100 m TPI radius, 1 m DEM cells, relief "
+        "radii, training-tile windows) are applied to the coordinates as metres, so the model "
+        "sees this file at another scale; reproject it to a metric CRS first (e.g. PDAL's "
+        "filters.reprojection)"
+    )
 
 
 def read_points(path: str | Path) -> PointArrays:
