@@ -6,7 +6,9 @@
 #    training, evaluate, predict - on the GPU (trainer.accelerator: auto);
 # 2. predict --tta --probabilities with the same weights, on the GPU and on the CPU
 #    (CUDA_VISIBLE_DEVICES=""), and the two compared point by point: class agreement and the
-#    largest probability difference (bf16 autocast against float32).
+#    largest probability difference (bf16 autocast against float32);
+# 3. predict --window 50 --batch 4 on the GPU: each 100 m tile cut into 4 windows, run 4 at a
+#    time under autocast while the next are prepared in a thread (predict's large-file path).
 # Runs on a CPU-only machine too (both predictions on the CPU: agreement 1, difference 0).
 # Usage on the device: bash benchmarks/gpu_smoke.sh   (uxbseg importable, as for gpu_check.sh).
 # Writes everything to $OUT/smoke.log; exit status 1 if a step failed.
@@ -29,6 +31,9 @@ run() {
     run python3 -m uxbseg predict --weights "$WEIGHTS" --data "$WORK/data" --tta \
       --probabilities --out "$WORK/pred_$where"
   done
+  unset CUDA_VISIBLE_DEVICES
+  run python3 -m uxbseg predict --weights "$WEIGHTS" --data "$WORK/data" --window 50 --batch 4 \
+    --out "$WORK/pred_windows"
   run python3 - "$WORK" <<'EOF'
 import sys
 from pathlib import Path
@@ -43,6 +48,10 @@ for gpu in sorted((work / "pred_gpu").glob("pred_*.la[sz]")):
     diff = max(float(np.abs(np.asarray(a[n]) - np.asarray(b[n])).max()) for n in probs)
     same = float(np.mean(np.asarray(a.classification) == np.asarray(b.classification)))
     print(f"{gpu.name}: {len(a.points)} points, classes equal {same:.4f}, max |dp| {diff:.2e}")
+for folder in sorted((work / "pred_windows").glob("*.windows")):
+    n = len(list(folder.glob("r*_c*.npy")))
+    points = laspy.open(folder.with_suffix(".las")).header.point_count
+    print(f"{folder.name}: {n} window grids, {points} points classified")
 EOF
 } 2>&1 | tee "$OUT/smoke.log"
 exit "${PIPESTATUS[0]}"

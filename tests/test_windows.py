@@ -353,3 +353,30 @@ def test_a_file_in_feet_is_predicted_with_a_warning_and_noted_by_inspect(
     out = capsys.readouterr().out
     assert "note pair_0000: its CRS's horizontal unit is the foot" in out
     assert "pair_0001: its CRS" not in out
+
+
+def test_prefetching_keeps_order_raises_and_stops_its_thread():
+    import threading
+
+    from uxbseg.predict import _prefetched
+
+    def alive():
+        return [t for t in threading.enumerate() if t.name == "uxbseg-windows"]
+
+    assert list(_prefetched(iter(range(50)), 3)) == list(range(50))
+    assert list(_prefetched(iter(range(5)), 0)) == list(range(5))
+
+    def failing():
+        yield 1
+        raise ValueError("window 2 is bad")
+
+    got = []
+    with pytest.raises(ValueError, match="window 2 is bad"):
+        for item in _prefetched(failing(), 2):
+            got.append(item)
+    assert got == [1]
+    # the caller stops early (a failure in the model): the producer ends, nothing is left
+    for item in _prefetched(iter(range(1000)), 2):
+        if item == 3:
+            break
+    assert not alive()

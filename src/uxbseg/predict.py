@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,6 +324,45 @@ def _window_inputs(job: PredictJob, las, points: PointArrays, plan: WindowPlan, 
             yield _WindowInput(row, col, bounds, taken, voxel, image, vox.features)
 
 
+def _prefetched(items, depth: int):
+    """Iterate ``items`` (a generator) in a background thread, at most ``depth`` ahead, so that
+    cutting, voxelising and rendering the next windows (numpy, which drops the GIL) overlaps
+    the model's work on the current ones; ``depth`` 0 iterates in the caller's thread."""
+    if depth < 1:
+        yield from items
+        return
+    done = object()
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                box.put((item, None))
+                if stop.is_set():  # the caller has stopped reading
+                    return
+            box.put((done, None))
+        except BaseException as exc:  # re-raised in the caller's thread
+            box.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="uxbseg-windows", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = box.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting to put, then let it end
+            with contextlib.suppress(queue.Empty):
+                box.get(timeout=0.1)
+        thread.join()
+
+
 def _predict_windows(
     model,
     cfg: Config,
@@ -334,9 +376,11 @@ def _predict_windows(
     grids: _WindowGrids,
     progress: bool,
     batch: int = 1,
+    prefetch: int = 2,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Classes (N,) and, with ``probabilities``, class probabilities (K, N) of every point of a
-    file cut into windows, ``batch`` windows at a time through the model."""
+    file cut into windows, ``batch`` windows at a time through the model while the next
+    ``prefetch`` batches are prepared."""
     from tqdm.auto import tqdm
 
     n = len(points)
@@ -358,7 +402,8 @@ def _predict_windows(
         pending.clear()
 
     bar = tqdm(total=len(plan), desc=job.las.name, unit="window", leave=False, disable=not progress)
-    for w in _window_inputs(job, las, points, plan, cfg):
+    inputs = _window_inputs(job, las, points, plan, cfg)
+    for w in _prefetched(inputs, prefetch * batch):
         bar.update()
         if w is not None:
             pending.append(w)
