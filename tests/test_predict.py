@@ -299,7 +299,7 @@ def test_tta_is_mirror_equivariant(weights):
     prediction (each flip mapped back correctly), and it differs from the plain one."""
     import torch
 
-    from uxbseg.predict import infer_tile
+    from uxbseg.inference import infer_tile
 
     model, cfg = load_model(weights)
     model.eval()

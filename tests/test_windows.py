@@ -358,7 +358,7 @@ def test_a_file_in_feet_is_predicted_with_a_warning_and_noted_by_inspect(
 def test_prefetching_keeps_order_raises_and_stops_its_thread():
     import threading
 
-    from uxbseg.predict import _prefetched
+    from uxbseg.predict_windows import _prefetched
 
     def alive():
         return [t for t in threading.enumerate() if t.name == "uxbseg-windows"]

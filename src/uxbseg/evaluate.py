@@ -14,10 +14,10 @@ from .data.pairs import find_pairs
 from .data.voxelize import GridSpec, voxel_labels, voxelize
 from .decision import decide
 from .errors import BadDataError
+from .inference import infer_tile
 from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask
 from .metrics import iou_interval, metrics_from_confusion
-from .predict import infer_tile
 
 __all__ = ["confusion", "evaluate"]
 

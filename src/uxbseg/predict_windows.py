@@ -1,0 +1,236 @@
+"""Predicting a file cut into windows (:mod:`uxbseg.windows`): each window's points and image
+prepared in a background thread, run through the model in batches, and each point given the
+class of the window it belongs to; the windows' grids written to ``pred_<id>.windows/``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .classes import CLASSES
+from .config import Config
+from .data.voxelize import GridSpec, voxelize
+from .decision import decide
+from .inference import infer_tiles, tpi_cell
+from .io.las import PointArrays
+from .io.raster import (
+    TPI_CLIP_M,
+    TPI_RADIUS_M,
+    colourise_tpi,
+    load_image_window,
+    normalise_rgb,
+    window_tpi,
+)
+from .windows import WindowPlan, plan_windows
+
+__all__ = ["WindowGrids", "plan_for", "predict_windows"]
+
+
+def plan_for(las, points: PointArrays, side: float | None) -> WindowPlan | None:
+    """The windows a file is cut into for a window ``side`` (CRS units), or None (one tile)."""
+    if side is None:
+        return None
+    sx, sy = (max(1, round(side / float(s))) for s in las.header.scales[:2])
+    X, Y = points.X, points.Y
+    return plan_windows((int(X.min()), int(X.max())), (int(Y.min()), int(Y.max())), (sx, sy))
+
+
+class WindowGrids:
+    """``pred_<id>.windows/``: a uint8 grid per window (``r<row>_c<col>.npy``, row 0 = north)
+    and ``windows.json`` with each window's bounds; written under a temporary name, then
+    renamed over any earlier one."""
+
+    def __init__(self, folder: Path, plan: WindowPlan, side: float) -> None:
+        self.folder = folder
+        self.tmp = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        rows, cols = plan.shape
+        self.index = {"side": side, "rows": rows, "columns": cols, "windows": []}
+
+    def add(self, row: int, col: int, bounds, points: int, grid: np.ndarray) -> None:
+        name = f"r{row:03d}_c{col:03d}.npy"
+        np.save(self.tmp / name, grid)
+        self.index["windows"].append(
+            {
+                "row": row,
+                "col": col,
+                "npy": name,
+                "bounds": [float(b) for b in bounds],
+                "points": points,
+            }
+        )
+
+    def close(self) -> None:
+        (self.tmp / "windows.json").write_text(json.dumps(self.index, indent=1))
+        if self.folder.is_dir():
+            shutil.rmtree(self.folder)
+        os.replace(self.tmp, self.folder)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@dataclass
+class _WindowInput:
+    """One window, ready for the model: which points take their class from which voxel."""
+
+    row: int
+    col: int
+    bounds: tuple[float, float, float, float]
+    taken: np.ndarray  # indices of the points that take their class from this window
+    voxel: np.ndarray  # each taken point's voxel (flat index)
+    image: np.ndarray
+    features: np.ndarray
+
+
+def _window_inputs(
+    image_path: Path | None, las, points: PointArrays, plan: WindowPlan, cfg: Config
+):
+    """:class:`_WindowInput` of each window that some point takes its class from: the window's
+    points voxelised over its bounds, and its image (cut from ``image_path``, or rendered from
+    its points and those within the TPI radius around it)."""
+    spec = GridSpec.from_config(cfg.grid)
+    xr, yr = np.ascontiguousarray(points.X), np.ascontiguousarray(points.Y)
+    rows, cols = plan.shape
+    own = plan.rows(yr) * cols + plan.columns(xr)  # the one window each point takes
+    scale, offset = las.header.scales, las.header.offsets
+
+    def crs(raw: tuple[int, int], axis: int) -> tuple[float, float]:
+        return raw[0] * scale[axis] + offset[axis], raw[1] * scale[axis] + offset[axis]
+
+    (fx0, fx1), (fy0, fy1) = crs((xr.min(), xr.max()), 0), crs((yr.min(), yr.max()), 1)
+    render = image_path is None
+    margin = [math.ceil(TPI_RADIUS_M / s) if render else 0 for s in scale[:2]]
+    for col in range(cols):
+        (xlo, xhi), _ = plan.window(0, col).limits
+        lo, hi = xlo - margin[0], xhi + margin[0]
+        column = np.flatnonzero((xr >= lo) & (xr <= hi))
+        yc = yr[column]
+        for row in range(rows):
+            win = plan.window(row, col)
+            (ylo, yhi) = win.y
+            lo, hi = ylo - margin[1], yhi + margin[1]
+            near = column[(yc >= lo) & (yc <= hi)]
+            xn, yn = xr[near], yr[near]
+            inside = (xn >= xlo) & (xn <= xhi) & (yn >= ylo) & (yn <= yhi)
+            idx = near[inside]
+            mine = own[idx] == row * cols + col
+            if not mine.any():  # no point takes its class from here (an empty corner)
+                yield None
+                continue
+            vox = voxelize(points.take(idx), spec, with_labels=False, xy_limits=win.limits)
+            (x0, x1), (y0, y1) = crs(win.x, 0), crs(win.y, 1)
+            bounds = (x0, y0, x1, y1)
+            if render:
+                x = xn * scale[0] + offset[0]
+                y = yn * scale[1] + offset[1]
+                z = np.asarray(points.Z)[near] * scale[2] + offset[2]
+                t = window_tpi(x, y, z, bounds, tpi_cell(bounds))
+                image = normalise_rgb(colourise_tpi(t, TPI_CLIP_M, cfg.data.image_size))
+            else:
+                file_bounds = (fx0, fy0, fx1, fy1)
+                image = load_image_window(image_path, file_bounds, bounds, cfg.data.image_size)
+            taken, voxel = idx[mine], vox.point_voxel[mine]
+            yield _WindowInput(row, col, bounds, taken, voxel, image, vox.features)
+
+
+def _prefetched(items, depth: int):
+    """Iterate ``items`` (a generator) in a background thread, at most ``depth`` ahead, so that
+    cutting, voxelising and rendering the next windows (numpy, which drops the GIL) overlaps
+    the model's work on the current ones; ``depth`` 0 iterates in the caller's thread."""
+    if depth < 1:
+        yield from items
+        return
+    done = object()
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                box.put((item, None))
+                if stop.is_set():  # the caller has stopped reading
+                    return
+            box.put((done, None))
+        except BaseException as exc:  # re-raised in the caller's thread
+            box.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="uxbseg-windows", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = box.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting to put, then let it end
+            with contextlib.suppress(queue.Empty):
+                box.get(timeout=0.1)
+        thread.join()
+
+
+def predict_windows(
+    model,
+    cfg: Config,
+    image_path: Path | None,
+    las,
+    points: PointArrays,
+    plan: WindowPlan,
+    device: torch.device,
+    tta: bool,
+    probabilities: bool,
+    grids: WindowGrids,
+    progress: bool,
+    batch: int = 1,
+    prefetch: int = 2,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Classes (N,) and, with ``probabilities``, class probabilities (K, N) of every point of a
+    file cut into windows, ``batch`` windows at a time through the model while the next
+    ``prefetch`` batches are prepared."""
+    from tqdm.auto import tqdm
+
+    n = len(points)
+    point_class = np.zeros(n, dtype=np.uint8)
+    point_probs = np.zeros((len(CLASSES), n), dtype=np.float32) if probabilities else None
+    pending: list[_WindowInput] = []
+
+    def run() -> None:
+        images = np.stack([w.image for w in pending])
+        features = np.stack([w.features for w in pending])
+        probs, _ = infer_tiles(model, images, features, device, tta)
+        grid_b = decide(probs, cfg.loss.class_weights, cfg.model.logit_adjustment, dim=1)
+        grid_b = grid_b.numpy().astype(np.uint8)
+        for w, p, grid in zip(pending, probs, grid_b):
+            point_class[w.taken] = grid.ravel()[w.voxel]
+            if point_probs is not None:
+                point_probs[:, w.taken] = p.reshape(len(CLASSES), -1).numpy()[:, w.voxel]
+            grids.add(w.row, w.col, w.bounds, len(w.taken), grid)
+        pending.clear()
+
+    bar = tqdm(total=len(plan), desc="windows", unit="window", leave=False, disable=not progress)
+    inputs = _window_inputs(image_path, las, points, plan, cfg)
+    for w in _prefetched(inputs, prefetch * batch):
+        bar.update()
+        if w is not None:
+            pending.append(w)
+            if len(pending) == batch:
+                run()
+    if pending:
+        run()
+    bar.close()
+    return point_class, point_probs
