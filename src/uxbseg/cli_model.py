@@ -259,17 +259,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         tta=args.tta,
         window=args.window,
         batch=args.batch,
+        grids=not args.no_grids,
     )
     failed = [r for r in results if r.error]
     for r in results:
         if r.error:
             print(f"FAILED {r.job.las}: {r.error}")
         else:
-            grids = f"{r.npy.name}/ ({r.windows} windows)" if r.windows else r.npy.name
+            grids = f", {r.npy.name}" if r.npy else ""
+            if r.windows:
+                grids = f"{grids}{'/' if r.npy else ''} ({r.windows} windows)"
             print(
                 f"{r.job.las.name} -> {r.las} ({r.points} points: "
                 + ", ".join(f"{k} {v}" for k, v in r.counts.items())
-                + f"), {grids}"
+                + f"){grids}"
             )
     print(f"{len(results) - len(failed)} of {len(results)} files written to {out}")
     return 1 if failed else 0
@@ -377,6 +380,12 @@ def add_prediction_commands(sub) -> None:
         "of this side, so the model sees it at the scale of its training tiles; each window's "
         "grid goes to pred_<id>.windows/. auto (default): the training tiles' side, recorded "
         "in the weights; off: every file is one tile, however large",
+    )
+    p.add_argument(
+        "--no-grids",
+        action="store_true",
+        help="write the classified LAS/LAZ alone, without the voxel grids (pred_<id>.npy, or "
+        "pred_<id>.windows/: 2 MB a window at the seed's grid)",
     )
     p.add_argument(
         "--batch",

@@ -126,12 +126,13 @@ def predict_one(
     window: float | None = None,
     progress: bool = False,
     batch: int = 1,
+    grids: bool = True,
 ) -> PredictResult:
     """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written).
 
     A file more than :data:`~uxbseg.windows.WINDOW_TRIGGER` times ``window`` (CRS units) on a
     side is cut into windows of that side (:mod:`uxbseg.windows`), ``batch`` at a time through
-    the model; None predicts it as one tile.
+    the model; None predicts it as one tile. ``grids=False`` writes the LAS/LAZ alone.
     """
     las = read_las(job.las)
     n = len(las.points)
@@ -145,7 +146,8 @@ def predict_one(
     out_dir.mkdir(parents=True, exist_ok=True)
     las_out, npy_out = output_paths(job, out_dir)
     windows_out = npy_out.with_suffix(".windows")
-    grids = None if plan is None else WindowGrids(windows_out, plan, window)
+    folder = WindowGrids(windows_out, plan, window) if plan is not None and grids else None
+    written = None
     try:
         if plan is None:
             point_class, point_probs, grid = _predict_tile(
@@ -153,7 +155,7 @@ def predict_one(
             )
         else:
             point_class, point_probs = predict_windows(
-                model, cfg, job.image, las, points, plan, device, tta, probabilities, grids,
+                model, cfg, job.image, las, points, plan, device, tta, probabilities, folder,
                 progress, batch,
             )  # fmt: skip
         if codes is None:
@@ -167,23 +169,25 @@ def predict_one(
             extra["entropy"] = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
         compress = is_compressed(job.las)
         write_classified(las, point_codes, las_out, compress, job.las, keep_classification, extra)
-        if grids is None:
+        if folder is not None:
+            folder.close()
+            written = windows_out
+        elif plan is None and grids:
             _save_npy(npy_out, grid)
-        else:
-            grids.close()
+            written = npy_out
     finally:
-        if grids is not None:
-            grids.discard()  # what is left of the partial folder after a failure
-    # the other kind of grid output, from an earlier run with other windows, is stale now
-    stale = npy_out if plan is not None else windows_out
-    if stale.is_file():
-        stale.unlink()
-    elif stale.is_dir() and (stale / "windows.json").is_file():
-        shutil.rmtree(stale)
+        if folder is not None:
+            folder.discard()  # what is left of the partial folder after a failure
+    # grids of an earlier run (the other kind, or any with grids=False) are stale now
+    for stale in {npy_out, windows_out} - {written}:
+        if stale.is_file():
+            stale.unlink()
+        elif stale.is_dir() and (stale / "windows.json").is_file():
+            shutil.rmtree(stale)
     counts = np.bincount(point_class, minlength=len(CLASSES))
     return PredictResult(
         job,
-        npy_out if plan is None else windows_out,
+        written,
         las_out,
         n,
         {c.name: int(counts[c.index]) for c in CLASSES},
@@ -229,11 +233,13 @@ def predict_files(
     tta: bool = False,
     window: float | str | None = "auto",
     batch: int | None = None,
+    grids: bool = True,
 ) -> list[PredictResult]:
     """Predict every job; a bad input is reported and skipped while the others go on. Jobs that
     conflict (:func:`check_jobs`) are refused before any work. ``window``: see
     :func:`resolve_window`; files larger than it are cut into windows, ``batch`` of them at a
-    time through the model (default: the training batch, ``data.batch_size``, which fits)."""
+    time through the model (default: the training batch, ``data.batch_size``, which fits).
+    ``grids=False`` writes the classified LAS/LAZ alone, without voxel grids."""
     from tqdm.auto import tqdm
 
     check_jobs(jobs, out_dir)
@@ -260,6 +266,7 @@ def predict_files(
                     side,
                     progress,
                     batch,
+                    grids,
                 )
             )
         except UXBError as exc:

@@ -194,7 +194,7 @@ def predict_windows(
     device: torch.device,
     tta: bool,
     probabilities: bool,
-    grids: WindowGrids,
+    grids: WindowGrids | None,
     progress: bool,
     batch: int = 1,
     prefetch: int = 2,
@@ -219,7 +219,8 @@ def predict_windows(
             point_class[w.taken] = grid.ravel()[w.voxel]
             if point_probs is not None:
                 point_probs[:, w.taken] = p.reshape(len(CLASSES), -1).numpy()[:, w.voxel]
-            grids.add(w.row, w.col, w.bounds, len(w.taken), grid)
+            if grids is not None:
+                grids.add(w.row, w.col, w.bounds, len(w.taken), grid)
         pending.clear()
 
     bar = tqdm(total=len(plan), desc="windows", unit="window", leave=False, disable=not progress)
