@@ -82,7 +82,7 @@ class GridConfig:
     features: tuple[str, ...] = ("occupancy", "log_density", "height")
     empty_label: Literal["ignore", "ground"] = "ignore"
     # the larger XY side (CRS units) of the training tiles, the median over train/; null = set
-    # by `train` from the LAS headers. predict cuts point clouds larger than this into windows
+    # by `train` from the training point clouds. predict cuts larger point clouds into windows
     # of this side, so the model sees them at the scale it learnt (predict --window)
     tile_extent: float | None = None
 
