@@ -202,7 +202,7 @@ def test_the_real_1km_tile_in_windows_loses_nothing(trained_run, tmp_path, capsy
     rc = main(["predict", *args, "--window", "250"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "(16 windows)" in out
+    assert "(16 windows of 250)" in out
     (las_out,) = tmp_path.glob("pred_*.laz")
     _assert_nothing_lost(path, las_out)
     index = json.loads(next(tmp_path.glob("*.windows/windows.json")).read_text())

@@ -268,7 +268,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         else:
             grids = f", {r.npy.name}" if r.npy else ""
             if r.windows:
-                grids = f"{grids}{'/' if r.npy else ''} ({r.windows} windows)"
+                grids = f"{grids}{'/' if r.npy else ''} ({r.windows} windows of {r.side:g})"
             print(
                 f"{r.job.las.name} -> {r.las} ({r.points} points: "
                 + ", ".join(f"{k} {v}" for k, v in r.counts.items())

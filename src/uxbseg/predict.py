@@ -54,6 +54,7 @@ class PredictResult:
     counts: dict[str, int] | None = None
     error: str | None = None
     windows: int = 0  # 0: predicted as one tile; else the windows it was cut into (npy: folder)
+    side: float | None = None  # their side (CRS units)
 
 
 def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
@@ -192,6 +193,7 @@ def predict_one(
         n,
         {c.name: int(counts[c.index]) for c in CLASSES},
         windows=0 if plan is None else len(plan),
+        side=None if plan is None else window,
     )
 
 
