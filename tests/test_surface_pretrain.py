@@ -14,7 +14,7 @@ from uxbseg.data.datamodule import UXBDataModule, checked_pairs
 from uxbseg.errors import ConfigError
 from uxbseg.losses import weighted_ce
 from uxbseg.models import UXBFusionModel
-from uxbseg.training.surface_pretrain import column_maps, pretrain_surface
+from uxbseg.training.surface_pretrain import SurfacePretrainTask, column_maps, pretrain_surface
 from uxbseg.training.train import train
 
 from .conftest import ROOT, TINY_TEST_OVERRIDES
@@ -138,3 +138,29 @@ def test_a_short_time_budget_caps_the_stage_and_still_leaves_weights(
     assert result.best_weights is not None and result.best_weights.is_file()
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 1  # one step of the 4 in the epoch, then the validation
+
+
+def test_a_time_capped_stage_decays_its_rate_over_its_time(tiny_cfg, monkeypatch):
+    """With a time limit the schedule runs over the steps or the time, whichever ends first:
+    a stage cut short by the clock still ends at the low rate."""
+    from uxbseg.training import surface_pretrain
+
+    clock = [100.0]
+    monkeypatch.setattr(surface_pretrain.time, "monotonic", lambda: clock[0])
+    branch = UXBFusionModel.from_config(tiny_cfg).surface_branch
+    oc = tiny_cfg.optim
+    assert oc.decay == "cosine"
+    task = SurfacePretrainTask(branch, tiny_cfg.loss.class_weights, oc, steps=100, seconds=10.0)
+    sched = task.configure_optimizers()["lr_scheduler"]["scheduler"]  # the clock starts here
+    lr = sched.optimizer.param_groups[0]["lr"]
+    assert lr == pytest.approx(oc.lr_main)
+    clock[0] = 105.0  # half the time, a tenth of the steps
+    assert task.progress(10) == pytest.approx(0.5)
+    assert task.progress(80) == pytest.approx(0.8)  # the steps are further along
+    clock[0] = 111.0
+    sched.step()
+    assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(oc.lr_main * oc.min_lr_ratio)
+    untimed = SurfacePretrainTask(branch, tiny_cfg.loss.class_weights, oc, steps=100)
+    assert untimed.progress(50) == pytest.approx(0.5)  # steps alone, whatever the clock
+    with pytest.raises(ValueError, match="seconds"):
+        SurfacePretrainTask(branch, tiny_cfg.loss.class_weights, oc, steps=100, seconds=0)

@@ -10,7 +10,8 @@ flips and quarter turns), with the optimiser settings of the main run (AdamW, ``
 
 Under a time budget (``trainer.max_time_minutes``) the stage stops at :data:`TIME_SHARE` of it
 at the latest, so the fusion model always keeps the rest: a 30-second demo does not spend 100 s
-here and then train for no epoch at all.
+here and then train for no epoch at all. Its learning-rate decay then runs over whichever ends
+first, the steps or that time, so a stage cut short still ends at the low rate.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ class SurfacePretrainTask(pl.LightningModule):
     Args:
         branch: the branch to train (in place).
         class_weights: the CE's class weights (the main run's ``loss.class_weights``).
-        optim: AdamW settings; the LR is ``lr_main`` times :func:`decay_factor` of the step.
+        optim: AdamW settings; the LR is ``lr_main`` times :func:`decay_factor` of the
+            progress (:meth:`progress`).
         steps: the number of steps the schedule spans.
+        seconds: the time the stage may take (None: no limit); the schedule spans it too.
     """
 
     def __init__(
@@ -57,14 +60,29 @@ class SurfacePretrainTask(pl.LightningModule):
         class_weights: tuple[float, ...],
         optim: OptimConfig,
         steps: int,
+        seconds: float | None = None,
     ) -> None:
         super().__init__()
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"seconds must be > 0 or None, got {seconds}")
         self.branch = branch
         self.optim = optim
         self.steps = steps
+        self.seconds = seconds
+        self._started: float | None = None
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
+
+    def progress(self, step: int) -> float:
+        """How far the stage is (0..1) at ``step``: of its steps, or of its time if further."""
+        done = step / self.steps
+        if self.seconds is not None:
+            now = time.monotonic()
+            if self._started is None:  # the scheduler asks first when the optimiser is built
+                self._started = now
+            done = max(done, (now - self._started) / self.seconds)
+        return min(done, 1.0)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = weighted_ce(self.branch(batch["maps"])[1], batch["mask2d"], self.class_weights)
@@ -75,7 +93,7 @@ class SurfacePretrainTask(pl.LightningModule):
         oc = self.optim
         opt = adamw(self.branch.parameters(), oc, self, lr=oc.lr_main)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: decay_factor(step / self.steps, oc)
+            opt, lambda step: decay_factor(self.progress(step), oc)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -116,11 +134,14 @@ def pretrain_surface(
         batch_size=batch,
         sampler=RandomSampler(data, replacement=True, num_samples=steps * batch, generator=gen),
     )
-    task = SurfacePretrainTask(model.surface_branch, cfg.loss.class_weights, cfg.optim, steps)
     max_time = None
     if tc.max_time_minutes:
         left = TIME_SHARE * 60.0 * tc.max_time_minutes - (time.monotonic() - start)
-        max_time = timedelta(seconds=max(left, 0.0))
+        max_time = timedelta(seconds=max(left, 1e-3))
+    seconds = None if max_time is None else max_time.total_seconds()
+    task = SurfacePretrainTask(
+        model.surface_branch, cfg.loss.class_weights, cfg.optim, steps, seconds
+    )
     trainer = pl.Trainer(
         accelerator=tc.accelerator,
         devices=1,
@@ -151,8 +172,8 @@ def pretrain_surface(
     if done < steps:
         log.warning(
             "surface pre-training stopped after %d of trainer.surface_pretrain_steps=%d steps: "
-            "it may take %.0f%% of trainer.max_time_minutes=%g, and its learning rate had not "
-            "decayed yet; give more minutes or fewer steps to complete it",
+            "it may take %.0f%% of trainer.max_time_minutes=%g (its learning rate decayed "
+            "over that time instead); give more minutes or fewer steps to complete it",
             done,
             steps,
             100 * TIME_SHARE,
