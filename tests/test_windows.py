@@ -1,6 +1,7 @@
 """Prediction windows: a file larger than the training tiles is cut into tiles of their size."""
 
 import json
+import math
 
 import laspy
 import numpy as np
@@ -325,13 +326,24 @@ WKT2_M = (
 
 
 def test_crs_units_come_from_the_projected_crs_itself():
-    from uxbseg.io.las import _wkt_units
+    from uxbseg.io.las import _wkt_units, units_warning
 
     assert _wkt_units(WKT_FT) == (("foot", 0.3048), None)
     # the conversion's false easting in US feet is not the axes' unit
     assert _wkt_units(WKT2_M) == (("metre", 1.0), None)
     compound = f'COMPD_CS["c",{WKT2_M},VERT_CS["v",VERT_DATUM["n",2005],UNIT["US survey foot",1]]]'
     assert _wkt_units(compound) == (("metre", 1.0), ("US survey foot", 0.3048006096012192))
+    # latitude / longitude: no length unit at all
+    geog = 'GEOGCS["WGS 84",DATUM["D",SPHEROID["WGS 84",6378137,298.257]],UNIT["degree",0.01745]]'
+    for wkt in (geog, f'COMPD_CS["c",{geog},VERT_CS["v",VERT_DATUM["n",2005],UNIT["metre",1]]]'):
+        (name, metres), _v = _wkt_units(wkt)
+        assert name == "degree" and math.isnan(metres)
+    header = laspy.LasHeader(point_format=3, version="1.4")
+    las = laspy.LasData(header)
+    las.header.vlrs.append(laspy.vlrs.known.WktCoordinateSystemVlr(geog))
+    assert "latitude and longitude in degrees" in units_warning(las)
+    las.header.vlrs[-1] = laspy.vlrs.known.WktCoordinateSystemVlr(WKT2_M)
+    assert units_warning(las) is None
 
 
 def test_a_file_in_feet_is_predicted_with_a_warning_and_noted_by_inspect(

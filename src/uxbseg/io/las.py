@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import shutil
@@ -168,6 +169,13 @@ _EPSG_UNITS = {
 _PROJECTED = {"PROJCS", "PROJCRS", "PROJECTEDCRS"}
 _VERTICAL = {"VERT_CS", "VERTCS", "VERTCRS", "VERTICALCRS"}
 _UNIT = {"UNIT", "LENGTHUNIT"}
+_GEOGRAPHIC = re.compile(
+    r'\s*(?:COMPD_CS\s*\[\s*"[^"]*"\s*,|COMPOUNDCRS\s*\[\s*"[^"]*"\s*,)?'
+    r"\s*(?:GEOGCS|GEOGCRS|GEOGRAPHICCRS)\s*\[",
+    re.IGNORECASE,
+)
+DEGREES = ("degree", math.nan)
+"""The horizontal "unit" of a geographic CRS (latitude / longitude): no length at all."""
 _WKT_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\[|\]")
 _UNIT_ARGS = re.compile(r'\s*"([^"]*)"\s*,\s*([0-9.eE+-]+)')
 
@@ -199,6 +207,8 @@ def _wkt_units(wkt: str) -> tuple[tuple[str, float] | None, tuple[str, float] | 
                         name = args.group(1)
                         found[kind] = (name, _metres_per(name, float(args.group(2))))
         stack.append(word)
+    if "h" not in found and _GEOGRAPHIC.match(wkt):
+        found["h"] = DEGREES
     return found.get("h"), found.get("v")
 
 
@@ -214,7 +224,8 @@ def crs_units(las: laspy.LasData) -> tuple[tuple[str, float] | None, tuple[str, 
     for rec in records:
         if rec.user_id == "LASF_Projection" and hasattr(rec, "geo_keys"):
             keys = {k.id: k.value_offset for k in rec.geo_keys if k.tiff_tag_location == 0}
-            return _EPSG_UNITS.get(keys.get(3076)), _EPSG_UNITS.get(keys.get(4099))
+            h = DEGREES if keys.get(1024) == 2 else _EPSG_UNITS.get(keys.get(3076))
+            return h, _EPSG_UNITS.get(keys.get(4099))
     return None, None
 
 
@@ -224,12 +235,17 @@ def units_warning(las: laspy.LasData) -> str | None:
     applied to the coordinates as they are."""
     h, v = crs_units(las)
     off = [(axis, u) for axis, u in (("horizontal", h), ("vertical", v)) if u]
-    off = [(axis, u) for axis, u in off if abs(u[1] - 1.0) > 1e-3]
+    off = [(axis, u) for axis, u in off if not abs(u[1] - 1.0) <= 1e-3]  # NaN: degrees
     if not off:
         return None
-    said = " and ".join(f"{axis} unit is the {name} ({m:g} m)" for axis, (name, m) in off)
+    said = " and ".join(
+        f"its CRS's {axis} unit is the {name} ({m:g} m)"
+        if math.isfinite(m)
+        else "its coordinates are latitude and longitude in degrees (a geographic CRS)"
+        for axis, (name, m) in off
+    )
     return (
-        f"its CRS's {said}: uxbseg's distances (the 100 m TPI radius, 1 m DEM cells, relief "
+        f"{said}: uxbseg's distances (the 100 m TPI radius, 1 m DEM cells, relief "
         "radii, training-tile windows) are applied to the coordinates as metres, so the model "
         "sees this file at another scale; reproject it to a metric CRS first (e.g. PDAL's "
         "filters.reprojection)"

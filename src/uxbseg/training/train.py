@@ -158,7 +158,7 @@ def train(
     train_pairs = [r.pair for r in train_reports]
     side = tile_extent(train_reports)
     if cfg.grid.tile_extent is None and side is not None:  # with the weights: predict's window
-        cfg = replace(cfg, grid=replace(cfg.grid, tile_extent=round(side, 3)))
+        cfg = replace(cfg, grid=replace(cfg.grid, tile_extent=float(f"{side:.6g}")))
         log.info("training tiles are %.3f units on their larger side (grid.tile_extent)", side)
     val_pairs = checked_pairs(root, cfg.data.val_split, cfg, skip)
     ckpt_dir = run_dir / "checkpoints"
