@@ -35,12 +35,11 @@ def run_demo(
     from .evaluate import evaluate
     from .io.weights import load_model
     from .predict import PredictJob, predict_files
-    from .run_dirs import new_run_dir
+    from .run_dirs import new_run_dir, require_folder
     from .training.train import train
 
     quiet_lightning(False)
-    if out.exists() and not out.is_dir():
-        raise UXBError(f"{out}: a file, not a folder; choose a folder for --out")
+    require_folder(out)
     t0 = time.perf_counter()
     data = out / "data"
     if not (data / "train").is_dir():

@@ -21,6 +21,7 @@ from .inference import infer_tile, render_tpi_image
 from .io.las import PointArrays, is_compressed, read_las, units_warning, write_classified
 from .io.raster import TPI_RADIUS_M, load_image
 from .predict_windows import WindowGrids, plan_for, predict_windows
+from .run_dirs import require_folder
 
 __all__ = [
     "PredictJob",
@@ -85,9 +86,7 @@ def resolve_window(window: float | str | None, cfg: Config) -> float | None:
 def check_jobs(jobs: Sequence[PredictJob], out_dir: str | Path) -> None:
     """Refuse, before any work, jobs that would write the same output names (one would replace
     the other) or write over one of the inputs (``--out`` being the inputs' folder)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadDataError(f"{out_dir}: a file, not a folder; choose a folder for --out")
+    out_dir = require_folder(out_dir)
     inputs = {job.las.resolve(): job.las for job in jobs}
     first: dict[str, Path] = {}
     for job in jobs:

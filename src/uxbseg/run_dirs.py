@@ -1,4 +1,5 @@
-"""Run folders: a new one for each training run, and the latest one to resume."""
+"""Output folders: a new one for each training run, the latest one to resume, and the check
+that an ``--out`` is a folder."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ from pathlib import Path
 
 from .errors import BadDataError
 
-__all__ = ["latest_run_dir", "new_run_dir"]
+__all__ = ["latest_run_dir", "new_run_dir", "require_folder"]
 
 _RUN = re.compile(r"run(?:_(\d+))?")
+
+
+def require_folder(path: str | Path) -> Path:
+    """``path`` as a Path; BadDataError when it exists as a file (an ``--out`` must be a
+    folder)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadDataError(f"{path}: a file, not a folder; choose a folder for --out")
+    return path
 
 
 def _numbered(parent: Path) -> list[tuple[int, Path]]:

@@ -26,6 +26,7 @@ from ..data.datamodule import UXBDataModule, checked_pairs, checked_reports
 from ..data.pairs import tile_extent
 from ..errors import BadDataError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
+from ..run_dirs import require_folder
 from .surface_pretrain import pretrain_surface
 from .task import UXBSegmentationTask
 
@@ -150,9 +151,7 @@ def train(
     ``resume`` continues from ``run_dir/checkpoints/last.ckpt``. ``extra_callbacks`` are added
     to the Lightning trainer (e.g. for monitoring).
     """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise BadDataError(f"{run_dir}: a file, not a folder; choose a folder for --out")
+    run_dir = require_folder(run_dir)
     skip = cfg.data.skip_bad if skip_bad is None else skip_bad
     train_reports = checked_reports(root, cfg.data.train_split, cfg, skip)
     train_pairs = [r.pair for r in train_reports]
