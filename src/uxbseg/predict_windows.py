@@ -109,7 +109,7 @@ def _window_inputs(
     def crs(raw: tuple[int, int], axis: int) -> tuple[float, float]:
         return raw[0] * scale[axis] + offset[axis], raw[1] * scale[axis] + offset[axis]
 
-    (fx0, fx1), (fy0, fy1) = crs((xr.min(), xr.max()), 0), crs((yr.min(), yr.max()), 1)
+    (fx0, fx1), (fy0, fy1) = crs(plan.x_limits, 0), crs(plan.y_limits, 1)  # the data's
     render = image_path is None
     margin = [math.ceil(TPI_RADIUS_M / s) if render else 0 for s in scale[:2]]
     for col in range(cols):

@@ -58,11 +58,14 @@ def _boundaries(starts: np.ndarray, side: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """Windows of ``side`` (raw units per axis) starting at ``x_starts`` / ``y_starts``."""
+    """Windows of ``side`` (raw units per axis) starting at ``x_starts`` / ``y_starts``, over
+    data spanning ``x_limits`` / ``y_limits``."""
 
     x_starts: np.ndarray
     y_starts: np.ndarray  # ascending, i.e. south first; rows count from the north
     side: tuple[int, int]
+    x_limits: tuple[int, int]
+    y_limits: tuple[int, int]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -108,4 +111,5 @@ def plan_windows(
     (xlo, xhi), (ylo, yhi) = x_limits, y_limits
     if max((xhi - xlo) / side[0], (yhi - ylo) / side[1]) <= trigger:
         return None
-    return WindowPlan(_starts(xlo, xhi, side[0]), _starts(ylo, yhi, side[1]), side)
+    xs, ys = _starts(xlo, xhi, side[0]), _starts(ylo, yhi, side[1])
+    return WindowPlan(xs, ys, side, (xlo, xhi), (ylo, yhi))
