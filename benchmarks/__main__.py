@@ -1,10 +1,17 @@
-"""python -m benchmarks {voxelize,predict,train,data,kernels} [options]"""
+"""python -m benchmarks {voxelize,predict,train,data,kernels,windows} [options]"""
 
 import sys
 
 from uxbseg.runtime import tune_cpu_allocator
 
-from . import bench_data, bench_kernels, bench_predict, bench_train, bench_voxelize
+from . import (
+    bench_data,
+    bench_kernels,
+    bench_predict,
+    bench_train,
+    bench_voxelize,
+    bench_windows,
+)
 
 COMMANDS = {
     "voxelize": bench_voxelize.main,
@@ -12,6 +19,7 @@ COMMANDS = {
     "train": bench_train.main,
     "data": bench_data.main,
     "kernels": bench_kernels.main,
+    "windows": bench_windows.main,
 }
 
 if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -173,9 +173,12 @@ def model_end_to_end(repeats: int, workdir: Path, tta: bool = False) -> None:
     print(f"  uxbseg {t['seed'] / t['ours']:.2f}x the seed formulation; same voxel classes: {same}")
 
 
-def windows_end_to_end(repeats: int, workdir: Path, side: float, batch: int) -> None:
-    """predict on the 1 km tile cut into windows of ``side``, one window at a time through the
-    model against ``batch`` at a time (tiny model, same weights), and the file whole."""
+def windows_end_to_end(
+    repeats: int, workdir: Path, side: float, batch: int, overlap: float
+) -> None:
+    """predict on the 1 km tile cut into windows of ``side`` overlapping by ``overlap``, one
+    window at a time through the model against ``batch`` at a time (tiny model, same weights),
+    and the file whole."""
     import torch
 
     from uxbseg.config import load_config
@@ -194,7 +197,7 @@ def windows_end_to_end(repeats: int, workdir: Path, side: float, batch: int) -> 
     def run(name: str, window: float | None, b: int):
         def go():
             results[name] = predict_one(
-                model, cfg, job, workdir / name, device, window=window, batch=b
+                model, cfg, job, workdir / name, device, window=window, batch=b, overlap=overlap
             )
 
         return go
@@ -208,7 +211,8 @@ def windows_end_to_end(repeats: int, workdir: Path, side: float, batch: int) -> 
     n = laspy.open(src).header.point_count
     k = results["batch1"].windows
     print(
-        f"predict on {src.name} ({n:,} points) in {k} windows of {side:g} m, tiny model, median "
+        f"predict on {src.name} ({n:,} points) in {k} windows of {side:g} m (overlap "
+        f"{overlap:g}), tiny model, median "
         f"of {repeats} interleaved rounds:"
     )
     print(f"  whole file, one tile  {t['whole']:6.2f} s")
@@ -277,12 +281,15 @@ def main(argv=None) -> None:
         help="also time predict on the 1 km tile cut into windows of SIDE metres",
     )
     p.add_argument("--batch", type=int, default=2, help="with --windows: windows per batch (2)")
+    p.add_argument(
+        "--overlap", type=float, default=0.25, help="with --windows: their least overlap (0.25)"
+    )
     a = p.parse_args(argv)
     mapping(a.repeats, a.workdir)
     if a.model:
         model_end_to_end(a.repeats, a.workdir, a.tta)
     if a.windows:
-        windows_end_to_end(a.repeats, a.workdir, a.windows, a.batch)
+        windows_end_to_end(a.repeats, a.workdir, a.windows, a.batch, a.overlap)
     if a.memory_points:
         memory(a.memory_points, a.workdir)
 

@@ -7,8 +7,9 @@
 # 2. predict --tta --probabilities with the same weights, on the GPU and on the CPU
 #    (CUDA_VISIBLE_DEVICES=""), and the two compared point by point: class agreement and the
 #    largest probability difference (bf16 autocast against float32);
-# 3. predict --window 50 --batch 4 on the GPU: each 100 m tile cut into 4 windows, run 4 at a
-#    time under autocast while the next are prepared in a thread (predict's large-file path).
+# 3. predict --window 50 --batch 4 on the GPU: each 100 m tile cut into 9 windows (3 a side at
+#    the default overlap 0.25), run 4 at a time under autocast while the next are prepared in a
+#    thread (predict's large-file path).
 # Runs on a CPU-only machine too (both predictions on the CPU: agreement 1, difference 0).
 # Usage on the device: bash benchmarks/gpu_smoke.sh   (uxbseg importable, as for gpu_check.sh).
 # Writes everything to $OUT/smoke.log; exit status 1 if a step failed.

@@ -11,6 +11,7 @@ from PIL import Image
 from uxbseg.cli import main
 from uxbseg.config import load_config
 from uxbseg.data.voxelize import GridSpec, voxelize
+from uxbseg.errors import BadDataError
 from uxbseg.io.las import PointArrays
 from uxbseg.io.raster import load_image, load_image_window
 from uxbseg.io.weights import load_model, weights_config
@@ -22,17 +23,32 @@ from .test_predict import _assert_nothing_lost
 
 
 @pytest.mark.parametrize(
-    ("x_limits", "y_limits", "side", "shape"),
+    ("x_limits", "y_limits", "side", "overlap", "shape"),
     [
-        ((0, 100_000), (0, 100_000), (10_000, 10_000), (10, 10)),  # 1 km of 100 m tiles
-        ((-5_000, 14_999), (7, 2_507), (10_000, 10_000), (1, 2)),  # a strip narrower than a tile
-        ((0, 13_001), (0, 26_000), (10_000, 10_000), (3, 2)),  # overlapping windows
-        ((3, 1_000_003), (0, 999), (1_000, 1_000), (1, 1000)),
+        ((0, 100_000), (0, 100_000), (10_000, 10_000), 0.0, (10, 10)),  # 1 km of 100 m tiles
+        ((0, 100_000), (0, 100_000), (10_000, 10_000), 0.25, (13, 13)),  # 75 m apart
+        ((0, 100_000), (0, 100_000), (10_000, 10_000), 0.5, (19, 19)),  # 50 m apart
+        ((-5_000, 14_999), (7, 2_507), (10_000, 10_000), 0.0, (1, 2)),  # narrower than a tile
+        ((-5_000, 14_999), (7, 2_507), (10_000, 10_000), 0.25, (1, 3)),
+        ((0, 13_001), (0, 26_000), (10_000, 10_000), 0.0, (3, 2)),  # overlapping windows
+        ((0, 13_001), (0, 26_000), (10_000, 10_000), 0.25, (4, 2)),
+        ((3, 1_000_003), (0, 999), (1_000, 1_000), 0.0, (1, 1000)),
+        ((3, 1_000_003), (0, 999), (1_000, 1_000), 0.1, (1, 1111)),
     ],
 )
-def test_windows_cover_every_point_with_one_window_that_holds_it(x_limits, y_limits, side, shape):
-    plan = plan_windows(x_limits, y_limits, side)
+def test_windows_cover_every_point_with_one_window_that_holds_it(
+    x_limits, y_limits, side, overlap, shape
+):
+    plan = plan_windows(x_limits, y_limits, side, overlap=overlap)
     assert plan.shape == shape
+    for starts, s, (lo, hi) in (
+        (plan.x_starts, side[0], x_limits),
+        (plan.y_starts, side[1], y_limits),
+    ):
+        if len(starts) > 1:  # neighbours overlap by at least the fraction asked ...
+            assert np.diff(starts).max() <= s * (1 - overlap)
+            # ... and one window fewer could not: the plan is as small as it can be
+            assert (len(starts) - 2) * s * (1 - overlap) < (hi - lo) - s
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.integers(*x_limits, 20_000, endpoint=True), x_limits])
     Y = np.concatenate([rng.integers(*y_limits, 20_000, endpoint=True), y_limits])
@@ -43,6 +59,18 @@ def test_windows_cover_every_point_with_one_window_that_holds_it(x_limits, y_lim
         mine = (rows == row) & (cols == col)
         assert ((X[mine] >= win.x[0]) & (X[mine] <= win.x[1])).all()
         assert ((Y[mine] >= win.y[0]) & (Y[mine] <= win.y[1])).all()
+        # a point is at least overlap / 2 of a side inside its window, but at the file's edges
+        for v, (a, b), s, (lo, hi) in (
+            (X, win.x, side[0], x_limits),
+            (Y, win.y, side[1], y_limits),
+        ):
+            if len(plan.x_starts if v is X else plan.y_starts) == 1:
+                continue
+            inner = overlap * s / 2 - 1
+            if a > lo:
+                assert (v[mine] - a).min() >= inner
+            if b < hi:
+                assert (b - v[mine]).min() >= inner
     # row 0 is the north: the window of the highest points comes first
     assert rows[np.argmax(Y)] == 0 and rows[np.argmin(Y)] == shape[0] - 1
     assert cols[np.argmin(X)] == 0 and cols[np.argmax(X)] == shape[1] - 1
@@ -59,6 +87,9 @@ def test_a_file_about_the_size_of_a_tile_is_not_cut():
     assert plan_windows((0, 12_501), (0, 100), (10_000, 10_000)).shape == (1, 2)
     with pytest.raises(ValueError, match="side"):
         plan_windows((0, 10), (0, 10), (0, 5))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="overlap"):
+            plan_windows((0, 100), (0, 100), (10, 10), overlap=bad)
 
 
 def test_voxelize_over_given_limits():
@@ -94,6 +125,24 @@ def test_image_window_is_the_part_of_the_image_over_it(tmp_path):
     beyond = load_image_window(path, bounds, (1200.0, 5000.0, 1300.0, 5100.0), 8)
     edge = load_image_window(path, bounds, (1199.9, 5000.0, 1200.0, 5100.0), 8)
     np.testing.assert_allclose(beyond, edge, atol=0.05)
+
+
+def test_mask_window_is_the_part_of_the_mask_over_it(tmp_path):
+    from uxbseg.io.raster import load_mask, mask_window, read_mask_values
+
+    values = np.zeros((64, 128), dtype=np.uint8)  # 200 m east-west, 100 m north-south
+    values[:, 64:] = 150  # structure in the east half
+    values[:32, 80:96] = 76  # a plazuela in its north
+    path = tmp_path / "mask.png"
+    Image.fromarray(values).save(path)
+    bounds = (1000.0, 5000.0, 1200.0, 5100.0)
+    values = read_mask_values(path)
+    np.testing.assert_array_equal(mask_window(values, bounds, bounds, (16, 32)),
+                                  load_mask(path, (16, 32)))  # fmt: skip
+    east = mask_window(values, bounds, (1100.0, 5000.0, 1200.0, 5100.0), (32, 64))
+    want = np.full((32, 64), 2)
+    want[:16, 16:32] = 1
+    np.testing.assert_array_equal(east, want)
 
 
 def test_training_records_the_tiles_side(trained_run):
@@ -161,8 +210,9 @@ def test_a_window_is_predicted_as_the_tile_alone(
     predict_files(model, cfg, singles, tmp_path / "alone", probabilities=True, progress=False)
     job = PredictJob(tmp_path / "both.las", image("both"), "both")
     (res,) = predict_files(
-        model, cfg, [job], tmp_path / "win", probabilities=True, window=100.0, progress=False
-    )
+        model, cfg, [job], tmp_path / "win", probabilities=True, window=100.0, overlap=0.0,
+        progress=False,
+    )  # fmt: skip
     assert res.error is None and res.windows == 4 and res.points == sum(sizes)
     index = json.loads((tmp_path / "win" / "pred_both.windows" / "windows.json").read_text())
     assert index["side"] == 100.0 and (index["rows"], index["columns"]) == (
@@ -203,21 +253,28 @@ def test_the_real_1km_tile_in_windows_loses_nothing(trained_run, tmp_path, capsy
     rc = main(["predict", *args, "--window", "250"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "(16 windows of 250)" in out
+    # 1 km: 5 windows 187.5 m apart on each axis (the default least overlap, 1/4 of a side)
+    assert "(25 windows of 250, overlap 0.25)" in out
     (las_out,) = tmp_path.glob("pred_*.laz")
     _assert_nothing_lost(path, las_out)
     index = json.loads(next(tmp_path.glob("*.windows/windows.json")).read_text())
-    assert len(index["windows"]) == 16 and index["side"] == 250.0
+    assert len(index["windows"]) == 25 and index["side"] == 250.0 and index["overlap"] == 0.25
     assert sum(w["points"] for w in index["windows"]) == laspy.open(path).header.point_count
 
 
-def test_window_argument_is_checked(trained_run, tmp_path, capsys):
+def test_window_arguments_are_checked(trained_run, tmp_path, capsys):
     weights = str(trained_run[0].best_weights)
-    for bad in ("0", "-5", "big"):
+    for flag, bad, says in [
+        *(("--window", bad, "window side > 0") for bad in ("0", "-5", "big")),
+        *(("--overlap", bad, "fraction of their side") for bad in ("1", "25", "-0.1", "some")),
+    ]:
         with pytest.raises(SystemExit) as exc:
-            main(["predict", "--weights", weights, "--input", "x.las", "--window", bad])
+            main(["predict", "--weights", weights, "--input", "x.las", flag, bad])
         assert exc.value.code == 2
-        assert "window side > 0" in capsys.readouterr().err
+        assert says in capsys.readouterr().err
+    model, cfg = load_model(trained_run[0].best_weights)
+    with pytest.raises(BadDataError, match=r"--overlap 1\.0"):
+        predict_files(model, cfg, [], tmp_path, overlap=1.0)
 
 
 def test_weights_without_a_recorded_side_predict_whole_files(tiny_dataset, tmp_path, caplog):
@@ -240,7 +297,7 @@ def test_weights_without_a_recorded_side_predict_whole_files(tiny_dataset, tmp_p
     (res,) = predict_files(
         model, cfg, [PredictJob(las, None, "b")], tmp_path, window=30.0, progress=False
     )
-    assert res.windows == 16 and (tmp_path / "pred_b.windows" / "windows.json").is_file()
+    assert res.windows == 25 and (tmp_path / "pred_b.windows" / "windows.json").is_file()
 
 
 def test_window_tpi_uses_the_terrain_around_the_window():
@@ -296,8 +353,8 @@ def test_windows_in_batches_give_what_one_at_a_time_gives(trained_run, tiny_data
     for batch in (1, 3):  # 16 windows: five batches of 3 and one of 1
         job = PredictJob(las, None, f"b{batch}")
         (res,) = predict_files(
-            model, cfg, [job], tmp_path, probabilities=True, window=30.0, batch=batch,
-            progress=False,
+            model, cfg, [job], tmp_path, probabilities=True, window=30.0, overlap=0.0,
+            batch=batch, progress=False,
         )  # fmt: skip
         assert res.windows == 16
         out[batch] = laspy.read(res.las)
@@ -397,3 +454,84 @@ def test_prefetching_keeps_order_raises_and_stops_its_thread():
         if item == 3:
             break
     assert not alive()
+
+
+@pytest.mark.parametrize("binning", ["seed", "uniform"])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_windows_own_cells_that_tile_the_file_once(binning, overlap):
+    """Each window's own grid cells (those scored by evaluate) cover the file about once: as
+    many cells as the file's area holds, not the windows' total (1.8x at overlap 0.25)."""
+    plan = plan_windows((0, 100_000), (0, 60_000), (10_000, 10_000), overlap=overlap)
+    hw = (16, 32)
+    owned = 0
+    for win in plan:
+        own = plan.owned_cells(win, hw, binning)
+        assert own.shape == hw
+        owned += int(own.sum())
+    k = int(binning == "seed")  # seed binning: n - 1 cells over the side, the last one a line
+    cells = (16 - k) * (32 - k) * (100_000 / 10_000) * (60_000 / 10_000)  # the file's area
+    assert owned == pytest.approx(cells, rel=0.08)
+    assert len(plan) * 16 * 32 > 1.5 * cells or overlap == 0.0  # the check can fail
+
+
+def _adjacent_pair(tiny_dataset, root):
+    """The two test tiles side by side (west, east) as one labelled 200 m x 100 m pair of
+    ``root/test``: LAS with their classes, image and mask laid side by side."""
+    pairs = sorted((tiny_dataset / "test").glob("pair_*"))[:2]
+    xs, ys, zs, cls, images, masks = [], [], [], [], [], []
+    for i, pair in enumerate(pairs):
+        src = laspy.read(next(pair.glob("*.las")))
+        xs.append(np.asarray(src.x) - src.x.min() + 100.0 * i)
+        ys.append(np.asarray(src.y) - src.y.min())
+        zs.append(np.asarray(src.z))
+        cls.append(np.asarray(src.classification))
+        images.append(np.asarray(Image.open(next(pair.glob("tpi_100m*.png"))).convert("RGB")))
+        masks.append(np.asarray(Image.open(next(pair.glob("uxb_msk_pl_st*.png"))).convert("L")))
+    out = root / "test" / "pair_0000"
+    out.mkdir(parents=True)
+    header = laspy.LasHeader(point_format=3, version="1.2")
+    header.scales, header.offsets = [0.01] * 3, [0.0] * 3
+    las = laspy.LasData(header)
+    las.x, las.y, las.z = np.concatenate(xs), np.concatenate(ys), np.concatenate(zs)
+    las.classification = np.concatenate(cls)
+    las.write(out / "both.las")
+    Image.fromarray(np.concatenate(images, axis=1)).save(out / "tpi_100m_both.png")
+    Image.fromarray(np.concatenate(masks, axis=1)).save(out / "uxb_msk_pl_st_both.png")
+    return out
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_large_tile_as_predict_classifies_it(
+    trained_run, tiny_dataset, tmp_path, capsys
+):
+    from uxbseg.classes import IGNORE, las_code_to_class
+    from uxbseg.evaluate import confusion, evaluate
+
+    pair = _adjacent_pair(tiny_dataset, tmp_path / "big")
+    model, cfg = load_model(trained_run[0].best_weights)
+    assert cfg.grid.tile_extent == pytest.approx(100.0, abs=1.0)
+    result = evaluate(model, cfg, tmp_path / "big", progress=False)
+    assert result["tiles"] == 1
+    assert result["windows"] == {"tiles": 1, "side": cfg.grid.tile_extent, "overlap": 0.25}
+    # the points: exactly what predict writes for the same file
+    job = PredictJob(pair / "both.las", pair / "tpi_100m_both.png", "both")
+    (res,) = predict_files(model, cfg, [job], tmp_path / "pred", progress=False)
+    assert res.windows == 3  # 200 m: 3 windows 50 m apart along x, one along y
+    truth = las_code_to_class(np.asarray(laspy.read(job.las).classification))
+    got = las_code_to_class(np.asarray(laspy.read(res.las).classification))
+    assert result["points"]["confusion"] == confusion(truth, got).tolist()
+    # voxels and pixels: each place once (the two tiles' grid cells), not once per window
+    _, h, w = cfg.grid.shape
+    pixels = np.asarray(result["pixels"]["confusion"]).sum()
+    assert pixels == pytest.approx(2 * h * w, rel=0.06)
+    voxels = np.asarray(result["voxels"]["confusion"]).sum()
+    whole = evaluate(model, cfg, tmp_path / "big", progress=False, window="off")
+    assert "windows" not in whole
+    assert np.asarray(whole["points"]["confusion"]).sum() == (truth != IGNORE).sum()
+    # as one tile, the file's 200 m are squeezed into the grid of a 100 m tile: half the voxels
+    assert voxels > 1.6 * np.asarray(whole["voxels"]["confusion"]).sum()
+    assert main(["evaluate", "--weights", str(trained_run[0].best_weights), "--data",
+                 str(tmp_path / "big"), "--overlap", "0"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "1 tile(s) larger than a training tile were scored" in out
+    assert "(overlap 0)" in out

@@ -101,6 +101,13 @@ def _format_eval(result: dict) -> str:
             rows[lvl] = result[lvl]["metrics"]
             rows[f"{lvl} (all-ground)"] = result[lvl]["baseline"]
     lines = [f"{result['split']}: {result['tiles']} tiles", format_metrics_table(rows)]
+    if "windows" in result:
+        win = result["windows"]
+        lines.append(
+            f"{win['tiles']} tile(s) larger than a training tile were scored as predict "
+            f"classifies them: in windows of {win['side']:g} (overlap {win['overlap']:g}), each "
+            "point once, voxels and pixels in the window whose centre is nearest"
+        )
     lines.append(
         "rows: voxels = the fused 2D+3D classes on the grid; points = those classes on every LAS "
         "point (what predict writes); pixels = the 2D image head alone (an auxiliary output, "
@@ -135,7 +142,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .io.weights import load_model
 
     model, cfg = _with_adjustment(*load_model(args.weights), args)
-    result = evaluate(model, cfg, args.data, args.split, progress=not args.json, tta=args.tta)
+    result = evaluate(
+        model,
+        cfg,
+        args.data,
+        args.split,
+        progress=not args.json,
+        tta=args.tta,
+        window=args.window,
+        overlap=args.overlap,
+        batch=args.batch,
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -214,6 +231,19 @@ def _window(text: str) -> float | str | None:
     return side
 
 
+def _overlap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give the windows' least overlap as a fraction of their side, >= 0 and "
+            "< 1 (e.g. 0.25)"
+        )
+    return value
+
+
 def positive(kind: type):
     """An argparse type: ``kind`` of the text, which must be > 0 (else a usage error)."""
 
@@ -258,6 +288,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         codes=codes,
         tta=args.tta,
         window=args.window,
+        overlap=args.overlap,
         batch=args.batch,
         grids=not args.no_grids,
     )
@@ -268,7 +299,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         else:
             grids = f", {r.npy.name}" if r.npy else ""
             if r.windows:
-                grids = f"{grids}{'/' if r.npy else ''} ({r.windows} windows of {r.side:g})"
+                grids = (
+                    f"{grids}{'/' if r.npy else ''} ({r.windows} windows of {r.side:g}, "
+                    f"overlap {r.overlap:g})"
+                )
             print(
                 f"{r.job.las.name} -> {r.las} ({r.points} points: "
                 + ", ".join(f"{k} {v}" for k, v in r.counts.items())
@@ -305,13 +339,49 @@ def _with_adjustment(model, cfg, args: argparse.Namespace):
     return model, cfg
 
 
+def _window_args(p: argparse.ArgumentParser) -> None:
+    """--window, --overlap, --batch: how predict and evaluate cut files larger than a tile."""
+    from .windows import WINDOW_OVERLAP
+
+    p.add_argument(
+        "--window",
+        type=_window,
+        default="auto",
+        metavar="SIDE|auto|off",
+        help="cut a point cloud more than 1.25x this side (CRS units) into overlapping windows "
+        "of this side, so the model sees it at the scale of its training tiles (predict writes "
+        "each window's grid to pred_<id>.windows/). auto (default): the training tiles' side, "
+        "recorded in the weights; off: every file is one tile, however large",
+    )
+    p.add_argument(
+        "--overlap",
+        type=_overlap,
+        default=WINDOW_OVERLAP,
+        metavar="F",
+        help="least overlap of neighbouring windows, a fraction of their side (default "
+        f"{WINDOW_OVERLAP:g}): each point is classified by the window whose centre is nearest, "
+        "so at least F/2 of a side inside it, where a mound cut by the window's edge is mostly "
+        "in view. Costs 1/(1-F)^2 the windows of 0",
+    )
+    p.add_argument(
+        "--batch",
+        type=positive(int),
+        metavar="N",
+        help="windows of a large file run through the model N at a time (default: the "
+        "training batch, data.batch_size, which fits the memory; the seed model's forward at "
+        "batch 4 on an H200 is 1.9x a sample's at batch 1, the tiny model's at 2 on a CPU 1.25x)",
+    )
+
+
 def add_prediction_commands(sub) -> None:
     """evaluate, predict and demo."""
     p = sub.add_parser(
         "evaluate",
         help="voxel, pixel and point metrics of trained weights",
         description="Score weights on a labelled split: voxel, pixel and point "
-        "metrics beside the all-ground baseline, with confusion matrices.",
+        "metrics beside the all-ground baseline, with confusion matrices. A tile more than "
+        "1.25x the training tiles' side is scored as predict classifies it, in windows "
+        "(--window, --overlap).",
     )
     p.add_argument(
         "--weights",
@@ -322,6 +392,7 @@ def add_prediction_commands(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (ROOT)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _window_args(p)
     _decision_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -372,29 +443,12 @@ def add_prediction_commands(sub) -> None:
         help="LAS codes written for ground,plazuela,structure (default 2,27,6)",
     )
     p.add_argument(
-        "--window",
-        type=_window,
-        default="auto",
-        metavar="SIDE|auto|off",
-        help="cut a point cloud more than 1.25x this side (CRS units) into overlapping windows "
-        "of this side, so the model sees it at the scale of its training tiles; each window's "
-        "grid goes to pred_<id>.windows/. auto (default): the training tiles' side, recorded "
-        "in the weights; off: every file is one tile, however large",
-    )
-    p.add_argument(
         "--no-grids",
         action="store_true",
         help="write the classified LAS/LAZ alone, without the voxel grids (pred_<id>.npy, or "
         "pred_<id>.windows/: 2 MB a window at the seed's grid)",
     )
-    p.add_argument(
-        "--batch",
-        type=positive(int),
-        metavar="N",
-        help="windows of a large file run through the model N at a time (default: the "
-        "training batch, data.batch_size, which fits the memory; the seed model's forward at "
-        "batch 4 on an H200 is 1.9x a sample's at batch 1, the tiny model's at 2 on a CPU 1.25x)",
-    )
+    _window_args(p)
     _decision_args(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -16,8 +16,11 @@ from .decision import decide
 from .errors import BadDataError
 from .inference import infer_tile
 from .io.las import PointArrays, read_las
-from .io.raster import load_image, load_mask
+from .io.raster import load_image, load_mask, mask_window, read_mask_values
 from .metrics import iou_interval, metrics_from_confusion
+from .predict import resolve_window, window_batch
+from .predict_windows import WindowInput, plan_for, predict_windows
+from .windows import WINDOW_OVERLAP, WindowPlan
 
 __all__ = ["confusion", "evaluate"]
 
@@ -39,6 +42,9 @@ def evaluate(
     device: torch.device | None = None,
     progress: bool = True,
     tta: bool = False,
+    window: float | str | None = "auto",
+    overlap: float = WINDOW_OVERLAP,
+    batch: int | None = None,
 ) -> dict:
     """Metrics of ``model`` on ``root/split``.
 
@@ -48,6 +54,11 @@ def evaluate(
     own LAS class through the class map (unmapped codes ignored). The all-ground baseline is
     scored on the same truth. ``iou_interval``: a 95 % bootstrap interval of each class's IoU
     over the split's tiles (:func:`~uxbseg.metrics.iou_interval`).
+
+    A tile larger than the window side (``window``, as :func:`~uxbseg.predict.predict_files`
+    takes it: by default the training tiles' side) is scored as ``predict`` classifies it: cut
+    into windows overlapping by ``overlap``, ``batch`` at a time through the model. Its points
+    are scored once each; its voxels and pixels in the window whose centre is nearest.
     """
     from tqdm.auto import tqdm
 
@@ -56,8 +67,6 @@ def evaluate(
     pairs = find_pairs(root, split, cfg.data.image_glob, cfg.data.mask_glob)
     if not pairs:
         raise BadDataError(f"{Path(root) / split}: no pair_* folders to evaluate")
-    spec = GridSpec.from_config(cfg.grid)
-    _, h, w = spec.shape
     bad = [p for p in pairs if p.problems]
     if bad:  # all of them, before any tile is evaluated
         lines = "\n".join(f"  {p.pair_id}: {problem}" for p in bad for problem in p.problems)
@@ -65,27 +74,29 @@ def evaluate(
             f"{len(bad)} pair(s) of {Path(root) / split} cannot be evaluated:\n{lines}\n"
             f"Fix them (`uxbseg inspect {root}` lists every check)."
         )
+    side = resolve_window(window, cfg)
+    batch = window_batch(batch, overlap, cfg)
     per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
     base = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
+    cut = 0
     for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
         las = read_las(pair.las)
         pts = PointArrays.from_las(las)
-        vox = voxelize(pts, spec, with_labels=False)
         point_truth = las_code_to_class(pts.classification)
-        vox_truth = voxel_labels(vox.point_voxel, point_truth, spec.num_voxels, spec.empty_label)
-        image = load_image(pair.image, cfg.data.image_size)
-        weights, tau = cfg.loss.class_weights, cfg.model.logit_adjustment
-        probs, pred2d = infer_tile(model, image, vox.features, device, tta, weights, tau)
-        grid = decide(probs, weights, tau).numpy().ravel()
-        truths = {"voxels": vox_truth, "points": point_truth}
-        preds = {"voxels": grid, "points": grid[vox.point_voxel]}
-        if pair.mask is not None and pred2d is not None:
-            truths["pixels"] = load_mask(pair.mask, (h, w)).ravel()
-            preds["pixels"] = pred2d.ravel()
-        for lvl, t in truths.items():
-            per_tile[lvl].append(confusion(t, preds[lvl]))
+        plan = plan_for(las, pts, side, overlap)
+        if plan is None:
+            scores = _tile_scores(model, cfg, pair, pts, point_truth, device, tta)
+        else:
+            cut += 1
+            scores = _window_scores(
+                model, cfg, pair, las, pts, plan, point_truth, device, tta, batch
+            )
+        for lvl, (t, p) in scores.items():
+            per_tile[lvl].append(confusion(t, p))
             base[lvl] += confusion(t, np.zeros_like(t))
     result = {"split": split, "tiles": len(pairs)}
+    if cut:
+        result["windows"] = {"tiles": cut, "side": side, "overlap": overlap}
     for lvl in LEVELS:
         if not per_tile[lvl]:
             continue
@@ -100,3 +111,59 @@ def evaluate(
             "iou_interval": iou_interval(tiles),
         }
     return result
+
+
+def _tile_scores(model, cfg: Config, pair, pts: PointArrays, point_truth, device, tta) -> dict:
+    """(truth, prediction) of each level for a tile predicted whole."""
+    spec = GridSpec.from_config(cfg.grid)
+    vox = voxelize(pts, spec, with_labels=False)
+    vox_truth = voxel_labels(vox.point_voxel, point_truth, spec.num_voxels, spec.empty_label)
+    image = load_image(pair.image, cfg.data.image_size)
+    weights, tau = cfg.loss.class_weights, cfg.model.logit_adjustment
+    probs, pred2d = infer_tile(model, image, vox.features, device, tta, weights, tau)
+    grid = decide(probs, weights, tau).numpy().ravel()
+    scores = {"voxels": (vox_truth, grid), "points": (point_truth, grid[vox.point_voxel])}
+    if pair.mask is not None and pred2d is not None:
+        scores["pixels"] = (load_mask(pair.mask, spec.shape[1:]).ravel(), pred2d.ravel())
+    return scores
+
+
+def _window_scores(
+    model, cfg: Config, pair, las, pts: PointArrays, plan: WindowPlan, point_truth, device, tta,
+    batch: int,
+) -> dict:  # fmt: skip
+    """(truth, prediction) of each level for a tile cut into windows: every point once; each
+    window's own voxels and pixels (:meth:`~uxbseg.windows.WindowPlan.owned_cells`), with the
+    mask cut to the window. Windows that classify no point (empty corners) are not scored."""
+    spec = GridSpec.from_config(cfg.grid)
+    d, h, w = spec.shape
+    scale, offset = las.header.scales, las.header.offsets
+    (x0, x1), (y0, y1) = plan.x_limits, plan.y_limits
+    file_bounds = (
+        x0 * scale[0] + offset[0],
+        y0 * scale[1] + offset[1],
+        x1 * scale[0] + offset[0],
+        y1 * scale[1] + offset[1],
+    )
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"voxels": [], "pixels": []}
+    values = None if pair.mask is None else read_mask_values(pair.mask)  # decoded once
+
+    def score(win: WindowInput, grid: np.ndarray, pred2d: np.ndarray | None) -> None:
+        own = plan.owned_cells(plan.window(win.row, win.col), (h, w), spec.binning)
+        truth = voxel_labels(
+            win.point_voxel, point_truth[win.points], spec.num_voxels, spec.empty_label
+        )
+        own3d = np.broadcast_to(own, (d, h, w)).ravel()
+        parts["voxels"].append((truth[own3d], grid.ravel()[own3d]))
+        if values is not None and pred2d is not None:
+            mask = mask_window(values, file_bounds, win.bounds, (h, w))
+            parts["pixels"].append((mask[own], pred2d[own]))
+
+    point_class, _ = predict_windows(
+        model, cfg, pair.image, las, pts, plan, device, tta, False, score, False, batch
+    )
+    scores = {"points": (point_truth, point_class.astype(np.int64))}
+    for lvl, pieces in parts.items():
+        if pieces:
+            scores[lvl] = tuple(np.concatenate(p) for p in zip(*pieces))
+    return scores

@@ -22,6 +22,7 @@ from .io.las import PointArrays, is_compressed, read_las, units_warning, write_c
 from .io.raster import TPI_RADIUS_M, load_image
 from .predict_windows import WindowGrids, plan_for, predict_windows
 from .run_dirs import require_folder
+from .windows import WINDOW_OVERLAP
 
 __all__ = [
     "PredictJob",
@@ -30,6 +31,7 @@ __all__ = [
     "output_paths",
     "predict_files",
     "resolve_window",
+    "window_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class PredictResult:
     error: str | None = None
     windows: int = 0  # 0: predicted as one tile; else the windows it was cut into (npy: folder)
     side: float | None = None  # their side (CRS units)
+    overlap: float | None = None  # their least overlap (a fraction of the side)
 
 
 def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
@@ -81,6 +84,20 @@ def resolve_window(window: float | str | None, cfg: Config) -> float | None:
     if not side > 0:
         raise BadDataError(f"--window {window}: give a side > 0 in CRS units, auto or off")
     return side
+
+
+def window_batch(batch: int | None, overlap: float, cfg: Config) -> int:
+    """How many windows go through the model at a time: ``batch``, or by default the training
+    batch (``data.batch_size``, which fits the memory); a bad ``batch`` or ``overlap`` is an
+    error."""
+    batch = cfg.data.batch_size if batch is None else batch
+    if batch < 1:
+        raise BadDataError(f"--batch {batch}: give a number of windows >= 1")
+    if not 0.0 <= overlap < 1.0:
+        raise BadDataError(
+            f"--overlap {overlap}: give a fraction of the window side, >= 0 and < 1 (e.g. 0.25)"
+        )
+    return batch
 
 
 def check_jobs(jobs: Sequence[PredictJob], out_dir: str | Path) -> None:
@@ -127,12 +144,14 @@ def predict_one(
     progress: bool = False,
     batch: int = 1,
     grids: bool = True,
+    overlap: float = WINDOW_OVERLAP,
 ) -> PredictResult:
     """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written).
 
     A file more than :data:`~uxbseg.windows.WINDOW_TRIGGER` times ``window`` (CRS units) on a
-    side is cut into windows of that side (:mod:`uxbseg.windows`), ``batch`` at a time through
-    the model; None predicts it as one tile. ``grids=False`` writes the LAS/LAZ alone.
+    side is cut into windows of that side overlapping by at least ``overlap``
+    (:mod:`uxbseg.windows`), ``batch`` at a time through the model; None predicts it as one
+    tile. ``grids=False`` writes the LAS/LAZ alone.
     """
     las = read_las(job.las)
     n = len(las.points)
@@ -142,11 +161,11 @@ def predict_one(
     if units:
         log.warning("%s: %s", job.las, units)
     points = PointArrays.from_las(las)
-    plan = plan_for(las, points, window)
+    plan = plan_for(las, points, window, overlap)
     out_dir.mkdir(parents=True, exist_ok=True)
     las_out, npy_out = output_paths(job, out_dir)
     windows_out = npy_out.with_suffix(".windows")
-    folder = WindowGrids(windows_out, plan, window) if plan is not None and grids else None
+    folder = WindowGrids(windows_out, plan, window, overlap) if plan is not None and grids else None
     written = None
     try:
         if plan is None:
@@ -193,6 +212,7 @@ def predict_one(
         {c.name: int(counts[c.index]) for c in CLASSES},
         windows=0 if plan is None else len(plan),
         side=None if plan is None else window,
+        overlap=None if plan is None else overlap,
     )
 
 
@@ -235,19 +255,19 @@ def predict_files(
     window: float | str | None = "auto",
     batch: int | None = None,
     grids: bool = True,
+    overlap: float = WINDOW_OVERLAP,
 ) -> list[PredictResult]:
     """Predict every job; a bad input is reported and skipped while the others go on. Jobs that
     conflict (:func:`check_jobs`) are refused before any work. ``window``: see
-    :func:`resolve_window`; files larger than it are cut into windows, ``batch`` of them at a
-    time through the model (default: the training batch, ``data.batch_size``, which fits).
-    ``grids=False`` writes the classified LAS/LAZ alone, without voxel grids."""
+    :func:`resolve_window`; files larger than it are cut into windows overlapping by at least
+    ``overlap`` of their side, ``batch`` of them at a time through the model (default: the
+    training batch, ``data.batch_size``, which fits). ``grids=False`` writes the classified
+    LAS/LAZ alone, without voxel grids."""
     from tqdm.auto import tqdm
 
     check_jobs(jobs, out_dir)
     side = resolve_window(window, cfg)
-    batch = cfg.data.batch_size if batch is None else batch
-    if batch < 1:
-        raise BadDataError(f"--batch {batch}: give a number of windows >= 1")
+    batch = window_batch(batch, overlap, cfg)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     results = []
@@ -268,6 +288,7 @@ def predict_files(
                     progress,
                     batch,
                     grids,
+                    overlap,
                 )
             )
         except UXBError as exc:

@@ -11,6 +11,7 @@ import os
 import queue
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,22 +28,27 @@ from .io.raster import (
     TPI_CLIP_M,
     TPI_RADIUS_M,
     colourise_tpi,
-    load_image_window,
+    image_window,
     normalise_rgb,
+    open_image,
     window_tpi,
 )
-from .windows import WindowPlan, plan_windows
+from .windows import WINDOW_OVERLAP, WindowPlan, plan_windows
 
-__all__ = ["WindowGrids", "plan_for", "predict_windows"]
+__all__ = ["WindowGrids", "WindowInput", "plan_for", "predict_windows"]
 
 
-def plan_for(las, points: PointArrays, side: float | None) -> WindowPlan | None:
-    """The windows a file is cut into for a window ``side`` (CRS units), or None (one tile)."""
+def plan_for(
+    las, points: PointArrays, side: float | None, overlap: float = WINDOW_OVERLAP
+) -> WindowPlan | None:
+    """The windows a file is cut into for a window ``side`` (CRS units) and least ``overlap``,
+    or None (one tile)."""
     if side is None:
         return None
     sx, sy = (max(1, round(side / float(s))) for s in las.header.scales[:2])
     X, Y = points.X, points.Y
-    return plan_windows((int(X.min()), int(X.max())), (int(Y.min()), int(Y.max())), (sx, sy))
+    x_limits, y_limits = (int(X.min()), int(X.max())), (int(Y.min()), int(Y.max()))
+    return plan_windows(x_limits, y_limits, (sx, sy), overlap=overlap)
 
 
 class WindowGrids:
@@ -50,24 +56,31 @@ class WindowGrids:
     and ``windows.json`` with each window's bounds; written under a temporary name, then
     renamed over any earlier one."""
 
-    def __init__(self, folder: Path, plan: WindowPlan, side: float) -> None:
+    def __init__(self, folder: Path, plan: WindowPlan, side: float, overlap: float) -> None:
         self.folder = folder
         self.tmp = folder.with_name(f".{folder.name}.partial")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         rows, cols = plan.shape
-        self.index = {"side": side, "rows": rows, "columns": cols, "windows": []}
+        self.index = {
+            "side": side,
+            "overlap": overlap,
+            "rows": rows,
+            "columns": cols,
+            "windows": [],
+        }
 
-    def add(self, row: int, col: int, bounds, points: int, grid: np.ndarray) -> None:
-        name = f"r{row:03d}_c{col:03d}.npy"
+    def __call__(self, w: WindowInput, grid: np.ndarray, pred2d: np.ndarray | None) -> None:
+        """Save the grid of window ``w`` (a :func:`predict_windows` ``on_window``)."""
+        name = f"r{w.row:03d}_c{w.col:03d}.npy"
         np.save(self.tmp / name, grid)
         self.index["windows"].append(
             {
-                "row": row,
-                "col": col,
+                "row": w.row,
+                "col": w.col,
                 "npy": name,
-                "bounds": [float(b) for b in bounds],
-                "points": points,
+                "bounds": [float(b) for b in w.bounds],
+                "points": int(w.mine.sum()),
             }
         )
 
@@ -82,22 +95,34 @@ class WindowGrids:
 
 
 @dataclass
-class _WindowInput:
-    """One window, ready for the model: which points take their class from which voxel."""
+class WindowInput:
+    """One window, ready for the model: its points, their voxels, and which of them take their
+    class from it."""
 
     row: int
     col: int
-    bounds: tuple[float, float, float, float]
-    taken: np.ndarray  # indices of the points that take their class from this window
-    voxel: np.ndarray  # each taken point's voxel (flat index)
+    bounds: tuple[float, float, float, float]  # CRS units (xmin, ymin, xmax, ymax)
+    points: np.ndarray  # indices of the points inside the window
+    point_voxel: np.ndarray  # each one's voxel (flat index)
+    mine: np.ndarray  # bool: whether it takes its class from this window
     image: np.ndarray
     features: np.ndarray
+
+    @property
+    def taken(self) -> np.ndarray:
+        """Indices of the points that take their class from this window."""
+        return self.points[self.mine]
+
+    @property
+    def voxel(self) -> np.ndarray:
+        """Each taken point's voxel."""
+        return self.point_voxel[self.mine]
 
 
 def _window_inputs(
     image_path: Path | None, las, points: PointArrays, plan: WindowPlan, cfg: Config
 ):
-    """:class:`_WindowInput` of each window that some point takes its class from: the window's
+    """:class:`WindowInput` of each window that some point takes its class from: the window's
     points voxelised over its bounds, and its image (cut from ``image_path``, or rendered from
     its points and those within the TPI radius around it)."""
     spec = GridSpec.from_config(cfg.grid)
@@ -111,6 +136,7 @@ def _window_inputs(
 
     (fx0, fx1), (fy0, fy1) = crs(plan.x_limits, 0), crs(plan.y_limits, 1)  # the data's
     render = image_path is None
+    rgb = None if render else np.asarray(open_image(image_path, "RGB"))  # decoded once
     margin = [math.ceil(TPI_RADIUS_M / s) if render else 0 for s in scale[:2]]
     for col in range(cols):
         (xlo, xhi), _ = plan.window(0, col).limits
@@ -140,9 +166,8 @@ def _window_inputs(
                 image = normalise_rgb(colourise_tpi(t, TPI_CLIP_M, cfg.data.image_size))
             else:
                 file_bounds = (fx0, fy0, fx1, fy1)
-                image = load_image_window(image_path, file_bounds, bounds, cfg.data.image_size)
-            taken, voxel = idx[mine], vox.point_voxel[mine]
-            yield _WindowInput(row, col, bounds, taken, voxel, image, vox.features)
+                image = image_window(rgb, file_bounds, bounds, cfg.data.image_size)
+            yield WindowInput(row, col, bounds, idx, vox.point_voxel, mine, image, vox.features)
 
 
 def _prefetched(items, depth: int):
@@ -194,33 +219,38 @@ def predict_windows(
     device: torch.device,
     tta: bool,
     probabilities: bool,
-    grids: WindowGrids | None,
+    on_window: Callable[[WindowInput, np.ndarray, np.ndarray | None], None] | None,
     progress: bool,
     batch: int = 1,
     prefetch: int = 2,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Classes (N,) and, with ``probabilities``, class probabilities (K, N) of every point of a
     file cut into windows, ``batch`` windows at a time through the model while the next
-    ``prefetch`` batches are prepared."""
+    ``prefetch`` batches are prepared. ``on_window(window, grid, classes2d)`` is called with
+    each window's voxel classes (D, H, W) and 2D head's classes (H, W; None without one)."""
     from tqdm.auto import tqdm
 
     n = len(points)
     point_class = np.zeros(n, dtype=np.uint8)
     point_probs = np.zeros((len(CLASSES), n), dtype=np.float32) if probabilities else None
-    pending: list[_WindowInput] = []
+    pending: list[WindowInput] = []
+    weights, tau = cfg.loss.class_weights, cfg.model.logit_adjustment
 
     def run() -> None:
         images = np.stack([w.image for w in pending])
         features = np.stack([w.features for w in pending])
-        probs, _ = infer_tiles(model, images, features, device, tta)
-        grid_b = decide(probs, cfg.loss.class_weights, cfg.model.logit_adjustment, dim=1)
-        grid_b = grid_b.numpy().astype(np.uint8)
-        for w, p, grid in zip(pending, probs, grid_b):
-            point_class[w.taken] = grid.ravel()[w.voxel]
+        probs, probs2d = infer_tiles(model, images, features, device, tta)
+        grid_b = decide(probs, weights, tau, dim=1).numpy().astype(np.uint8)
+        pred2d_b = [None] * len(pending)
+        if on_window is not None and probs2d is not None:
+            pred2d_b = decide(probs2d, weights, tau, dim=1).numpy()
+        for w, p, grid, pred2d in zip(pending, probs, grid_b, pred2d_b):
+            taken, voxel = w.taken, w.voxel
+            point_class[taken] = grid.ravel()[voxel]
             if point_probs is not None:
-                point_probs[:, w.taken] = p.reshape(len(CLASSES), -1).numpy()[:, w.voxel]
-            if grids is not None:
-                grids.add(w.row, w.col, w.bounds, len(w.taken), grid)
+                point_probs[:, taken] = p.reshape(len(CLASSES), -1).numpy()[:, voxel]
+            if on_window is not None:
+                on_window(w, grid, pred2d)
         pending.clear()
 
     bar = tqdm(total=len(plan), desc="windows", unit="window", leave=False, disable=not progress)

@@ -20,9 +20,11 @@ __all__ = [
     "TPI_RADIUS_M",
     "colourise_tpi",
     "dem_from_points",
+    "image_window",
     "load_image",
     "load_image_window",
     "load_mask",
+    "mask_window",
     "normalise_rgb",
     "open_image",
     "read_mask_values",
@@ -70,20 +72,13 @@ def normalise_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def load_image_window(
-    path: str | Path,
+def _window_box(
+    arr: np.ndarray,
     bounds: tuple[float, float, float, float],
     window: tuple[float, float, float, float],
-    size: int = 512,
-) -> np.ndarray:
-    """The part of an image covering ``window``, resized (bilinear) and normalised like
-    :func:`load_image`.
-
-    The image covers ``bounds`` = (xmin, ymin, xmax, ymax), north-up; both in CRS units. The
-    window's pixels are cut out before resizing, so, as for a tile's own image, nothing beyond
-    its edge blends in; parts of the window beyond the image repeat the image's edge pixels.
-    """
-    arr = np.asarray(open_image(path, "RGB"))
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The pixels of ``arr`` (an image over ``bounds``, north-up) that ``window`` touches, and
+    the window's box within them (PIL's resize ``box``); edge pixels repeat beyond the image."""
     h, w = arr.shape[:2]
     bx0, by0, bx1, by1 = bounds
     x0, y0, x1, y1 = window
@@ -93,13 +88,54 @@ def load_image_window(
     box = [round(b) if abs(b - round(b)) < 1e-6 else b for b in (fx[0], fy[0], fx[1], fy[1])]
     pad = max(0, math.ceil(max(-box[0], -box[1], box[2] - w, box[3] - h)))
     if pad:
-        arr = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        widths = ((pad, pad), (pad, pad)) + ((0, 0),) * (arr.ndim - 2)
+        arr = np.pad(arr, widths, mode="edge")
         box = [b + pad for b in box]
     c0, r0 = math.floor(box[0]), math.floor(box[1])
-    cut = arr[r0 : math.ceil(box[3]), c0 : math.ceil(box[2])]
-    inner = (box[0] - c0, box[1] - r0, box[2] - c0, box[3] - r0)
-    im = Image.fromarray(np.ascontiguousarray(cut), "RGB")
+    cut = np.ascontiguousarray(arr[r0 : math.ceil(box[3]), c0 : math.ceil(box[2])])
+    return cut, (box[0] - c0, box[1] - r0, box[2] - c0, box[3] - r0)
+
+
+def image_window(
+    rgb: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    window: tuple[float, float, float, float],
+    size: int = 512,
+) -> np.ndarray:
+    """The part of an RGB image (H, W, 3) over ``bounds`` that covers ``window``, resized
+    (bilinear) and normalised like :func:`load_image`.
+
+    ``bounds`` = (xmin, ymin, xmax, ymax), north-up, and ``window`` in CRS units. The window's
+    pixels are cut out before resizing, so, as for a tile's own image, nothing beyond its edge
+    blends in; parts of the window beyond the image repeat the image's edge pixels.
+    """
+    cut, inner = _window_box(rgb, bounds, window)
+    im = Image.fromarray(cut, "RGB")
     return normalise_rgb(np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, inner)))
+
+
+def load_image_window(
+    path: str | Path,
+    bounds: tuple[float, float, float, float],
+    window: tuple[float, float, float, float],
+    size: int = 512,
+) -> np.ndarray:
+    """:func:`image_window` of the image file ``path``."""
+    return image_window(np.asarray(open_image(path, "RGB")), bounds, window, size)
+
+
+def mask_window(
+    values: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    window: tuple[float, float, float, float],
+    hw: tuple[int, int],
+) -> np.ndarray:
+    """The part of a mask's grey values (:func:`read_mask_values`, over ``bounds``) covering
+    ``window``, as class indices NEAREST-resized to (H, W) like :func:`load_mask`."""
+    cut, inner = _window_box(values, bounds, window)
+    h, w = hw
+    im = Image.fromarray(cut, "L").resize((w, h), Image.Resampling.NEAREST, inner)
+    return mask_value_to_class(np.asarray(im))
 
 
 def read_mask_values(path: str | Path) -> np.ndarray:
