@@ -93,3 +93,34 @@ def test_a_tile_of_another_size_is_noted(broken, capsys):
     main(["inspect", str(broken), "--split", "test"])  # without train/: the split's own median
     out = capsys.readouterr().out  # of a 100 m and a 300 m tile: 200 m, both are noted
     assert out.count("x the median 200.0 m of test/") == 2
+
+
+def test_a_tile_of_another_density_is_noted(broken, capsys):
+    """A tile thinned to a tenth of its points: its voxel features differ; a note."""
+    las_path = next((broken / "test" / "pair_0001").glob("*.las"))
+    las = laspy.read(las_path)
+    keep = np.zeros(len(las.points), bool)
+    keep[::10] = True
+    keep[
+        [int(np.argmin(las.X)), int(np.argmax(las.X)), int(np.argmin(las.Y)), int(np.argmax(las.Y))]
+    ] = True
+    las.points = las.points[keep]  # the same bounding box
+    las.write(las_path)
+    assert main(["inspect", str(broken)]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if "points per square unit" in line]
+    assert len(notes) == 1 and "note pair_0001" in notes[0]
+    assert "x sparser than train/" in notes[0]
+    ratio = float(notes[0].split("x sparser")[0].rsplit(" ", 1)[-1])
+    assert 5 < ratio < 20  # a tenth of the points of a tile like the others
+
+
+def test_density_note_names_the_ratio():
+    from uxbseg.data.pairs import density_note
+
+    assert density_note(5.0, 6.0, "train/") is None
+    assert density_note(1.5, 6.0, "train/") is None  # exactly 4x: still within
+    sparse = density_note(0.06, 6.0, "the training tiles")
+    assert "100x sparser than the training tiles (6)" in sparse
+    assert "8x denser" in density_note(48.0, 6.0, "train/")
+    assert density_note(0.0, 6.0, "x") is None and density_note(1.0, 0.0, "x") is None

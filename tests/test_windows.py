@@ -151,6 +151,30 @@ def test_training_records_the_tiles_side(trained_run):
     assert 99.0 <= cfg.grid.tile_extent <= 100.0  # the synthetic tiles are 100 m
     saved = load_config(trained_run[0].run_dir / "config.yaml")
     assert saved.grid.tile_extent == cfg.grid.tile_extent
+    # and their density: the generator draws 2-10 points per m2 a tile
+    assert 2.0 <= cfg.grid.tile_density <= 10.0
+    assert saved.grid.tile_density == cfg.grid.tile_density
+
+
+def test_a_file_far_sparser_than_the_training_tiles_is_warned_about(
+    trained_run, tiny_dataset, tmp_path, caplog
+):
+    import logging
+
+    model, cfg = load_model(trained_run[0].best_weights)
+    src = next((tiny_dataset / "predict").glob("pair_*/*.las"))
+    las = laspy.read(src)
+    keep = np.zeros(len(las.points), bool)
+    keep[::20] = True
+    las.points = las.points[keep]
+    las.write(tmp_path / "sparse.las")
+    jobs = [PredictJob(src, None, "dense"), PredictJob(tmp_path / "sparse.las", None, "sparse")]
+    with caplog.at_level(logging.WARNING, logger="uxbseg"):
+        results = predict_files(model, cfg, jobs, tmp_path / "out", window="off", progress=False)
+    assert all(r.error is None for r in results)  # a warning, not a failure
+    said = [r.getMessage() for r in caplog.records if "points per square unit" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(str(tmp_path / "sparse.las"))
+    assert "x sparser than the training tiles" in said[0]
 
 
 def _two_tiles_far_apart(tiny_dataset, tmp_path, axis):

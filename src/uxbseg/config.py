@@ -85,6 +85,9 @@ class GridConfig:
     # by `train` from the training point clouds. predict cuts larger point clouds into windows
     # of this side, so the model sees them at the scale it learnt (predict --window)
     tile_extent: float | None = None
+    # the training tiles' points per square CRS unit (median over train/); null = set by
+    # `train`. predict and evaluate warn about files far sparser or denser than this
+    tile_density: float | None = None
 
 
 @dataclass
@@ -295,11 +298,12 @@ def _validate(cfg: Config) -> None:
     clip = cfg.trainer.gradient_clip_norm
     if clip is not None and not clip > 0:
         raise ConfigError(f"trainer.gradient_clip_norm must be > 0 or null, got {clip}")
-    extent = cfg.grid.tile_extent
-    if extent is not None and not extent > 0:
-        raise ConfigError(
-            f"grid.tile_extent must be > 0 or null (set from the training tiles), got {extent}"
-        )
+    for key in ("tile_extent", "tile_density"):
+        value = getattr(cfg.grid, key)
+        if value is not None and not value > 0:
+            raise ConfigError(
+                f"grid.{key} must be > 0 or null (set from the training tiles), got {value}"
+            )
     budget = cfg.trainer.max_time_minutes
     if budget is not None and not budget > 0:
         raise ConfigError(

@@ -11,7 +11,7 @@ import torch
 from .classes import IGNORE, NUM_CLASSES, las_code_to_class
 from .config import Config
 from .data.pairs import find_pairs
-from .data.voxelize import GridSpec, voxel_labels, voxelize
+from .data.voxelize import GridSpec, voxel_labels, voxelize, xy_limits
 from .decision import decide
 from .errors import BadDataError
 from .inference import infer_tile
@@ -19,7 +19,7 @@ from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask, mask_window, read_mask_values
 from .metrics import iou_interval, metrics_from_confusion
 from .predict import resolve_window, window_batch
-from .predict_windows import WindowInput, plan_for, predict_windows
+from .predict_windows import WindowInput, domain_warnings, plan_for, predict_windows
 from .windows import WINDOW_OVERLAP, WindowPlan
 
 __all__ = ["confusion", "evaluate"]
@@ -78,12 +78,16 @@ def evaluate(
     batch = window_batch(batch, overlap, cfg)
     per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
     base = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
-    cut = 0
+    cut = unlike = 0
     for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
         las = read_las(pair.las)
         pts = PointArrays.from_las(las)
         point_truth = las_code_to_class(pts.classification)
-        plan = plan_for(las, pts, side, overlap)
+        limits = xy_limits(pts)
+        for warning in domain_warnings(las, len(pts), limits, cfg):
+            unlike += 1  # the first in full, before the work; the count at the end
+            log.log(logging.WARNING if unlike == 1 else logging.DEBUG, "%s: %s", pair.las, warning)
+        plan = plan_for(las, limits, side, overlap)
         if plan is None:
             scores = _tile_scores(model, cfg, pair, pts, point_truth, device, tta)
         else:
@@ -94,6 +98,8 @@ def evaluate(
         for lvl, (t, p) in scores.items():
             per_tile[lvl].append(confusion(t, p))
             base[lvl] += confusion(t, np.zeros_like(t))
+    if unlike > 1:
+        log.warning("%d warnings like the one above over the %d tiles", unlike, len(pairs))
     result = {"split": split, "tiles": len(pairs)}
     if cut:
         result["windows"] = {"tiles": cut, "side": side, "overlap": overlap}

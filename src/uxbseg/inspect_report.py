@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from .classes import CLASSES
-from .data.pairs import PairReport, check_pair, find_pairs, find_splits, tile_extent
+from .data.pairs import (
+    PairReport,
+    check_pair,
+    density_note,
+    find_pairs,
+    find_splits,
+    tile_density,
+    tile_extent,
+)
 from .errors import BadDataError
 from .windows import WINDOW_TRIGGER
 
@@ -34,6 +42,7 @@ def inspect_dataset(
         s: [check_pair(p) for p in find_pairs(root, s, image_glob, mask_glob)] for s in splits
     }
     _note_scale(reports)
+    _note_density(reports)
     return reports
 
 
@@ -54,9 +63,23 @@ def _note_scale(reports: dict[str, list[PairReport]]) -> None:
             r.notes.append(
                 f"{max(r.extent):.1f} m on its larger side, {ratio:.2g}x the median "
                 f"{typical:.1f} m of {where}: the grid spans each tile, so the model sees this "
-                f"one at {1 / ratio:.2g}x the others' scale. predict cuts large files into "
-                "windows; training and evaluate take tiles whole: cut it into tiles like the others"
+                f"one at {1 / ratio:.2g}x the others' scale. predict and evaluate cut large "
+                "files into windows; training takes tiles whole: cut it into tiles like the others"
             )
+
+
+def _note_density(reports: dict[str, list[PairReport]]) -> None:
+    """Note the tiles much sparser or denser than the training tiles (the median of train/,
+    else of every split)."""
+    typical = tile_density(reports.get("train") or [r for reps in reports.values() for r in reps])
+    if typical is None:
+        return
+    where = "train/" if reports.get("train") else ", ".join(f"{s}/" for s in reports)
+    for reps in reports.values():
+        for r in reps:
+            note = None if r.density is None else density_note(r.density, typical, where)
+            if note:
+                r.notes.append(note)
 
 
 def _hist(d: dict[int, int]) -> str:
@@ -75,18 +98,20 @@ def format_reports(reports: dict[str, list[PairReport]]) -> str:
         lines.append("")
         lines.append(f"[{split}] {len(reps)} pairs")
         head = (
-            f"{'pair':<12}{'points':>10}{'fmt':>5}{'extent (m)':>16}  {'image':>9}  "
+            f"{'pair':<12}{'points':>10}{'fmt':>5}{'extent (m)':>16}{'pts/m2':>8}  {'image':>9}  "
             f"{'LAS classes (code:points)':<40}{'mask values (value:px)':<30}status"
         )
         lines.append(head)
         lines.append("-" * len(head))
         for r in reps:
             ext = f"{r.extent[0]:.1f} x {r.extent[1]:.1f}" if r.extent else "-"
+            dens = f"{r.density:.3g}" if r.density is not None else "-"
             img = f"{r.image_size[0]}x{r.image_size[1]}" if r.image_size else "-"
             status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
             lines.append(
                 f"{r.pair.pair_id:<12}{r.points if r.points is not None else '-':>10}"
-                f"{r.point_format if r.point_format is not None else '-':>5}{ext:>16}  {img:>9}  "
+                f"{r.point_format if r.point_format is not None else '-':>5}{ext:>16}{dens:>8}  "
+                f"{img:>9}  "
                 f"{_hist(r.las_classes):<40}{_hist(r.mask_values):<30}{status}"
             )
         notes = [(r.pair.pair_id, n) for r in reps for n in r.notes]

@@ -14,13 +14,13 @@ import torch
 
 from .classes import CLASSES, class_to_las_code
 from .config import Config
-from .data.voxelize import GridSpec, voxelize
+from .data.voxelize import GridSpec, voxelize, xy_limits
 from .decision import decide
 from .errors import BadDataError, UXBError
 from .inference import infer_tile, render_tpi_image
-from .io.las import PointArrays, is_compressed, read_las, units_warning, write_classified
+from .io.las import PointArrays, is_compressed, read_las, write_classified
 from .io.raster import TPI_RADIUS_M, load_image
-from .predict_windows import WindowGrids, plan_for, predict_windows
+from .predict_windows import WindowGrids, domain_warnings, plan_for, predict_windows
 from .run_dirs import require_folder
 from .windows import WINDOW_OVERLAP
 
@@ -157,11 +157,11 @@ def predict_one(
     n = len(las.points)
     if n == 0:
         raise BadDataError(f"{job.las}: the point cloud is empty; nothing to classify")
-    units = units_warning(las)
-    if units:
-        log.warning("%s: %s", job.las, units)
     points = PointArrays.from_las(las)
-    plan = plan_for(las, points, window, overlap)
+    limits = xy_limits(points)
+    for warning in domain_warnings(las, n, limits, cfg):
+        log.warning("%s: %s", job.las, warning)
+    plan = plan_for(las, limits, window, overlap)
     out_dir.mkdir(parents=True, exist_ok=True)
     las_out, npy_out = output_paths(job, out_dir)
     windows_out = npy_out.with_suffix(".windows")

@@ -17,8 +17,10 @@ __all__ = [
     "PairReport",
     "Problem",
     "check_pair",
+    "density_note",
     "find_pairs",
     "find_splits",
+    "tile_density",
     "tile_extent",
 ]
 
@@ -134,6 +136,13 @@ class PairReport:
         return self.pair.problems
 
     @property
+    def density(self) -> float | None:
+        """Points per square CRS unit of the XY bounding box (None without an area)."""
+        if not self.points or not self.extent or not self.extent[0] * self.extent[1] > 0:
+            return None
+        return self.points / (self.extent[0] * self.extent[1])
+
+    @property
     def ok(self) -> bool:
         return not self.pair.problems
 
@@ -147,6 +156,36 @@ def tile_extent(reports: list[PairReport]) -> float | None:
     when no pair has one)."""
     sides = [max(r.extent) for r in reports if r.extent]
     return float(np.median(sides)) if sides else None
+
+
+def tile_density(reports: list[PairReport]) -> float | None:
+    """The point density of a split's tiles: the median over its pairs of points per square
+    CRS unit of their XY bounding box (None when no pair has one)."""
+    found = [r.density for r in reports if r.density is not None]
+    return float(np.median(found)) if found else None
+
+
+DENSITY_TRIGGER = 4.0
+"""A file more than this many times sparser or denser than the training tiles is noted: the
+voxel features (occupancy, point density, height within the voxel) change with density."""
+
+
+def density_note(density: float, typical: float, of: str) -> str | None:
+    """What to tell about a file of ``density`` points per square unit against the ``typical``
+    density of the training tiles (``of`` names them), or None when it is within
+    :data:`DENSITY_TRIGGER` times of it."""
+    if not (density > 0 and typical > 0):
+        return None
+    ratio = density / typical
+    if 1 / DENSITY_TRIGGER <= ratio <= DENSITY_TRIGGER:
+        return None
+    how = f"{1 / ratio:.3g}x sparser" if ratio < 1 else f"{ratio:.3g}x denser"
+    return (
+        f"{density:.3g} points per square unit, {how} than {of} ({typical:.3g}): the voxel "
+        "features (occupancy, point density) differ from those the model learnt, so expect "
+        "poorer classes; train on tiles of this density, or thin the denser data to match "
+        "(e.g. PDAL's filters.sample)"
+    )
 
 
 def check_pair(pair: Pair) -> PairReport:

@@ -23,7 +23,7 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 
 from ..config import Config, save_config
 from ..data.datamodule import UXBDataModule, checked_pairs, checked_reports
-from ..data.pairs import tile_extent
+from ..data.pairs import tile_density, tile_extent
 from ..errors import BadDataError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from ..run_dirs import require_folder
@@ -159,6 +159,10 @@ def train(
     if cfg.grid.tile_extent is None and side is not None:  # with the weights: predict's window
         cfg = replace(cfg, grid=replace(cfg.grid, tile_extent=float(f"{side:.6g}")))
         log.info("training tiles are %.3f units on their larger side (grid.tile_extent)", side)
+    density = tile_density(train_reports)
+    if cfg.grid.tile_density is None and density is not None:  # predict warns far from it
+        cfg = replace(cfg, grid=replace(cfg.grid, tile_density=float(f"{density:.6g}")))
+        log.info("training tiles hold %.4g points per square unit (grid.tile_density)", density)
     val_pairs = checked_pairs(root, cfg.data.val_split, cfg, skip)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
