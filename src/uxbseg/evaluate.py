@@ -11,7 +11,7 @@ import torch
 from .classes import IGNORE, NUM_CLASSES, las_code_to_class
 from .config import Config
 from .data.pairs import find_pairs
-from .data.voxelize import GridSpec, voxel_labels, voxelize, xy_limits
+from .data.voxelize import GridSpec, raw_xy_limits, voxel_labels, voxelize
 from .decision import decide
 from .errors import BadDataError
 from .inference import infer_tile
@@ -83,7 +83,7 @@ def evaluate(
         las = read_las(pair.las)
         pts = PointArrays.from_las(las)
         point_truth = las_code_to_class(pts.classification)
-        limits = xy_limits(pts)
+        limits = raw_xy_limits(pts)
         for warning in domain_warnings(las, len(pts), limits, cfg):
             unlike += 1  # the first in full, before the work; the count at the end
             log.log(logging.WARNING if unlike == 1 else logging.DEBUG, "%s: %s", pair.las, warning)

@@ -14,7 +14,7 @@ import torch
 
 from .classes import CLASSES, class_to_las_code
 from .config import Config
-from .data.voxelize import GridSpec, voxelize, xy_limits
+from .data.voxelize import GridSpec, raw_xy_limits, voxelize
 from .decision import decide
 from .errors import BadDataError, UXBError
 from .inference import infer_tile, render_tpi_image
@@ -158,7 +158,7 @@ def predict_one(
     if n == 0:
         raise BadDataError(f"{job.las}: the point cloud is empty; nothing to classify")
     points = PointArrays.from_las(las)
-    limits = xy_limits(points)
+    limits = raw_xy_limits(points)
     for warning in domain_warnings(las, n, limits, cfg):
         log.warning("%s: %s", job.las, warning)
     plan = plan_for(las, limits, window, overlap)

@@ -42,8 +42,8 @@ __all__ = ["WindowGrids", "WindowInput", "domain_warnings", "plan_for", "predict
 def plan_for(
     las, limits: tuple[tuple[int, int], tuple[int, int]], side: float | None, overlap: float
 ) -> WindowPlan | None:
-    """The windows a file with raw XY ``limits`` (:func:`~uxbseg.data.voxelize.xy_limits`) is
-    cut into for a window ``side`` (CRS units) and least ``overlap``, or None (one tile)."""
+    """The windows a file with raw XY ``limits`` (:func:`~uxbseg.data.voxelize.raw_xy_limits`)
+    is cut into for a window ``side`` (CRS units) and least ``overlap``, or None (one tile)."""
     if side is None:
         return None
     sx, sy = (max(1, round(side / float(s))) for s in las.header.scales[:2])

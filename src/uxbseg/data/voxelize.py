@@ -22,10 +22,10 @@ __all__ = [
     "GridSpec",
     "VoxelizedTile",
     "bin_points",
+    "raw_xy_limits",
     "tile_labels",
     "voxel_labels",
     "voxelize",
-    "xy_limits",
 ]
 
 
@@ -184,7 +184,7 @@ def _in_threads(fn, ranges: list[tuple[int, int]]) -> list:
         return [f.result() for f in futures] + [last]
 
 
-def xy_limits(points: PointArrays) -> tuple[tuple[int, int], tuple[int, int]]:
+def raw_xy_limits(points: PointArrays) -> tuple[tuple[int, int], tuple[int, int]]:
     """(min, max) of the raw X and of the raw Y, chunk by chunk: reducing a strided LAS field
     directly is several times slower than gathering a chunk and reducing that."""
 
@@ -261,7 +261,7 @@ def _bin_points(
     elif n < _THREAD_MIN_POINTS:
         (xlo, xhi), (ylo, yhi) = (int(X.min()), int(X.max())), (int(Y.min()), int(Y.max()))
     else:
-        (xlo, xhi), (ylo, yhi) = xy_limits(points)
+        (xlo, xhi), (ylo, yhi) = raw_xy_limits(points)
     axes = (
         (_Axis(*z_limits, d, spec.binning, h * w, clip=True), points.Z),
         (_Axis(ylo, yhi, h, spec.binning, w, flip=True, clip=given), Y),  # row 0 = north
