@@ -92,53 +92,10 @@ def add_model_commands(sub) -> None:
     add_prediction_commands(sub)
 
 
-def _format_eval(result: dict) -> str:
-    from .metrics import format_metrics_table
-
-    rows = {}
-    for lvl in ("voxels", "pixels", "points"):
-        if lvl in result:
-            rows[lvl] = result[lvl]["metrics"]
-            rows[f"{lvl} (all-ground)"] = result[lvl]["baseline"]
-    lines = [f"{result['split']}: {result['tiles']} tiles", format_metrics_table(rows)]
-    if "windows" in result:
-        win = result["windows"]
-        lines.append(
-            f"{win['tiles']} tile(s) larger than a training tile were scored as predict "
-            f"classifies them: in windows of {win['side']:g} (overlap {win['overlap']:g}), each "
-            "point once, voxels and pixels in the window whose centre is nearest"
-        )
-    lines.append(
-        "rows: voxels = the fused 2D+3D classes on the grid; points = those classes on every LAS "
-        "point (what predict writes); pixels = the 2D image head alone (an auxiliary output, "
-        "not written to LAS); all-ground = every voxel, pixel or point called ground"
-    )
-    for lvl in ("voxels", "points"):
-        if lvl in result:
-            lines.append(
-                f"confusion ({lvl}; rows truth, cols prediction: ground, plazuela, "
-                f"structure): {result[lvl]['confusion']}"
-            )
-    spans = [
-        f"{lvl} "
-        + ", ".join(
-            f"{name} {lo:.2f}-{hi:.2f}" for name, (lo, hi) in result[lvl]["iou_interval"].items()
-        )
-        for lvl in ("voxels", "points")
-        if lvl in result
-    ]
-    if spans:
-        lines.append(
-            f"IoU, 95 % interval over the {result['tiles']} tiles (bootstrap; how far another "
-            f"split like this one could move it): " + "; ".join(spans)
-        )
-    return "\n".join(lines)
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluate import evaluate
+    from .evaluate import evaluate, format_result
     from .io.weights import load_model
 
     model, cfg = _with_adjustment(*load_model(args.weights), args)
@@ -152,11 +109,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         window=args.window,
         overlap=args.overlap,
         batch=args.batch,
+        report=args.report,
     )
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(_format_eval(result))
+        print(format_result(result))
     return 0
 
 
@@ -392,6 +350,13 @@ def add_prediction_commands(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (ROOT)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="also write a picture of each tile (TPI image, truth, prediction, errors) and "
+        "DIR/report.html listing them worst first",
+    )
     _window_args(p)
     _decision_args(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -56,7 +56,7 @@ def run_demo(
         )
     model, cfg = load_model(result.best_weights)
     print("[3/4] evaluating on the test split ...", flush=True)
-    ev = evaluate(model, cfg, data, "test", progress=progress)
+    ev = evaluate(model, cfg, data, "test", progress=progress, report=out / "report")
     print("[4/4] predicting the predict split ...", flush=True)
     jobs = [PredictJob(p.las, p.image, p.short_id) for p in find_pairs(data, "predict")]
     preds = predict_files(model, cfg, jobs, out / "predict_out", progress=progress)
@@ -69,12 +69,12 @@ def run_demo(
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .cli_model import _format_eval
+    from .evaluate import format_result
 
     res = run_demo(args.out, args.minutes, args.train_tiles, args.seed)
     ev = res["evaluation"]
     print("\n=== uxbseg demo ===")
-    print(_format_eval(ev))
+    print(format_result(ev))
     pts = ev["points"]["metrics"]
     print(
         f"\npoint IoU plazuela {pts['iou_plazuela']:.3f}, structure {pts['iou_structure']:.3f} "
@@ -83,6 +83,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     ok = [p for p in res["predictions"] if not p.error]
     print(f"weights:     {res['run'].best_weights}")
     print(f"predictions: {len(ok)} classified LAS + voxel grids in {args.out / 'predict_out'}")
+    print(f"pictures:    {ev['report']} (the test tiles: truth, prediction, errors)")
     print(f"total time:  {res['seconds'] / 60:.1f} min")
     return 0
 
@@ -93,7 +94,8 @@ def add_demo_command(sub) -> None:
         "demo",
         help="synthetic data -> train (tiny, CPU) -> evaluate -> predict",
         description="A few minutes on a laptop CPU: writes a synthetic dataset, "
-        "trains configs/tiny.yaml, evaluates it, classifies the predict split.",
+        "trains configs/tiny.yaml, evaluates it (with a picture of each test tile in "
+        "OUT/report/report.html), classifies the predict split.",
     )
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default demo/)")
     p.add_argument(

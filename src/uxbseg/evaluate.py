@@ -17,12 +17,13 @@ from .errors import BadDataError
 from .inference import infer_tile
 from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask, mask_window, read_mask_values
-from .metrics import iou_interval, metrics_from_confusion
+from .metrics import format_metrics_table, iou_interval, metrics_from_confusion
 from .predict import resolve_window, window_batch
 from .predict_windows import WindowInput, domain_warnings, plan_for, predict_windows
+from .report import TileReport
 from .windows import WINDOW_OVERLAP, WindowPlan
 
-__all__ = ["confusion", "evaluate"]
+__all__ = ["confusion", "evaluate", "format_result"]
 
 log = logging.getLogger(__name__)
 LEVELS = ("voxels", "pixels", "points")
@@ -45,6 +46,7 @@ def evaluate(
     window: float | str | None = "auto",
     overlap: float = WINDOW_OVERLAP,
     batch: int | None = None,
+    report: str | Path | None = None,
 ) -> dict:
     """Metrics of ``model`` on ``root/split``.
 
@@ -59,6 +61,9 @@ def evaluate(
     takes it: by default the training tiles' side) is scored as ``predict`` classifies it: cut
     into windows overlapping by ``overlap``, ``batch`` at a time through the model. Its points
     are scored once each; its voxels and pixels in the window whose centre is nearest.
+
+    ``report``: a folder for a picture of each tile and ``report.html``
+    (:class:`~uxbseg.report.TileReport`); its path is ``result["report"]``.
     """
     from tqdm.auto import tqdm
 
@@ -79,6 +84,7 @@ def evaluate(
     per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
     base = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
     cut = unlike = 0
+    pictures = TileReport(report) if report is not None else None
     for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
         las = read_las(pair.las)
         pts = PointArrays.from_las(las)
@@ -98,6 +104,12 @@ def evaluate(
         for lvl, (t, p) in scores.items():
             per_tile[lvl].append(confusion(t, p))
             base[lvl] += confusion(t, np.zeros_like(t))
+        if pictures is not None:
+            scale, offset = las.header.scales, las.header.offsets
+            x = np.asarray(pts.X) * scale[0] + offset[0]
+            y = np.asarray(pts.Y) * scale[1] + offset[1]
+            truth, pred = scores["points"]
+            pictures.add(pair.pair_id, pair.image, x, y, truth, pred, per_tile["points"][-1])
     if unlike > 1:
         log.warning("%d warnings like the one above over the %d tiles", unlike, len(pairs))
     result = {"split": split, "tiles": len(pairs)}
@@ -116,7 +128,55 @@ def evaluate(
             "confusion": cm.tolist(),
             "iou_interval": iou_interval(tiles),
         }
+    if pictures is not None:
+        result["report"] = str(pictures.close(format_result(result)))
     return result
+
+
+def format_result(result: dict) -> str:
+    """The readable report of :func:`evaluate`'s result: metrics tables, confusion matrices,
+    IoU intervals."""
+
+    rows = {}
+    for lvl in ("voxels", "pixels", "points"):
+        if lvl in result:
+            rows[lvl] = result[lvl]["metrics"]
+            rows[f"{lvl} (all-ground)"] = result[lvl]["baseline"]
+    lines = [f"{result['split']}: {result['tiles']} tiles", format_metrics_table(rows)]
+    if "windows" in result:
+        win = result["windows"]
+        lines.append(
+            f"{win['tiles']} tile(s) larger than a training tile were scored as predict "
+            f"classifies them: in windows of {win['side']:g} (overlap {win['overlap']:g}), each "
+            "point once, voxels and pixels in the window whose centre is nearest"
+        )
+    lines.append(
+        "rows: voxels = the fused 2D+3D classes on the grid; points = those classes on every LAS "
+        "point (what predict writes); pixels = the 2D image head alone (an auxiliary output, "
+        "not written to LAS); all-ground = every voxel, pixel or point called ground"
+    )
+    for lvl in ("voxels", "points"):
+        if lvl in result:
+            lines.append(
+                f"confusion ({lvl}; rows truth, cols prediction: ground, plazuela, "
+                f"structure): {result[lvl]['confusion']}"
+            )
+    spans = [
+        f"{lvl} "
+        + ", ".join(
+            f"{name} {lo:.2f}-{hi:.2f}" for name, (lo, hi) in result[lvl]["iou_interval"].items()
+        )
+        for lvl in ("voxels", "points")
+        if lvl in result
+    ]
+    if spans:
+        lines.append(
+            f"IoU, 95 % interval over the {result['tiles']} tiles (bootstrap; how far another "
+            f"split like this one could move it): " + "; ".join(spans)
+        )
+    if "report" in result:
+        lines.append(f"pictures of every tile, worst first: {result['report']}")
+    return "\n".join(lines)
 
 
 def _tile_scores(model, cfg: Config, pair, pts: PointArrays, point_truth, device, tta) -> dict:
