@@ -10,6 +10,8 @@
 # 3. predict --window 50 --batch 4 on the GPU: each 100 m tile cut into 9 windows (3 a side at
 #    the default overlap 0.25), run 4 at a time under autocast while the next are prepared in a
 #    thread (predict's large-file path).
+# 4. evaluate --window 50 --report on the GPU: the test tiles scored in windows as predict
+#    classifies them, with a picture of each.
 # Runs on a CPU-only machine too (both predictions on the CPU: agreement 1, difference 0).
 # Usage on the device: bash benchmarks/gpu_smoke.sh   (uxbseg importable, as for gpu_check.sh).
 # Writes everything to $OUT/smoke.log; exit status 1 if a step failed.
@@ -35,6 +37,9 @@ run() {
   unset CUDA_VISIBLE_DEVICES
   run python3 -m uxbseg predict --weights "$WEIGHTS" --data "$WORK/data" --window 50 --batch 4 \
     --out "$WORK/pred_windows"
+  run python3 -m uxbseg evaluate --weights "$WEIGHTS" --data "$WORK/data" --window 50 --batch 4 \
+    --report "$WORK/report_windows"
+  ls "$WORK/report_windows"
   run python3 - "$WORK" <<'EOF'
 import sys
 from pathlib import Path

@@ -163,6 +163,8 @@ def test_bad_data_stops_before_training(tiny_dataset, tmp_path, capsys, caplog):
         "data.num_workers=0",
         "--set",
         "trainer.max_epochs=1",
+        "--set",
+        "trainer.surface_pretrain_steps=0",  # 600 steps, ~50 s, beside the point here
     ]
     assert main(args) == 1
     err = capsys.readouterr().err
