@@ -222,7 +222,7 @@ def windows_end_to_end(
     print(f"  batch {batch}: {t['batch1'] / t[f'batch{batch}']:.2f}x batch 1")
 
 
-def memory(points: int, workdir: Path) -> None:
+def memory(points: int, workdir: Path, window: float | None = None) -> None:
     import torch
 
     from uxbseg.config import load_config
@@ -246,15 +246,18 @@ def memory(points: int, workdir: Path) -> None:
         str(big),
         "--out",
         str(workdir / "pred"),
+        "--window",
+        "off" if window is None else f"{window:g}",
     ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # KiB -> GiB
     n = laspy.open(big).header.point_count
+    how = "whole" if window is None else f"in windows of {window:g} m"
     print(
         f"uxbseg predict on {n:,} points ({big.stat().st_size / 2**30:.2f} GiB LAS, tiny "
-        f"model): {dt:.1f} s, peak RSS {peak:.2f} GiB (getrusage of the child process)"
+        f"model, {how}): {dt:.1f} s, peak RSS {peak:.2f} GiB (getrusage of the child process)"
     )
 
 
@@ -267,6 +270,12 @@ def main(argv=None) -> None:
         type=int,
         default=0,
         help="also measure peak RSS of uxbseg predict on a tiled LAS this large",
+    )
+    p.add_argument(
+        "--memory-window",
+        type=float,
+        metavar="SIDE",
+        help="with --memory-points: predict it cut into windows of SIDE metres (default: whole)",
     )
     p.add_argument(
         "--model",
@@ -291,7 +300,7 @@ def main(argv=None) -> None:
     if a.windows:
         windows_end_to_end(a.repeats, a.workdir, a.windows, a.batch, a.overlap)
     if a.memory_points:
-        memory(a.memory_points, a.workdir)
+        memory(a.memory_points, a.workdir, a.memory_window)
 
 
 if __name__ == "__main__":
