@@ -46,13 +46,21 @@ def inspect_dataset(
     return reports
 
 
+def _typical(reports: dict[str, list[PairReport]], measure) -> tuple[float | None, str]:
+    """``measure`` (:func:`tile_extent`, :func:`tile_density`) of train/, else of every split,
+    and the splits it comes from."""
+    if reports.get("train"):
+        return measure(reports["train"]), "train/"
+    every = [r for reps in reports.values() for r in reps]
+    return measure(every), ", ".join(f"{s}/" for s in reports)
+
+
 def _note_scale(reports: dict[str, list[PairReport]]) -> None:
     """Note the tiles much larger or smaller than the training tiles (the median of train/,
     else of every split): the grid spans each tile, so those are seen at another scale."""
-    typical = tile_extent(reports.get("train") or [r for reps in reports.values() for r in reps])
+    typical, where = _typical(reports, tile_extent)
     if typical is None:
         return
-    where = "train/" if reports.get("train") else ", ".join(f"{s}/" for s in reports)
     for reps in reports.values():
         for r in reps:
             if not r.extent or not max(r.extent) > 0:
@@ -71,10 +79,9 @@ def _note_scale(reports: dict[str, list[PairReport]]) -> None:
 def _note_density(reports: dict[str, list[PairReport]]) -> None:
     """Note the tiles much sparser or denser than the training tiles (the median of train/,
     else of every split)."""
-    typical = tile_density(reports.get("train") or [r for reps in reports.values() for r in reps])
+    typical, where = _typical(reports, tile_density)
     if typical is None:
         return
-    where = "train/" if reports.get("train") else ", ".join(f"{s}/" for s in reports)
     for reps in reports.values():
         for r in reps:
             note = None if r.density is None else density_note(r.density, typical, where)
