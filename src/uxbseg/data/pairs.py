@@ -13,6 +13,7 @@ from ..io.las import read_las, units_warning
 from ..io.raster import open_image
 
 __all__ = [
+    "DENSITY_TRIGGER",
     "Pair",
     "PairReport",
     "Problem",
