@@ -159,6 +159,7 @@ def test_training_records_the_tiles_side(trained_run):
 def test_a_file_far_sparser_than_the_training_tiles_is_warned_about(
     trained_run, tiny_dataset, tmp_path, caplog
 ):
+    """Warned once in full, then counted: a survey of many such files says it once."""
     import logging
 
     model, cfg = load_model(trained_run[0].best_weights)
@@ -168,13 +169,19 @@ def test_a_file_far_sparser_than_the_training_tiles_is_warned_about(
     keep[::20] = True
     las.points = las.points[keep]
     las.write(tmp_path / "sparse.las")
-    jobs = [PredictJob(src, None, "dense"), PredictJob(tmp_path / "sparse.las", None, "sparse")]
+    las.write(tmp_path / "sparse2.las")
+    jobs = [
+        PredictJob(src, None, "dense"),
+        PredictJob(tmp_path / "sparse.las", None, "sparse"),
+        PredictJob(tmp_path / "sparse2.las", None, "sparse2"),
+    ]
     with caplog.at_level(logging.WARNING, logger="uxbseg"):
         results = predict_files(model, cfg, jobs, tmp_path / "out", window="off", progress=False)
     assert all(r.error is None for r in results)  # a warning, not a failure
     said = [r.getMessage() for r in caplog.records if "points per square unit" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(str(tmp_path / "sparse.las"))
     assert "x sparser than the training tiles" in said[0]
+    assert "2 of 3 files had the density warning above" in caplog.text
 
 
 def _two_tiles_far_apart(tiny_dataset, tmp_path, axis):

@@ -13,13 +13,14 @@ from .config import Config
 from .data.pairs import find_pairs
 from .data.voxelize import GridSpec, raw_xy_limits, voxel_labels, voxelize
 from .decision import decide
+from .domain import DomainCheck
 from .errors import BadDataError
 from .inference import infer_tile
 from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask, mask_window, read_mask_values
 from .metrics import format_metrics_table, iou_interval, metrics_from_confusion
 from .predict import resolve_window, window_batch
-from .predict_windows import WindowInput, domain_warnings, plan_for, predict_windows
+from .predict_windows import WindowInput, plan_for, predict_windows
 from .report import TileReport
 from .windows import WINDOW_OVERLAP, WindowPlan
 
@@ -83,16 +84,15 @@ def evaluate(
     batch = window_batch(batch, overlap, cfg)
     per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
     base = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
-    cut = unlike = 0
+    cut = 0
+    domain = DomainCheck(cfg)
     pictures = TileReport(report) if report is not None else None
     for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
         las = read_las(pair.las)
         pts = PointArrays.from_las(las)
         point_truth = las_code_to_class(pts.classification)
         limits = raw_xy_limits(pts)
-        for warning in domain_warnings(las, len(pts), limits, cfg):
-            unlike += 1  # the first in full, before the work; the count at the end
-            log.log(logging.WARNING if unlike == 1 else logging.DEBUG, "%s: %s", pair.las, warning)
+        domain(pair.las, las, len(pts), limits)
         plan = plan_for(las, limits, side, overlap)
         if plan is None:
             scores = _tile_scores(model, cfg, pair, pts, point_truth, device, tta)
@@ -110,8 +110,7 @@ def evaluate(
             y = np.asarray(pts.Y) * scale[1] + offset[1]
             truth, pred = scores["points"]
             pictures.add(pair.pair_id, pair.image, x, y, truth, pred, per_tile["points"][-1])
-    if unlike > 1:
-        log.warning("%d warnings like the one above over the %d tiles", unlike, len(pairs))
+    domain.summary(len(pairs))
     result = {"split": split, "tiles": len(pairs)}
     if cut:
         result["windows"] = {"tiles": cut, "side": side, "overlap": overlap}

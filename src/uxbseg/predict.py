@@ -16,11 +16,12 @@ from .classes import CLASSES, class_to_las_code
 from .config import Config
 from .data.voxelize import GridSpec, raw_xy_limits, voxelize
 from .decision import decide
+from .domain import DomainCheck
 from .errors import BadDataError, UXBError
 from .inference import infer_tile, render_tpi_image
 from .io.las import PointArrays, is_compressed, read_las, write_classified
 from .io.raster import TPI_RADIUS_M, load_image
-from .predict_windows import WindowGrids, domain_warnings, plan_for, predict_windows
+from .predict_windows import WindowGrids, plan_for, predict_windows
 from .run_dirs import require_folder
 from .windows import WINDOW_OVERLAP
 
@@ -145,13 +146,15 @@ def predict_one(
     batch: int = 1,
     grids: bool = True,
     overlap: float = WINDOW_OVERLAP,
+    domain: DomainCheck | None = None,
 ) -> PredictResult:
     """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written).
 
     A file more than :data:`~uxbseg.windows.WINDOW_TRIGGER` times ``window`` (CRS units) on a
     side is cut into windows of that side overlapping by at least ``overlap``
     (:mod:`uxbseg.windows`), ``batch`` at a time through the model; None predicts it as one
-    tile. ``grids=False`` writes the LAS/LAZ alone.
+    tile. ``grids=False`` writes the LAS/LAZ alone. ``domain`` logs how unlike the training
+    tiles the file is (default: a :class:`~uxbseg.domain.DomainCheck` of its own).
     """
     las = read_las(job.las)
     n = len(las.points)
@@ -159,8 +162,7 @@ def predict_one(
         raise BadDataError(f"{job.las}: the point cloud is empty; nothing to classify")
     points = PointArrays.from_las(las)
     limits = raw_xy_limits(points)
-    for warning in domain_warnings(las, n, limits, cfg):
-        log.warning("%s: %s", job.las, warning)
+    (domain or DomainCheck(cfg))(job.las, las, n, limits)
     plan = plan_for(las, limits, window, overlap)
     out_dir.mkdir(parents=True, exist_ok=True)
     las_out, npy_out = output_paths(job, out_dir)
@@ -271,6 +273,7 @@ def predict_files(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     results = []
+    domain = DomainCheck(cfg)
     for job in tqdm(jobs, desc="predict", unit="file", disable=not progress):
         try:
             results.append(
@@ -289,9 +292,11 @@ def predict_files(
                     batch,
                     grids,
                     overlap,
+                    domain,
                 )
             )
         except UXBError as exc:
             log.error("%s", exc)
             results.append(PredictResult(job, error=str(exc)))
+    domain.summary(len(jobs))
     return results

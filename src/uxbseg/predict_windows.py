@@ -20,11 +20,10 @@ import torch
 
 from .classes import CLASSES
 from .config import Config
-from .data.pairs import density_note
 from .data.voxelize import GridSpec, voxelize
 from .decision import decide
 from .inference import infer_tiles, tpi_cell
-from .io.las import PointArrays, units_warning
+from .io.las import PointArrays
 from .io.raster import (
     TPI_CLIP_M,
     TPI_RADIUS_M,
@@ -36,7 +35,7 @@ from .io.raster import (
 )
 from .windows import WindowPlan, plan_windows
 
-__all__ = ["WindowGrids", "WindowInput", "domain_warnings", "plan_for", "predict_windows"]
+__all__ = ["WindowGrids", "WindowInput", "plan_for", "predict_windows"]
 
 
 def plan_for(
@@ -48,18 +47,6 @@ def plan_for(
         return None
     sx, sy = (max(1, round(side / float(s))) for s in las.header.scales[:2])
     return plan_windows(*limits, (sx, sy), overlap=overlap)
-
-
-def domain_warnings(las, n: int, limits, cfg: Config) -> list[str]:
-    """What makes a file unlike the training tiles: a CRS not in metres, or a point density
-    far from theirs (``grid.tile_density``)."""
-    said = [units_warning(las)]
-    (x0, x1), (y0, y1) = limits
-    sx, sy = las.header.scales[:2]
-    area = (x1 - x0) * sx * (y1 - y0) * sy
-    if cfg.grid.tile_density is not None and area > 0:
-        said.append(density_note(n / area, cfg.grid.tile_density, "the training tiles"))
-    return [s for s in said if s]
 
 
 class WindowGrids:

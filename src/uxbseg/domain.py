@@ -1,0 +1,55 @@
+"""How unlike the training tiles a point cloud is: a CRS not in metres, or a point density far
+from theirs. Each kind of warning is logged in full for the first file, then counted, so a
+survey of 200 files says it once and then how many files it concerns."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from .config import Config
+from .data.pairs import density_note
+from .io.las import units_warning
+
+__all__ = ["DomainCheck", "domain_warnings"]
+
+log = logging.getLogger(__name__)
+
+
+def domain_warnings(las, n: int, limits, cfg: Config) -> dict[str, str]:
+    """What makes a file of ``n`` points within raw XY ``limits`` unlike the training tiles, by
+    kind: ``units`` (a CRS not in metres), ``density`` (far from ``grid.tile_density``)."""
+    said = {"units": units_warning(las)}
+    (x0, x1), (y0, y1) = limits
+    sx, sy = las.header.scales[:2]
+    area = (x1 - x0) * sx * (y1 - y0) * sy
+    if cfg.grid.tile_density is not None and area > 0:
+        said["density"] = density_note(n / area, cfg.grid.tile_density, "the training tiles")
+    return {kind: text for kind, text in said.items() if text}
+
+
+class DomainCheck:
+    """Logs :func:`domain_warnings` of each file: the first of a kind as a warning, the others
+    at debug level; :meth:`summary` then says how many files each kind concerned."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, path: str | Path, las, n: int, limits) -> None:
+        for kind, text in domain_warnings(las, n, limits, self.cfg).items():
+            self.counts[kind] += 1
+            first = self.counts[kind] == 1
+            log.log(logging.WARNING if first else logging.DEBUG, "%s: %s", path, text)
+
+    def summary(self, files: int) -> None:
+        """Warn how many of ``files`` each kind concerned, where more than one."""
+        for kind, count in sorted(self.counts.items()):
+            if count > 1:
+                log.warning(
+                    "%d of %d files had the %s warning above (uxbseg --verbose names each)",
+                    count,
+                    files,
+                    kind,
+                )
