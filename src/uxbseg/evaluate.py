@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,6 @@ from .windows import WINDOW_OVERLAP, WindowPlan
 
 __all__ = ["confusion", "evaluate", "format_result"]
 
-log = logging.getLogger(__name__)
 LEVELS = ("voxels", "pixels", "points")
 
 
