@@ -44,6 +44,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
+    from .cli_model import positive
+
     p = argparse.ArgumentParser(
         prog="uxbseg",
         description="Find ancient Maya architecture (plazuelas, structures) in airborne lidar "
@@ -77,8 +79,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", action="append", help="only this split (repeatable)")
     s.set_defaults(func=_cmd_inspect)
 
+    s = sub.add_parser(
+        "tile",
+        help="cut labelled pairs larger than a tile into tiles (for training)",
+        description="Write a copy of a UXB dataset in which every pair more than 1.25x "
+        "--side on a side is cut into tiles of that side: point cloud (every attribute and "
+        "VLR kept; each point in exactly one tile), TPI image and mask (cut at their own "
+        "resolution), as predict and evaluate cut large files into windows. Smaller pairs are "
+        "copied. Nothing is written unless every pair is readable and every output is new.",
+    )
+    s.add_argument("root", type=Path, help="dataset folder holding train/ test/ predict/")
+    s.add_argument("out", type=Path, help="new dataset folder for the tiles")
+    s.add_argument(
+        "--side",
+        type=positive(float),
+        required=True,
+        help="tile side in CRS units, e.g. 100 for the UXB tiles",
+    )
+    s.add_argument("--split", action="append", help="only this split (repeatable)")
+    s.set_defaults(func=_cmd_tile)
+
     _add_later_commands(sub)
     return p
+
+
+def _cmd_tile(args: argparse.Namespace) -> int:
+    from .tiling import tile_dataset
+
+    done = tile_dataset(args.root, args.out, args.side, args.split)
+    for t in done:
+        what = f"{len(t.folders)} tiles" if t.cut else "copied"
+        print(f"{t.split}/{t.pair_id}: {t.extent[0]:.1f} x {t.extent[1]:.1f} -> {what}")
+    tiles = sum(len(t.folders) for t in done)
+    cut = sum(t.cut for t in done)
+    print(f"{len(done)} pairs ({cut} cut) -> {tiles} pairs in {args.out}")
+    return 0
 
 
 def _add_later_commands(sub) -> None:

@@ -72,7 +72,8 @@ def _note_scale(reports: dict[str, list[PairReport]]) -> None:
                 f"{max(r.extent):.1f} m on its larger side, {ratio:.2g}x the median "
                 f"{typical:.1f} m of {where}: the grid spans each tile, so the model sees this "
                 f"one at {1 / ratio:.2g}x the others' scale. predict and evaluate cut large "
-                "files into windows; training takes tiles whole: cut it into tiles like the others"
+                "files into windows; training takes tiles whole: cut it into tiles like the "
+                f"others (uxbseg tile ROOT OUT --side {typical:g})"
             )
 
 

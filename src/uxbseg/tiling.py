@@ -1,0 +1,156 @@
+"""``uxbseg tile``: cut labelled pairs larger than a tile into tiles of that size.
+
+The grid spans each tile, so a labelled 1 km pair among 100 m ones would be trained on at a
+tenth of their scale. ``predict`` and ``evaluate`` cut such files into windows; for training
+this cuts the pair itself - point cloud, TPI image and mask - into a UXB dataset of tiles of
+``side``: the same window plan as ``predict`` (:mod:`uxbseg.windows`, without overlap), each
+point in exactly one tile (the window whose centre is nearest), the image and mask cut to each
+tile's points' bounding box at their own resolution. Pairs no larger than
+:data:`~uxbseg.windows.WINDOW_TRIGGER` tiles are copied unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import laspy
+import numpy as np
+from PIL import Image
+
+from .data.pairs import Pair, find_pairs, find_splits
+from .data.voxelize import raw_xy_limits
+from .errors import BadDataError
+from .io.las import PointArrays, read_las
+from .io.raster import open_image
+from .windows import plan_windows
+
+__all__ = ["TiledPair", "tile_dataset"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TiledPair:
+    """What became of one pair: the pair folders written for it (one when copied)."""
+
+    split: str
+    pair_id: str
+    extent: tuple[float, float]
+    folders: list[Path]
+    cut: bool
+
+
+def _crop(path: Path, mode: str, bounds, box, resample) -> Image.Image:
+    """The part of an image over ``bounds`` (north-up) covering ``box`` (CRS units), at the
+    image's own resolution."""
+    im = open_image(path, mode)
+    w, h = im.size
+    bx0, by0, bx1, by1 = bounds
+    x0, y0, x1, y1 = box
+    fx0, fx1 = ((x - bx0) / (bx1 - bx0) * w for x in (x0, x1))
+    fy0, fy1 = ((by1 - y) / (by1 - by0) * h for y in (y1, y0))  # row 0 = north
+    size = (max(1, round(fx1 - fx0)), max(1, round(fy1 - fy0)))
+    return im.resize(size, resample, box=(fx0, fy0, fx1, fy1))
+
+
+def _cut_pair(pair: Pair, las: laspy.LasData, side: float, out: Path) -> list[Path] | None:
+    """Write the tiles of one pair into ``out/<pair_id>_r<row>_c<col>/``; None when the pair
+    is no larger than :data:`~uxbseg.windows.WINDOW_TRIGGER` tiles."""
+    points = PointArrays.from_las(las)
+    limits = raw_xy_limits(points)
+    scale, offset = las.header.scales, las.header.offsets
+    sides = tuple(max(1, round(side / float(s))) for s in scale[:2])
+    plan = plan_windows(*limits, sides, overlap=0.0)
+    if plan is None:
+        return None
+    (x0, x1), (y0, y1) = limits
+    bounds = (
+        x0 * scale[0] + offset[0],
+        y0 * scale[1] + offset[1],
+        x1 * scale[0] + offset[0],
+        y1 * scale[1] + offset[1],
+    )
+    X, Y = np.asarray(points.X), np.asarray(points.Y)
+    rows, cols = plan.shape
+    own = plan.rows(Y) * cols + plan.columns(X)
+    order = np.argsort(own, kind="stable")  # each tile's points in their file order
+    starts = np.searchsorted(own[order], np.arange(rows * cols + 1))
+    folders = []
+    for k in range(rows * cols):
+        idx = order[starts[k] : starts[k + 1]]
+        if len(idx) == 0:
+            continue
+        row, col = divmod(k, cols)
+        folder = out / f"{pair.pair_id}_r{row:02d}_c{col:02d}"
+        folder.mkdir(parents=True)
+        sub = laspy.LasData(copy.deepcopy(las.header))
+        sub.points = las.points[idx]
+        sub.write(folder / pair.las.name)  # laspy sets the header's bounds and counts
+        box = (
+            X[idx].min() * scale[0] + offset[0],
+            Y[idx].min() * scale[1] + offset[1],
+            X[idx].max() * scale[0] + offset[0],
+            Y[idx].max() * scale[1] + offset[1],
+        )
+        image = _crop(pair.image, "RGB", bounds, box, Image.Resampling.BILINEAR)
+        image.save(folder / pair.image.name)
+        if pair.mask is not None:
+            mask = _crop(pair.mask, "L", bounds, box, Image.Resampling.NEAREST)
+            mask.save(folder / pair.mask.name)
+        folders.append(folder)
+    return folders
+
+
+def tile_dataset(
+    root: str | Path,
+    out: str | Path,
+    side: float,
+    splits: list[str] | None = None,
+    image_glob: str = "tpi_100m*.png",
+    mask_glob: str = "uxb_msk_pl_st*.png",
+) -> list[TiledPair]:
+    """Cut the pairs of ``root`` larger than tiles of ``side`` (CRS units) into such tiles
+    under ``out`` (same splits, UXB layout) and copy the others; every pair is checked and
+    every output folder must be new before anything is written."""
+    root, out = Path(root), Path(out)
+    if not side > 0:
+        raise BadDataError(f"--side {side}: give the tiles' side in CRS units, > 0")
+    if out.resolve() == root.resolve():
+        raise BadDataError(f"{out}: give another folder than the dataset itself")
+    splits = splits or find_splits(root)
+    pairs = [(s, p) for s in splits for p in find_pairs(root, s, image_glob, mask_glob)]
+    if not pairs:
+        raise BadDataError(f"{root}: no pair_* folders in {', '.join(splits) or 'any split'}")
+    bad = [(s, p) for s, p in pairs if p.problems or p.las is None or p.image is None]
+    if bad:
+        lines = "\n".join(f"  {s}/{p.pair_id}: {q}" for s, p in bad for q in p.problems)
+        raise BadDataError(
+            f"{len(bad)} pair(s) cannot be tiled:\n{lines}\nFix them (`uxbseg inspect {root}`)."
+        )
+    taken = [out / s / p.pair_id for s, p in pairs if (out / s).is_dir()]
+    taken = [t for t in taken if any(t.parent.glob(f"{t.name}*"))]
+    if taken:
+        raise BadDataError(
+            f"{taken[0]} (or a tile of it) exists already; write the tiles to a new folder"
+        )
+    done = []
+    for split, pair in pairs:
+        las = read_las(pair.las)
+        mins, maxs = las.header.mins, las.header.maxs
+        extent = (float(maxs[0] - mins[0]), float(maxs[1] - mins[1]))
+        folders = _cut_pair(pair, las, side, out / split)
+        if folders is None:
+            folder = out / split / pair.pair_id
+            folder.mkdir(parents=True)
+            for f in (pair.las, pair.image, pair.mask):
+                if f is not None:
+                    shutil.copy2(f, folder / f.name)
+            done.append(TiledPair(split, pair.pair_id, extent, [folder], False))
+        else:
+            done.append(TiledPair(split, pair.pair_id, extent, folders, True))
+        log.debug("%s/%s: %d folder(s)", split, pair.pair_id, len(done[-1].folders))
+    return done

@@ -1,0 +1,102 @@
+"""uxbseg tile: labelled pairs larger than a tile cut into tiles, every point in exactly one."""
+
+import filecmp
+import shutil
+
+import laspy
+import numpy as np
+import pytest
+from PIL import Image
+
+from uxbseg.cli import main
+
+from .test_windows import _adjacent_pair
+
+
+@pytest.fixture
+def big_and_small(tiny_dataset, tmp_path):
+    """A dataset with a 200 m x 100 m labelled pair (two test tiles side by side) in test/ and
+    an ordinary 100 m pair in train/."""
+    root = tmp_path / "src"
+    _adjacent_pair(tiny_dataset, root)
+    small = next((tiny_dataset / "train").glob("pair_*"))
+    shutil.copytree(small, root / "train" / small.name)
+    return root, small
+
+
+def test_a_large_pair_is_cut_and_a_small_one_copied(big_and_small, tiny_dataset, tmp_path, capsys):
+    root, small = big_and_small
+    out = tmp_path / "tiles"
+    assert main(["tile", str(root), str(out), "--side", "100"]) == 0
+    text = capsys.readouterr().out
+    assert "test/pair_0000: 200.0 x 100.0 -> 2 tiles" in text
+    assert f"train/{small.name}: 100.0 x 100.0 -> copied" in text
+    for f in small.iterdir():  # copied byte for byte
+        assert filecmp.cmp(f, out / "train" / small.name / f.name, shallow=False)
+    src = laspy.read(root / "test" / "pair_0000" / "both.las")
+    tiles = sorted((out / "test").glob("pair_0000_r*_c*"))
+    assert [t.name for t in tiles] == ["pair_0000_r00_c00", "pair_0000_r00_c01"]
+    parts = [laspy.read(t / "both.las") for t in tiles]
+    # every point in exactly one tile, with all its fields; the header's scales and format kept
+    assert sum(len(p.points) for p in parts) == len(src.points)
+
+    def key(las) -> np.ndarray:  # the points by raw X and Y, sorted: equal as multisets
+        return np.sort(np.asarray(las.X, np.int64) * 10**9 + np.asarray(las.Y))
+
+    np.testing.assert_array_equal(np.sort(np.concatenate([key(p) for p in parts])), key(src))
+    for p in parts:
+        assert p.header.point_format.id == src.header.point_format.id
+        np.testing.assert_array_equal(p.header.scales, src.header.scales)
+    west, east = parts
+    assert np.asarray(west.x).max() < 100.0 <= np.asarray(east.x).min()
+    # the tiles' classes are the file's: the two original tiles again (the west edge points of
+    # the east tile, x = 100 exactly, go east)
+    originals = [
+        laspy.read(next(p.glob("*.las")))
+        for p in sorted((tiny_dataset / "test").glob("pair_*"))[:2]
+    ]
+    assert abs(len(west.points) - len(originals[0].points)) < 0.01 * len(originals[0].points)
+    # image and mask cut at their own resolution: the west tile's are the first tile's
+    first = sorted((tiny_dataset / "test").glob("pair_*"))[0]
+    want = np.asarray(Image.open(next(first.glob("uxb_msk*.png"))))
+    got = np.asarray(Image.open(tiles[0] / "uxb_msk_pl_st_both.png"))
+    assert abs(got.shape[1] - want.shape[1]) <= 2 and got.shape[0] == want.shape[0]
+    n = min(got.shape[1], want.shape[1])
+    assert (got[:, :n] == want[:, :n]).mean() > 0.98
+    assert main(["inspect", str(out)]) == 0  # a dataset like any other
+
+
+def test_tiles_are_scored_as_the_windows_predict_them(big_and_small, trained_run, tmp_path):
+    """Training on the tiles teaches what predict sees: the tiles, each predicted whole, get
+    (nearly) the classes of the large file cut into windows without overlap (only the points
+    on a window's far edge differ in context)."""
+    from uxbseg.evaluate import evaluate
+    from uxbseg.io.weights import load_model
+
+    root, _ = big_and_small
+    out = tmp_path / "tiles"
+    assert main(["tile", str(root), str(out), "--side", "100", "--split", "test"]) == 0
+    model, cfg = load_model(trained_run[0].best_weights)
+    windows = evaluate(model, cfg, root, progress=False, window=100.0, overlap=0.0)
+    tiles = evaluate(model, cfg, out, progress=False)
+    assert windows["windows"]["tiles"] == 1 and "windows" not in tiles and tiles["tiles"] == 2
+    a, b = (np.asarray(r["points"]["confusion"]) for r in (windows, tiles))
+    assert a.sum() == b.sum()
+    assert np.abs(a - b).sum() < 0.02 * a.sum()
+
+
+def test_tile_refuses_what_it_cannot_do(big_and_small, tmp_path, capsys):
+    root, _ = big_and_small
+    out = tmp_path / "tiles"
+    with pytest.raises(SystemExit) as exc:
+        main(["tile", str(root), str(out), "--side", "-5"])
+    assert exc.value.code == 2
+    assert main(["tile", str(root), str(root), "--side", "100"]) == 1
+    assert "another folder than the dataset" in capsys.readouterr().err
+    assert main(["tile", str(root), str(out), "--side", "100"]) == 0
+    capsys.readouterr()
+    assert main(["tile", str(root), str(out), "--side", "100"]) == 1  # never over earlier tiles
+    assert "exists already" in capsys.readouterr().err
+    next((root / "test" / "pair_0000").glob("uxb*.png")).unlink()
+    assert main(["tile", str(root), str(tmp_path / "t2"), "--side", "100"]) == 1
+    assert "cannot be tiled" in capsys.readouterr().err and not (tmp_path / "t2").exists()
