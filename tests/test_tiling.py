@@ -100,3 +100,33 @@ def test_tile_refuses_what_it_cannot_do(big_and_small, tmp_path, capsys):
     next((root / "test" / "pair_0000").glob("uxb*.png")).unlink()
     assert main(["tile", str(root), str(tmp_path / "t2"), "--side", "100"]) == 1
     assert "cannot be tiled" in capsys.readouterr().err and not (tmp_path / "t2").exists()
+
+
+@pytest.mark.real
+def test_the_real_1km_tile_is_cut_with_every_record_kept(tmp_path):
+    """Extra bytes, VLRs, every field of every point: the 16 tiles hold the file's records."""
+    from .conftest import real_las_files
+
+    (path,) = [p for p in real_las_files() if p.name.startswith("test_semis_2023")]
+    pair = tmp_path / "src" / "predict" / "pair_0001"
+    pair.mkdir(parents=True)
+    shutil.copy(path, pair / path.name)
+    rgb = np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(pair / "tpi_100m_x.png")
+    out = tmp_path / "tiles"
+    assert main(["tile", str(tmp_path / "src"), str(out), "--side", "250"]) == 0
+    src = laspy.read(path)
+    parts = [laspy.read(p) for p in sorted(out.glob("predict/pair_0001_r*_c*/*.laz"))]
+    assert len(parts) == 16
+    records = np.concatenate([np.asarray(p.points.array) for p in parts])
+    order = ["X", "Y", "Z", "gps_time"]
+    np.testing.assert_array_equal(
+        np.sort(records, order=order), np.sort(np.asarray(src.points.array), order=order)
+    )
+    for p in parts:
+        assert list(p.point_format.extra_dimension_names) == list(
+            src.point_format.extra_dimension_names
+        )
+        assert [v.record_id for v in p.header.vlrs] == [v.record_id for v in src.header.vlrs]
+    images = [Image.open(next(f.parent.glob("tpi*.png"))) for f in out.glob("predict/*/*.laz")]
+    assert all(240 <= im.size[0] <= 260 for im in images)  # 250 m of a 1000 px / 1 km image

@@ -89,7 +89,8 @@ def _cut_pair(pair: Pair, las: laspy.LasData, side: float, out: Path) -> list[Pa
         folder.mkdir(parents=True)
         sub = laspy.LasData(copy.deepcopy(las.header))
         sub.points = las.points[idx]
-        sub.write(folder / pair.las.name)  # laspy sets the header's bounds and counts
+        # laspy sets the header's bounds and counts; a tile of a COPC file is a plain LAZ
+        sub.write(folder / pair.las.name.replace(".copc.laz", ".laz"))
         box = (
             X[idx].min() * scale[0] + offset[0],
             Y[idx].min() * scale[1] + offset[1],
