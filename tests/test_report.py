@@ -79,7 +79,7 @@ def test_report_into_a_file_is_refused(trained_run, tiny_dataset, tmp_path, caps
     weights = str(trained_run[0].best_weights)
     args = ["evaluate", "--weights", weights, "--data", str(tiny_dataset), "--report", str(target)]
     assert main(args) == 1
-    assert "a file is there; give a folder" in capsys.readouterr().err
+    assert "a file, not a folder" in capsys.readouterr().err
     assert target.read_text() == "x"
 
 

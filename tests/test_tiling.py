@@ -93,6 +93,9 @@ def test_tile_refuses_what_it_cannot_do(big_and_small, tmp_path, capsys):
     assert exc.value.code == 2
     assert main(["tile", str(root), str(root), "--side", "100"]) == 1
     assert "another folder than the dataset" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["tile", str(root), str(tmp_path / "file"), "--side", "100"]) == 1
+    assert "a file, not a folder" in capsys.readouterr().err
     assert main(["tile", str(root), str(out), "--side", "100"]) == 0
     capsys.readouterr()
     assert main(["tile", str(root), str(out), "--side", "100"]) == 1  # never over earlier tiles

@@ -20,8 +20,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .classes import CLASSES, IGNORE, NUM_CLASSES
-from .errors import BadDataError
 from .io.raster import open_image
+from .run_dirs import require_folder
 
 __all__ = ["ERROR_COLOURS", "TileReport", "class_raster"]
 
@@ -96,9 +96,7 @@ class TileReport:
     at :meth:`close`."""
 
     def __init__(self, folder: str | Path, panel: int = 320) -> None:
-        self.folder = Path(folder)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise BadDataError(f"--report {self.folder}: a file is there; give a folder")
+        self.folder = require_folder(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.panel = panel
         self.tiles: list[_Tile] = []

@@ -26,6 +26,7 @@ from .data.voxelize import raw_xy_limits
 from .errors import BadDataError
 from .io.las import PointArrays, read_las
 from .io.raster import open_image
+from .run_dirs import require_folder
 from .windows import plan_windows
 
 __all__ = ["TiledPair", "tile_dataset"]
@@ -117,7 +118,7 @@ def tile_dataset(
     """Cut the pairs of ``root`` larger than tiles of ``side`` (CRS units) into such tiles
     under ``out`` (same splits, UXB layout) and copy the others; every pair is checked and
     every output folder must be new before anything is written."""
-    root, out = Path(root), Path(out)
+    root, out = Path(root), require_folder(out)
     if not side > 0:
         raise BadDataError(f"--side {side}: give the tiles' side in CRS units, > 0")
     if out.resolve() == root.resolve():
