@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--side on a side is cut into tiles of that side: point cloud (every attribute and "
         "VLR kept; each point in exactly one tile), TPI image and mask (cut at their own "
         "resolution), as predict and evaluate cut large files into windows. Smaller pairs are "
-        "copied. Nothing is written unless every pair is readable and every output is new.",
+        "copied. Nothing is written unless every pair has its files and every output is new.",
     )
     s.add_argument("root", type=Path, help="dataset folder holding train/ test/ predict/")
     s.add_argument("out", type=Path, help="new dataset folder for the tiles")

@@ -114,10 +114,14 @@ def tile_dataset(
     splits: list[str] | None = None,
     image_glob: str = "tpi_100m*.png",
     mask_glob: str = "uxb_msk_pl_st*.png",
+    progress: bool = True,
 ) -> list[TiledPair]:
     """Cut the pairs of ``root`` larger than tiles of ``side`` (CRS units) into such tiles
-    under ``out`` (same splits, UXB layout) and copy the others; every pair is checked and
-    every output folder must be new before anything is written."""
+    under ``out`` (same splits, UXB layout) and copy the others. Before anything is written,
+    every pair must have its files and every output folder must be new; a file that turns out
+    unreadable stops the run with the pairs before it written."""
+    from tqdm.auto import tqdm
+
     root, out = Path(root), require_folder(out)
     if not side > 0:
         raise BadDataError(f"--side {side}: give the tiles' side in CRS units, > 0")
@@ -140,7 +144,7 @@ def tile_dataset(
             f"{taken[0]} (or a tile of it) exists already; write the tiles to a new folder"
         )
     done = []
-    for split, pair in pairs:
+    for split, pair in tqdm(pairs, desc="tile", unit="pair", disable=not progress):
         las = read_las(pair.las)
         mins, maxs = las.header.mins, las.header.maxs
         extent = (float(maxs[0] - mins[0]), float(maxs[1] - mins[1]))
