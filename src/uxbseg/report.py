@@ -112,7 +112,7 @@ class TileReport:
         tile_confusion: np.ndarray,
     ) -> Path:
         """Picture one tile: points ``x``, ``y`` (CRS units) with their ``truth`` and ``pred``
-        classes (IGNORE truths drawn from the prediction's coverage but not scored) and the
+        classes (IGNORE truths left out of the truth picture, as out of the scores) and the
         TPI ``image`` over their bounding box; its point confusion ranks it in the report."""
         bounds = (float(x.min()), float(y.min()), float(x.max()), float(y.max()))
         span_x, span_y = bounds[2] - bounds[0], bounds[3] - bounds[1]
