@@ -19,9 +19,9 @@ from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask, mask_window, read_mask_values
 from .metrics import format_metrics_table, iou_interval, metrics_from_confusion
 from .predict import resolve_window, window_batch
-from .predict_windows import WindowInput, plan_for, predict_windows
+from .predict_windows import WindowInput, predict_windows
 from .report import TileReport
-from .windows import WINDOW_OVERLAP, WindowPlan
+from .windows import WINDOW_OVERLAP, WindowPlan, crs_bounds, plan_for
 
 __all__ = ["confusion", "evaluate", "format_result"]
 
@@ -103,10 +103,8 @@ def evaluate(
             per_tile[lvl].append(confusion(t, p))
             base[lvl] += confusion(t, np.zeros_like(t))
         if pictures is not None:
-            scale, offset = las.header.scales, las.header.offsets
-            x = np.asarray(pts.X) * scale[0] + offset[0]
-            y = np.asarray(pts.Y) * scale[1] + offset[1]
             truth, pred = scores["points"]
+            x, y = np.asarray(las.x), np.asarray(las.y)
             pictures.add(pair.pair_id, pair.image, x, y, truth, pred, per_tile["points"][-1])
     domain.summary(len(pairs))
     result = {"split": split, "tiles": len(pairs)}
@@ -200,14 +198,7 @@ def _window_scores(
     mask cut to the window. Windows that classify no point (empty corners) are not scored."""
     spec = GridSpec.from_config(cfg.grid)
     d, h, w = spec.shape
-    scale, offset = las.header.scales, las.header.offsets
-    (x0, x1), (y0, y1) = plan.x_limits, plan.y_limits
-    file_bounds = (
-        x0 * scale[0] + offset[0],
-        y0 * scale[1] + offset[1],
-        x1 * scale[0] + offset[0],
-        y1 * scale[1] + offset[1],
-    )
+    file_bounds = crs_bounds(las, (plan.x_limits, plan.y_limits))
     parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"voxels": [], "pixels": []}
     values = None if pair.mask is None else read_mask_values(pair.mask)  # decoded once
 

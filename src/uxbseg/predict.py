@@ -21,9 +21,9 @@ from .errors import BadDataError, UXBError
 from .inference import infer_tile, render_tpi_image
 from .io.las import PointArrays, is_compressed, read_las, write_classified
 from .io.raster import TPI_RADIUS_M, load_image
-from .predict_windows import WindowGrids, plan_for, predict_windows
+from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
-from .windows import WINDOW_OVERLAP
+from .windows import WINDOW_OVERLAP, plan_for
 
 __all__ = [
     "PredictJob",

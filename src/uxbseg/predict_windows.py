@@ -33,20 +33,9 @@ from .io.raster import (
     open_image,
     window_tpi,
 )
-from .windows import WindowPlan, plan_windows
+from .windows import WindowPlan, crs_bounds
 
-__all__ = ["WindowGrids", "WindowInput", "plan_for", "predict_windows"]
-
-
-def plan_for(
-    las, limits: tuple[tuple[int, int], tuple[int, int]], side: float | None, overlap: float
-) -> WindowPlan | None:
-    """The windows a file with raw XY ``limits`` (:func:`~uxbseg.data.voxelize.raw_xy_limits`)
-    is cut into for a window ``side`` (CRS units) and least ``overlap``, or None (one tile)."""
-    if side is None:
-        return None
-    sx, sy = (max(1, round(side / float(s))) for s in las.header.scales[:2])
-    return plan_windows(*limits, (sx, sy), overlap=overlap)
+__all__ = ["WindowGrids", "WindowInput", "predict_windows"]
 
 
 class WindowGrids:
@@ -128,11 +117,7 @@ def _window_inputs(
     rows, cols = plan.shape
     own = plan.rows(yr) * cols + plan.columns(xr)  # the one window each point takes
     scale, offset = las.header.scales, las.header.offsets
-
-    def crs(raw: tuple[int, int], axis: int) -> tuple[float, float]:
-        return raw[0] * scale[axis] + offset[axis], raw[1] * scale[axis] + offset[axis]
-
-    (fx0, fx1), (fy0, fy1) = crs(plan.x_limits, 0), crs(plan.y_limits, 1)  # the data's
+    file_bounds = crs_bounds(las, (plan.x_limits, plan.y_limits))  # the data's
     render = image_path is None
     rgb = None if render else np.asarray(open_image(image_path, "RGB"))  # decoded once
     margin = [math.ceil(TPI_RADIUS_M / s) if render else 0 for s in scale[:2]]
@@ -154,8 +139,7 @@ def _window_inputs(
                 yield None
                 continue
             vox = voxelize(points.take(idx), spec, with_labels=False, xy_limits=win.limits)
-            (x0, x1), (y0, y1) = crs(win.x, 0), crs(win.y, 1)
-            bounds = (x0, y0, x1, y1)
+            bounds = crs_bounds(las, win.limits)
             if render:
                 x = xn * scale[0] + offset[0]
                 y = yn * scale[1] + offset[1]
@@ -163,7 +147,6 @@ def _window_inputs(
                 t = window_tpi(x, y, z, bounds, tpi_cell(bounds))
                 image = normalise_rgb(colourise_tpi(t, TPI_CLIP_M, cfg.data.image_size))
             else:
-                file_bounds = (fx0, fy0, fx1, fy1)
                 image = image_window(rgb, file_bounds, bounds, cfg.data.image_size)
             yield WindowInput(row, col, bounds, idx, vox.point_voxel, mine, image, vox.features)
 

@@ -27,7 +27,7 @@ from .errors import BadDataError
 from .io.las import PointArrays, read_las
 from .io.raster import open_image
 from .run_dirs import require_folder
-from .windows import plan_windows
+from .windows import crs_bounds, plan_for
 
 __all__ = ["TiledPair", "tile_dataset"]
 
@@ -45,10 +45,9 @@ class TiledPair:
     cut: bool
 
 
-def _crop(path: Path, mode: str, bounds, box, resample) -> Image.Image:
+def _crop(im: Image.Image, bounds, box, resample) -> Image.Image:
     """The part of an image over ``bounds`` (north-up) covering ``box`` (CRS units), at the
     image's own resolution."""
-    im = open_image(path, mode)
     w, h = im.size
     bx0, by0, bx1, by1 = bounds
     x0, y0, x1, y1 = box
@@ -63,18 +62,12 @@ def _cut_pair(pair: Pair, las: laspy.LasData, side: float, out: Path) -> list[Pa
     is no larger than :data:`~uxbseg.windows.WINDOW_TRIGGER` tiles."""
     points = PointArrays.from_las(las)
     limits = raw_xy_limits(points)
-    scale, offset = las.header.scales, las.header.offsets
-    sides = tuple(max(1, round(side / float(s))) for s in scale[:2])
-    plan = plan_windows(*limits, sides, overlap=0.0)
+    plan = plan_for(las, limits, side, overlap=0.0)
     if plan is None:
         return None
-    (x0, x1), (y0, y1) = limits
-    bounds = (
-        x0 * scale[0] + offset[0],
-        y0 * scale[1] + offset[1],
-        x1 * scale[0] + offset[0],
-        y1 * scale[1] + offset[1],
-    )
+    bounds = crs_bounds(las, limits)
+    image = open_image(pair.image, "RGB")  # decoded once for all the tiles
+    mask = None if pair.mask is None else open_image(pair.mask, "L")
     X, Y = np.asarray(points.X), np.asarray(points.Y)
     rows, cols = plan.shape
     own = plan.rows(Y) * cols + plan.columns(X)
@@ -92,17 +85,11 @@ def _cut_pair(pair: Pair, las: laspy.LasData, side: float, out: Path) -> list[Pa
         sub.points = las.points[idx]
         # laspy sets the header's bounds and counts; a tile of a COPC file is a plain LAZ
         sub.write(folder / pair.las.name.replace(".copc.laz", ".laz"))
-        box = (
-            X[idx].min() * scale[0] + offset[0],
-            Y[idx].min() * scale[1] + offset[1],
-            X[idx].max() * scale[0] + offset[0],
-            Y[idx].max() * scale[1] + offset[1],
-        )
-        image = _crop(pair.image, "RGB", bounds, box, Image.Resampling.BILINEAR)
-        image.save(folder / pair.image.name)
-        if pair.mask is not None:
-            mask = _crop(pair.mask, "L", bounds, box, Image.Resampling.NEAREST)
-            mask.save(folder / pair.mask.name)
+        xs, ys = X[idx], Y[idx]
+        box = crs_bounds(las, ((xs.min(), xs.max()), (ys.min(), ys.max())))
+        _crop(image, bounds, box, Image.Resampling.BILINEAR).save(folder / pair.image.name)
+        if mask is not None:
+            _crop(mask, bounds, box, Image.Resampling.NEAREST).save(folder / pair.mask.name)
         folders.append(folder)
     return folders
 

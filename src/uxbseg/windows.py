@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WINDOW_OVERLAP", "WINDOW_TRIGGER", "Window", "WindowPlan", "plan_windows"]
+__all__ = [
+    "WINDOW_OVERLAP",
+    "WINDOW_TRIGGER",
+    "Window",
+    "WindowPlan",
+    "crs_bounds",
+    "plan_for",
+    "plan_windows",
+]
 
 WINDOW_TRIGGER = 1.25
 """A file is cut when its larger side is more than this many training-tile sides: tiles of a
@@ -144,3 +152,22 @@ def plan_windows(
         return None
     xs, ys = _starts(xlo, xhi, side[0], overlap), _starts(ylo, yhi, side[1], overlap)
     return WindowPlan(xs, ys, side, (xlo, xhi), (ylo, yhi))
+
+
+def plan_for(
+    las, limits: tuple[tuple[int, int], tuple[int, int]], side: float | None, overlap: float
+) -> WindowPlan | None:
+    """The windows a file with raw XY ``limits`` (:func:`~uxbseg.data.voxelize.raw_xy_limits`)
+    is cut into for a window ``side`` (CRS units) and least ``overlap``, or None (one tile)."""
+    if side is None:
+        return None
+    sx, sy = (max(1, round(side / float(s))) for s in las.header.scales[:2])
+    return plan_windows(*limits, (sx, sy), overlap=overlap)
+
+
+def crs_bounds(las, limits: tuple[tuple[int, int], tuple[int, int]]):
+    """(xmin, ymin, xmax, ymax) in CRS units of raw XY ``limits`` ((X min, X max), (Y min,
+    Y max)) of ``las``."""
+    (x0, x1), (y0, y1) = limits
+    (sx, sy), (ox, oy) = las.header.scales[:2], las.header.offsets[:2]
+    return x0 * sx + ox, y0 * sy + oy, x1 * sx + ox, y1 * sy + oy
