@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from .classes import CLASSES, IGNORE, NUM_CLASSES
 from .io.raster import open_image
+from .metrics import metrics_from_confusion
 from .run_dirs import require_folder
 
 __all__ = ["ERROR_COLOURS", "TileReport", "class_raster"]
@@ -88,6 +89,7 @@ class _Tile:
     pair_id: str
     png: str
     iou: dict[str, float]
+    score: float  # mean IoU of the classes in its truth or prediction (1 when none)
     points: int
 
 
@@ -129,14 +131,16 @@ class TileReport:
         tmp = self.folder / f".{name}.partial"
         picture.save(tmp, format="PNG")
         os.replace(tmp, self.folder / name)
-        iou = _iou(tile_confusion)
-        self.tiles.append(_Tile(pair_id, name, iou, int(tile_confusion.sum())))
+        m = metrics_from_confusion(tile_confusion)
+        iou = {c.name: m[f"iou_{c.name}"] for c in CLASSES}
+        score = m["miou"] if np.isfinite(m["miou"]) else 1.0
+        self.tiles.append(_Tile(pair_id, name, iou, score, int(tile_confusion.sum())))
         return self.folder / name
 
     def close(self, summary: str) -> Path:
         """Write ``report.html``: ``summary`` (the metrics as text), a legend, and the tiles
         from the worst (lowest mean IoU of the classes they hold or were given) to the best."""
-        tiles = sorted(self.tiles, key=lambda t: (_score(t.iou), t.pair_id))
+        tiles = sorted(self.tiles, key=lambda t: (t.score, t.pair_id))
         swatch = "".join(
             f'<span style="background:rgb{c}">&nbsp;&nbsp;&nbsp;</span> {html.escape(n)} '
             for n, c in [(c.name, c.colour) for c in CLASSES] + list(ERROR_COLOURS.items())
@@ -157,19 +161,6 @@ class TileReport:
         out = self.folder / "report.html"
         out.write_text(page, encoding="utf-8")
         return out
-
-
-def _iou(cm: np.ndarray) -> dict[str, float]:
-    tp = np.diag(cm).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = tp / (cm.sum(axis=0) + cm.sum(axis=1) - tp)
-    return {c.name: float(iou[c.index]) for c in CLASSES}
-
-
-def _score(iou: dict[str, float]) -> float:
-    """Mean IoU of the classes present in the truth or the prediction (NaN ones absent)."""
-    found = [v for v in iou.values() if np.isfinite(v)]
-    return float(np.mean(found)) if found else 1.0
 
 
 def _fmt(v: float) -> str:
