@@ -13,7 +13,7 @@ from uxbseg.config import load_config
 from uxbseg.data.voxelize import GridSpec, voxelize
 from uxbseg.errors import BadDataError
 from uxbseg.io.las import PointArrays
-from uxbseg.io.raster import load_image, load_image_window
+from uxbseg.io.raster import image_window, load_image, open_image
 from uxbseg.io.weights import load_model, weights_config
 from uxbseg.predict import PredictJob, predict_files
 from uxbseg.windows import plan_windows
@@ -116,14 +116,15 @@ def test_image_window_is_the_part_of_the_image_over_it(tmp_path):
     path = tmp_path / "tpi.png"
     Image.fromarray(rgb).save(path)
     bounds = (1000.0, 5000.0, 1200.0, 5100.0)
-    whole = load_image_window(path, bounds, bounds, 32)
+    arr = np.asarray(open_image(path, "RGB"))
+    whole = image_window(arr, bounds, bounds, 32)
     np.testing.assert_array_equal(whole, load_image(path, 32))
     Image.fromarray(rgb[:, 64:]).save(tmp_path / "east.png")
-    east = load_image_window(path, bounds, (1100.0, 5000.0, 1200.0, 5100.0), 32)
+    east = image_window(arr, bounds, (1100.0, 5000.0, 1200.0, 5100.0), 32)
     np.testing.assert_allclose(east, load_image(tmp_path / "east.png", 32), atol=1e-6)
     # beyond the image: its edge pixels, repeated
-    beyond = load_image_window(path, bounds, (1200.0, 5000.0, 1300.0, 5100.0), 8)
-    edge = load_image_window(path, bounds, (1199.9, 5000.0, 1200.0, 5100.0), 8)
+    beyond = image_window(arr, bounds, (1200.0, 5000.0, 1300.0, 5100.0), 8)
+    edge = image_window(arr, bounds, (1199.9, 5000.0, 1200.0, 5100.0), 8)
     np.testing.assert_allclose(beyond, edge, atol=0.05)
 
 

@@ -22,7 +22,6 @@ __all__ = [
     "dem_from_points",
     "image_window",
     "load_image",
-    "load_image_window",
     "load_mask",
     "mask_window",
     "normalise_rgb",
@@ -112,16 +111,6 @@ def image_window(
     cut, inner = _window_box(rgb, bounds, window)
     im = Image.fromarray(cut, "RGB")
     return normalise_rgb(np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, inner)))
-
-
-def load_image_window(
-    path: str | Path,
-    bounds: tuple[float, float, float, float],
-    window: tuple[float, float, float, float],
-    size: int = 512,
-) -> np.ndarray:
-    """:func:`image_window` of the image file ``path``."""
-    return image_window(np.asarray(open_image(path, "RGB")), bounds, window, size)
 
 
 def mask_window(
