@@ -4,6 +4,7 @@ from PIL import Image
 
 from uxbseg.classes import IGNORE
 from uxbseg.errors import BadDataError
+from uxbseg.io import raster
 from uxbseg.io.raster import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -11,6 +12,7 @@ from uxbseg.io.raster import (
     dem_from_points,
     load_image,
     load_mask,
+    open_image,
     tpi,
 )
 
@@ -113,3 +115,27 @@ def test_tpi_on_the_real_dem_is_the_disc_mean_difference():
         assert t[r, c] == pytest.approx(dem[r, c] - dem[inside].mean(), abs=1e-6), (r, c)
     # real relief, not a flat sheet: metres of TPI both ways
     assert t.min() < -2.0 and t.max() > 2.0
+
+
+def test_open_image_reads_images_beyond_pillows_bomb_guard(tmp_path, monkeypatch, recwarn):
+    # Pillow refuses an image of more than twice its MAX_IMAGE_PIXELS; a survey's TPI image can
+    # be that large, so uxbseg's own limit applies and Pillow's is set back afterwards.
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1200 px: Pillow alone would refuse
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+    im = open_image(path, "RGB")
+    assert im.size == (40, 30) and im.getpixel((5, 5)) == (10, 20, 30)
+    assert Image.MAX_IMAGE_PIXELS == 100
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_open_image_refuses_an_image_over_the_limit_naming_it(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.new("L", (40, 30)).save(path)
+    monkeypatch.setattr(raster, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(BadDataError, match=r"huge\.png: image of 40 x 30 pixels.*uxbseg tile"):
+        open_image(path, "L")
+    monkeypatch.setattr(raster, "MAX_IMAGE_PIXELS", 1200)
+    assert open_image(path, "L").size == (40, 30)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from ..errors import BadDataError
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_IMAGE_PIXELS",
     "TPI_CLIP_M",
     "TPI_RADIUS_M",
     "colourise_tpi",
@@ -41,13 +45,44 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
+MAX_IMAGE_PIXELS = 1_000_000_000
+"""Largest image (pixels) read: a survey's TPI image can be far larger than Pillow's guard
+against decompression bombs (89 M pixels warns, 179 M refuses), e.g. 10 km at 0.5 m is 400 M;
+a thousand million RGB pixels take 3 GB decoded."""
+
+_PIXEL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pixel_limit(limit: int):
+    """Pillow's decompression-bomb limit raised to ``limit`` pixels while an image is opened (it
+    is a module global of Pillow's, so it is set back afterwards and guarded by a lock)."""
+    with _PIXEL_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(limit, before or 0)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
 def open_image(path: str | Path, mode: str) -> Image.Image:
-    """Open and fully decode an image in ``mode``; BadDataError when unreadable."""
+    """Open and fully decode an image in ``mode``; BadDataError when unreadable or larger than
+    :data:`MAX_IMAGE_PIXELS`."""
     path = Path(path)
     if not path.is_file():
         raise BadDataError(f"{path}: file not found; check the pair folder")
     try:
-        with Image.open(path) as im:
+        with _pixel_limit(MAX_IMAGE_PIXELS), Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise BadDataError(
+                    f"{path}: image of {w} x {h} pixels is larger than the {MAX_IMAGE_PIXELS:,} "
+                    "read (it would take "
+                    f"{w * h * 3 / 2**30:.0f} GiB decoded); cut the area into tiles (uxbseg "
+                    "tile), or predict without --image to render the TPI from the points"
+                )
             im.load()
             return im.convert(mode)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
