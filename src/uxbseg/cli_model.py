@@ -249,6 +249,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch=args.batch,
         grids=not args.no_grids,
+        survey=not args.no_survey,
     )
     failed = [r for r in results if r.error]
     for r in results:
@@ -259,7 +260,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if r.windows:
                 grids = (
                     f"{grids}{'/' if r.npy else ''} ({r.windows} windows of {r.side:g}, "
-                    f"overlap {r.overlap:g})"
+                    f"overlap {r.overlap:g}"
+                    + (f", in a survey of {r.survey} files" if r.survey else "")
+                    + ")"
                 )
             print(
                 f"{r.job.las.name} -> {r.las} ({r.points} points: "
@@ -369,7 +372,8 @@ def add_prediction_commands(sub) -> None:
         "predict/ split (--data) or are given directly (--input, with --image or a TPI image "
         "rendered from the points). A file more than 1.25x the training tiles' side is cut "
         "into windows of that side (--window), each point classified by the nearest window's "
-        "centre; its grids go to pred_<id>.windows/. "
+        "centre; its grids go to pred_<id>.windows/. Files that lie side by side are "
+        "predicted as one survey (--no-survey). "
         "A bad input is reported and skipped; exit 1 if any failed. "
         "Inputs that would write the same pred_<id>, or write over an input, are refused "
         "before any work.",
@@ -412,6 +416,16 @@ def add_prediction_commands(sub) -> None:
         action="store_true",
         help="write the classified LAS/LAZ alone, without the voxel grids (pred_<id>.npy, or "
         "pred_<id>.windows/: 2 MB a window at the seed's grid)",
+    )
+    p.add_argument(
+        "--no-survey",
+        action="store_true",
+        help="predict every file on its own. By default, input files that lie side by side (a "
+        "survey delivered as tiles) are predicted as one: windows are laid over the whole "
+        "area and read the points of every file they cover, so a mound on the line between "
+        "two files is seen whole and gets one class. Each file also reads the files it "
+        "touches (up to 8 in a grid of tiles), keeping only their points near its edges. "
+        "Files that overlap by more than 1%% of their area are never merged",
     )
     _window_args(p)
     _decision_args(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ from .io.las import PointArrays, is_compressed, read_las, write_classified
 from .io.raster import TPI_RADIUS_M, load_image
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
-from .windows import WINDOW_OVERLAP, plan_for
+from .survey import Survey, SurveyContext, find_surveys
+from .windows import WINDOW_OVERLAP, WindowPlan, crs_bounds, plan_for
 
 __all__ = [
     "PredictJob",
@@ -60,6 +62,7 @@ class PredictResult:
     windows: int = 0  # 0: predicted as one tile; else the windows it was cut into (npy: folder)
     side: float | None = None  # their side (CRS units)
     overlap: float | None = None  # their least overlap (a fraction of the side)
+    survey: int = 0  # files of the survey whose windows it was predicted in (0: on its own)
 
 
 def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
@@ -147,14 +150,17 @@ def predict_one(
     grids: bool = True,
     overlap: float = WINDOW_OVERLAP,
     domain: DomainCheck | None = None,
+    survey: Survey | None = None,
 ) -> PredictResult:
     """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written).
 
     A file more than :data:`~uxbseg.windows.WINDOW_TRIGGER` times ``window`` (CRS units) on a
     side is cut into windows of that side overlapping by at least ``overlap``
     (:mod:`uxbseg.windows`), ``batch`` at a time through the model; None predicts it as one
-    tile. ``grids=False`` writes the LAS/LAZ alone. ``domain`` logs how unlike the training
-    tiles the file is (default: a :class:`~uxbseg.domain.DomainCheck` of its own).
+    tile. A file of a ``survey`` (:mod:`uxbseg.survey`) larger than that is predicted in the
+    survey's windows, which read its neighbours' points too. ``grids=False`` writes the LAS/LAZ
+    alone. ``domain`` logs how unlike the training tiles the file is (default: a
+    :class:`~uxbseg.domain.DomainCheck` of its own).
     """
     las = read_las(job.las)
     n = len(las.points)
@@ -164,10 +170,16 @@ def predict_one(
     limits = raw_xy_limits(points)
     (domain or DomainCheck(cfg))(job.las, las, n, limits)
     plan = plan_for(las, limits, window, overlap)
+    context = None
+    if survey is not None and window is not None:
+        plan, context = _in_survey(survey, job, las, points, limits, plan, window, overlap)
     out_dir.mkdir(parents=True, exist_ok=True)
     las_out, npy_out = output_paths(job, out_dir)
     windows_out = npy_out.with_suffix(".windows")
-    folder = WindowGrids(windows_out, plan, window, overlap) if plan is not None and grids else None
+    folder = None
+    if plan is not None and grids:
+        names = None if context is None else [f.path.name for f in survey.files]
+        folder = WindowGrids(windows_out, plan, window, overlap, names)
     written = None
     try:
         if plan is None:
@@ -177,7 +189,7 @@ def predict_one(
         else:
             point_class, point_probs = predict_windows(
                 model, cfg, job.image, las, points, plan, device, tta, probabilities, folder,
-                progress, batch,
+                progress, batch, context=context,
             )  # fmt: skip
         if codes is None:
             point_codes = class_to_las_code(point_class)
@@ -215,7 +227,46 @@ def predict_one(
         windows=0 if plan is None else len(plan),
         side=None if plan is None else window,
         overlap=None if plan is None else overlap,
+        survey=0 if context is None else len(survey.files),
     )
+
+
+def _in_survey(
+    survey: Survey,
+    job: PredictJob,
+    las,
+    points: PointArrays,
+    limits,
+    plan: WindowPlan | None,
+    side: float,
+    overlap: float,
+) -> tuple[WindowPlan | None, SurveyContext | None]:
+    """The survey's window plan for this file and the file among its neighbours' points, or
+    (``plan``, None) to predict it on its own: when the survey is no larger than a tile, or the
+    file's points reach beyond the box its header gives (the plan comes from the headers)."""
+    area = survey.limits(las)
+    (x0, x1), (y0, y1) = limits
+    if not (area[0][0] <= x0 and x1 <= area[0][1] and area[1][0] <= y0 and y1 <= area[1][1]):
+        log.warning(
+            "%s: its points reach beyond the bounds in its header, so it is predicted on its "
+            "own, without its neighbours' points; rewrite the header (e.g. re-export the file)",
+            job.las,
+        )
+        return plan, None
+    survey_plan = plan_for(las, area, side, overlap)
+    if survey_plan is None:
+        return plan, None
+    # the windows this file's points take, and (to render their TPI) the radius around them
+    cols, rows = survey_plan.columns(np.array([x0, x1])), survey_plan.rows(np.array([y0, y1]))
+    nw, se = survey_plan.window(rows[1], cols[0]), survey_plan.window(rows[0], cols[1])
+    scales, offsets = las.header.scales, las.header.offsets
+    pad = [1 + (math.ceil(TPI_RADIUS_M / s) if job.image is None else 0) for s in scales[:2]]
+    raw = ((nw.x[0] - pad[0], se.x[1] + pad[0]), (se.y[0] - pad[1], nw.y[1] + pad[1]))
+    frame = tuple(float(s) for s in scales), tuple(float(o) for o in offsets)
+    context = SurveyContext.build(
+        survey, survey.file(job.las).path, points, limits, crs_bounds(las, raw), frame
+    )
+    return survey_plan, context
 
 
 def _predict_tile(
@@ -258,13 +309,16 @@ def predict_files(
     batch: int | None = None,
     grids: bool = True,
     overlap: float = WINDOW_OVERLAP,
+    survey: bool = True,
 ) -> list[PredictResult]:
     """Predict every job; a bad input is reported and skipped while the others go on. Jobs that
     conflict (:func:`check_jobs`) are refused before any work. ``window``: see
     :func:`resolve_window`; files larger than it are cut into windows overlapping by at least
     ``overlap`` of their side, ``batch`` of them at a time through the model (default: the
     training batch, ``data.batch_size``, which fits). ``grids=False`` writes the classified
-    LAS/LAZ alone, without voxel grids."""
+    LAS/LAZ alone, without voxel grids. ``survey``: files that lie side by side are predicted
+    as one survey (:mod:`uxbseg.survey`), each reading its neighbours' points near its edges;
+    False predicts each on its own."""
     from tqdm.auto import tqdm
 
     check_jobs(jobs, out_dir)
@@ -274,6 +328,18 @@ def predict_files(
     model = model.to(device).eval()
     results = []
     domain = DomainCheck(cfg)
+    surveys = {}
+    if survey and side is not None:
+        surveys = find_surveys([(job.las, job.image) for job in jobs], side)
+        if surveys:
+            count = len({id(s) for s in surveys.values()})
+            log.info(
+                "%d of %d files lie side by side in %d survey(s): they are predicted in windows "
+                "laid over each survey, which read the points of every file they cover",
+                len(surveys),
+                len(jobs),
+                count,
+            )
     for job in tqdm(jobs, desc="predict", unit="file", disable=not progress):
         try:
             results.append(
@@ -293,6 +359,7 @@ def predict_files(
                     grids,
                     overlap,
                     domain,
+                    surveys.get(job.las),
                 )
             )
         except UXBError as exc:

@@ -28,11 +28,12 @@ from .io.raster import (
     TPI_CLIP_M,
     TPI_RADIUS_M,
     colourise_tpi,
-    image_window,
+    mosaic_window,
     normalise_rgb,
     open_image,
     window_tpi,
 )
+from .survey import SurveyContext
 from .windows import WindowPlan, crs_bounds
 
 __all__ = ["WindowGrids", "WindowInput", "predict_windows"]
@@ -40,10 +41,18 @@ __all__ = ["WindowGrids", "WindowInput", "predict_windows"]
 
 class WindowGrids:
     """``pred_<id>.windows/``: a uint8 grid per window (``r<row>_c<col>.npy``, row 0 = north)
-    and ``windows.json`` with each window's bounds; written under a temporary name, then
-    renamed over any earlier one."""
+    and ``windows.json`` with each window's bounds (and, for a file of a survey, the survey's
+    files, whose windows share the plan's rows and columns); written under a temporary name,
+    then renamed over any earlier one."""
 
-    def __init__(self, folder: Path, plan: WindowPlan, side: float, overlap: float) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        plan: WindowPlan,
+        side: float,
+        overlap: float,
+        survey: list[str] | None = None,
+    ) -> None:
         self.folder = folder
         self.tmp = folder.with_name(f".{folder.name}.partial")
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -56,6 +65,8 @@ class WindowGrids:
             "columns": cols,
             "windows": [],
         }
+        if survey is not None:
+            self.index["survey"] = survey
 
     def __call__(self, w: WindowInput, grid: np.ndarray, pred2d: np.ndarray | None) -> None:
         """Save the grid of window ``w`` (a :func:`predict_windows` ``on_window``)."""
@@ -106,27 +117,44 @@ class WindowInput:
         return self.point_voxel[self.mine]
 
 
+def _ownership(plan: WindowPlan, context: SurveyContext) -> tuple[np.ndarray, range, range]:
+    """The window each point takes its class from (row * columns + column; -1 for the
+    neighbours' points, which take none), and the rows and columns of the windows the file's
+    own points take."""
+    xr, yr = np.asarray(context.points.X), np.asarray(context.points.Y)
+    rows, cols = plan.rows(yr[context.own]), plan.columns(xr[context.own])
+    own = np.full(len(xr), -1, dtype=np.int64)
+    own[context.own] = rows * plan.shape[1] + cols
+    return own, range(rows.min(), rows.max() + 1), range(cols.min(), cols.max() + 1)
+
+
 def _window_inputs(
-    image_path: Path | None, las, points: PointArrays, plan: WindowPlan, cfg: Config
+    image_path: Path | None,
+    las,
+    plan: WindowPlan,
+    cfg: Config,
+    context: SurveyContext,
+    ownership: tuple[np.ndarray, range, range],
 ):
-    """:class:`WindowInput` of each window that some point takes its class from: the window's
-    points voxelised over its bounds, and its image (cut from ``image_path``, or rendered from
+    """:class:`WindowInput` of each window that some point of the file takes its class from:
+    the window's points (the file's and its neighbours', ``context``) voxelised over its
+    bounds, and its image (cut from ``image_path`` and the neighbours' images, or rendered from
     its points and those within the TPI radius around it)."""
     spec = GridSpec.from_config(cfg.grid)
+    points = context.points
     xr, yr = np.ascontiguousarray(points.X), np.ascontiguousarray(points.Y)
-    rows, cols = plan.shape
-    own = plan.rows(yr) * cols + plan.columns(xr)  # the one window each point takes
+    cols = plan.shape[1]
+    own, row_range, col_range = ownership  # the one window each point takes
     scale, offset = las.header.scales, las.header.offsets
-    file_bounds = crs_bounds(las, (plan.x_limits, plan.y_limits))  # the data's
     render = image_path is None
-    rgb = None if render else np.asarray(open_image(image_path, "RGB"))  # decoded once
+    images = _WindowImages(image_path, crs_bounds(las, context.limits), context.images, cfg)
     margin = [math.ceil(TPI_RADIUS_M / s) if render else 0 for s in scale[:2]]
-    for col in range(cols):
+    for col in col_range:
         (xlo, xhi), _ = plan.window(0, col).limits
         lo, hi = xlo - margin[0], xhi + margin[0]
         column = np.flatnonzero((xr >= lo) & (xr <= hi))
         yc = yr[column]
-        for row in range(rows):
+        for row in row_range:
             win = plan.window(row, col)
             (ylo, yhi) = win.y
             lo, hi = ylo - margin[1], yhi + margin[1]
@@ -147,8 +175,30 @@ def _window_inputs(
                 t = window_tpi(x, y, z, bounds, tpi_cell(bounds))
                 image = normalise_rgb(colourise_tpi(t, TPI_CLIP_M, cfg.data.image_size))
             else:
-                image = image_window(rgb, file_bounds, bounds, cfg.data.image_size)
+                image = images(bounds)
             yield WindowInput(row, col, bounds, idx, vox.point_voxel, mine, image, vox.features)
+
+
+class _WindowImages:
+    """A window's part of the file's image (decoded once), completed beyond the file's edge by
+    its neighbours' images (decoded when a window first reaches them)."""
+
+    def __init__(self, path: Path | None, bounds, others: list, cfg: Config) -> None:
+        self.size = cfg.data.image_size
+        self.rgb = None if path is None else np.asarray(open_image(path, "RGB"))
+        self.bounds = bounds
+        self.others = others
+        self.decoded: dict[Path, np.ndarray] = {}
+
+    def __call__(self, window) -> np.ndarray:
+        sources = [(self.rgb, self.bounds)]
+        x0, y0, x1, y1 = window
+        for path, box in self.others:
+            if box[0] < x1 and x0 < box[2] and box[1] < y1 and y0 < box[3]:  # they overlap
+                if path not in self.decoded:
+                    self.decoded[path] = np.asarray(open_image(path, "RGB"))
+                sources.append((self.decoded[path], box))
+        return mosaic_window(sources, window, self.size)
 
 
 def _prefetched(items, depth: int):
@@ -204,14 +254,19 @@ def predict_windows(
     progress: bool,
     batch: int = 1,
     prefetch: int = 2,
+    context: SurveyContext | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Classes (N,) and, with ``probabilities``, class probabilities (K, N) of every point of a
     file cut into windows, ``batch`` windows at a time through the model while the next
     ``prefetch`` batches are prepared. ``on_window(window, grid, classes2d)`` is called with
-    each window's voxel classes (D, H, W) and 2D head's classes (H, W; None without one)."""
+    each window's voxel classes (D, H, W) and 2D head's classes (H, W; None without one).
+    ``context``: the file among its neighbours (:mod:`uxbseg.survey`), whose points the windows
+    read too (a window's ``points`` then index ``context.points``)."""
     from tqdm.auto import tqdm
 
-    n = len(points)
+    if context is None:
+        context = SurveyContext(points, slice(0, len(points)), (plan.x_limits, plan.y_limits), [])
+    n, start = len(points), context.own.start
     point_class = np.zeros(n, dtype=np.uint8)
     point_probs = np.zeros((len(CLASSES), n), dtype=np.float32) if probabilities else None
     pending: list[WindowInput] = []
@@ -226,7 +281,7 @@ def predict_windows(
         if on_window is not None and probs2d is not None:
             pred2d_b = decide(probs2d, weights, tau, dim=1).numpy()
         for w, p, grid, pred2d in zip(pending, probs, grid_b, pred2d_b):
-            taken, voxel = w.taken, w.voxel
+            taken, voxel = w.taken - start, w.voxel
             point_class[taken] = grid.ravel()[voxel]
             if point_probs is not None:
                 point_probs[:, taken] = p.reshape(len(CLASSES), -1).numpy()[:, voxel]
@@ -234,8 +289,10 @@ def predict_windows(
                 on_window(w, grid, pred2d)
         pending.clear()
 
-    bar = tqdm(total=len(plan), desc="windows", unit="window", leave=False, disable=not progress)
-    inputs = _window_inputs(image_path, las, points, plan, cfg)
+    ownership = _ownership(plan, context)
+    total = len(ownership[1]) * len(ownership[2])
+    bar = tqdm(total=total, desc="windows", unit="window", leave=False, disable=not progress)
+    inputs = _window_inputs(image_path, las, plan, cfg, context, ownership)
     for w in _prefetched(inputs, prefetch * batch):
         bar.update()
         if w is not None:

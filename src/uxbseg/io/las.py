@@ -25,6 +25,7 @@ __all__ = [
     "max_classification",
     "read_las",
     "read_points",
+    "read_points_in_box",
     "read_raw_vlrs",
     "units_warning",
     "write_classified",
@@ -97,6 +98,12 @@ class PointArrays:
         """The points at ``index`` (e.g. one prediction window); other fields follow on use."""
         return _TakenPointArrays(self, index)
 
+    @staticmethod
+    def join(parts: list[PointArrays]) -> PointArrays:
+        """The points of ``parts`` (same raw frame) one after the other; X/Y/Z joined now, the
+        other fields when first used."""
+        return _JoinedPointArrays(parts)
+
 
 class _LasPointArrays(PointArrays):
     """:class:`PointArrays` over a LasData: X/Y/Z are views, other fields decoded on demand.
@@ -156,6 +163,84 @@ class _TakenPointArrays(PointArrays):
     @functools.cached_property
     def classification(self) -> np.ndarray | None:
         return self._field("classification")
+
+
+class _JoinedPointArrays(PointArrays):
+    """:meth:`PointArrays.join`."""
+
+    def __init__(self, parts: list[PointArrays]) -> None:
+        self._parts = parts
+        self.X, self.Y, self.Z = (np.concatenate([getattr(p, k) for p in parts]) for k in "XYZ")
+        self.scales = parts[0].scales
+
+    def _field(self, name: str) -> np.ndarray | None:
+        values = [getattr(p, name) for p in self._parts]
+        return None if any(v is None for v in values) else np.concatenate(values)
+
+    @functools.cached_property
+    def intensity(self) -> np.ndarray | None:
+        return self._field("intensity")
+
+    @functools.cached_property
+    def return_number(self) -> np.ndarray | None:
+        return self._field("return_number")
+
+    @functools.cached_property
+    def number_of_returns(self) -> np.ndarray | None:
+        return self._field("number_of_returns")
+
+    @functools.cached_property
+    def classification(self) -> np.ndarray | None:
+        return self._field("classification")
+
+
+_EMPTY_DTYPES = {"X": np.int32, "Y": np.int32, "Z": np.int32, "intensity": np.uint16}
+
+
+def read_points_in_box(
+    path: str | Path,
+    box: tuple[float, float, float, float],
+    scales: tuple[float, float, float],
+    offsets: tuple[float, float, float],
+    chunk: int = 2_000_000,
+) -> PointArrays:
+    """The points of a LAS/LAZ file inside ``box`` (xmin, ymin, xmax, ymax; CRS units), read
+    ``chunk`` points at a time, with raw X/Y/Z in the frame ``scales`` / ``offsets`` (another
+    file's: the same integers when the frames agree), intensity and return numbers; no
+    classification (it is never a feature)."""
+    path = Path(path)
+    keep: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("X", "Y", "Z", "intensity", "return_number", "number_of_returns")
+    }
+    try:
+        with laspy.open(path) as reader:
+            h = reader.header
+            same = np.array_equal(h.scales, scales) and np.array_equal(h.offsets, offsets)
+            for pts in reader.chunk_iterator(chunk):
+                x, y = np.asarray(pts.x), np.asarray(pts.y)
+                inside = np.flatnonzero(
+                    (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
+                )
+                if not len(inside):
+                    continue
+                for i, k in enumerate("XYZ"):
+                    raw = np.asarray(getattr(pts, k))[inside]
+                    if not same:  # into the other frame, to the nearest of its steps
+                        crs = raw * h.scales[i] + h.offsets[i]
+                        raw = np.round((crs - offsets[i]) / scales[i]).astype(np.int32)
+                    keep[k].append(raw)
+                for k in ("intensity", "return_number", "number_of_returns"):
+                    keep[k].append(np.asarray(getattr(pts, k))[inside])
+    except Exception as exc:  # laspy raises several types for corrupt or truncated files
+        raise BadDataError(
+            f"{path}: not a readable LAS/LAZ file ({type(exc).__name__}: {exc}); re-export it "
+            "from the source software or remove it"
+        ) from exc
+    arrays = {
+        k: np.concatenate(v) if v else np.zeros(0, _EMPTY_DTYPES.get(k, np.uint8))
+        for k, v in keep.items()
+    }
+    return PointArrays(**arrays, scales=tuple(float(s) for s in scales))
 
 
 _EPSG_UNITS = {

@@ -28,6 +28,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "mask_window",
+    "mosaic_window",
     "normalise_rgb",
     "open_image",
     "read_mask_values",
@@ -146,6 +147,34 @@ def image_window(
     cut, inner = _window_box(rgb, bounds, window)
     im = Image.fromarray(cut, "RGB")
     return normalise_rgb(np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, inner)))
+
+
+def mosaic_window(
+    sources: list[tuple[np.ndarray, tuple[float, float, float, float]]],
+    window: tuple[float, float, float, float],
+    size: int = 512,
+) -> np.ndarray:
+    """:func:`image_window` of the first of ``sources`` ((RGB image, its bounds)), with the
+    pixels beyond its bounds taken from the first of the others that covers them (adjacent
+    tiles' images); pixels no source covers repeat the first image's edge."""
+    rgb, bounds = sources[0]
+    out = image_window(rgb, bounds, window, size)
+    if len(sources) == 1:
+        return out
+    x0, y0, x1, y1 = window
+    cx = x0 + (np.arange(size) + 0.5) * (x1 - x0) / size
+    cy = y1 - (np.arange(size) + 0.5) * (y1 - y0) / size  # row 0 = north
+
+    def covered(b: tuple[float, float, float, float]) -> np.ndarray:
+        return ((cy >= b[1]) & (cy <= b[3]))[:, None] & ((cx >= b[0]) & (cx <= b[2]))[None, :]
+
+    filled = covered(bounds)
+    for rgb, b in sources[1:]:
+        take = covered(b) & ~filled
+        if take.any():
+            out[:, take] = image_window(rgb, b, window, size)[:, take]
+            filled |= take
+    return out
 
 
 def mask_window(

@@ -1,0 +1,195 @@
+"""Surveys: point clouds that tile one area (a delivery of 1 km files), predicted as one.
+
+A mound on the line between two files is half in each. Predicted file by file, each half is
+classified in a window that ends at its file's edge, with the other half out of view, and the
+two halves may not even get the same class. When the files given to ``predict`` lie side by
+side they form a survey: its windows (:mod:`uxbseg.windows`) are laid over the whole area, the
+same plan in every file, and each window reads the points of every file inside it (and, to
+render its TPI image, those within the TPI radius around it). A point is then classified
+exactly as in one file holding the whole survey, while each file is still read, written and
+held in memory on its own, with strips of its neighbours.
+
+Files are neighbours when their XY boxes (from their headers) lie within a window side of each
+other and overlap by at most :data:`SURVEY_OVERLAP` of the smaller one's area: files covering
+the same ground (overlapping flight strips, a file and its copy, tiles in local coordinates)
+are not merged, and are predicted each on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import laspy
+import numpy as np
+
+from .io.las import PointArrays, read_points_in_box
+
+__all__ = [
+    "SURVEY_OVERLAP",
+    "Survey",
+    "SurveyContext",
+    "SurveyFile",
+    "find_surveys",
+]
+
+log = logging.getLogger(__name__)
+
+SURVEY_OVERLAP = 0.01
+"""Largest overlap of two neighbouring files' boxes, a fraction of the smaller box's area:
+tiles of one delivery touch or share a few point spacings; more is the same ground twice."""
+
+Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax (CRS units)
+
+
+@dataclass(frozen=True)
+class SurveyFile:
+    """One input file, as its header describes it."""
+
+    path: Path
+    image: Path | None
+    bounds: Box
+    scales: tuple[float, float, float]
+    offsets: tuple[float, float, float]
+
+    @classmethod
+    def from_header(cls, path: Path, image: Path | None) -> SurveyFile | None:
+        """The file's header box; None when the header cannot be read (predict reports it)."""
+        try:
+            with laspy.open(path) as reader:
+                h = reader.header
+                if h.point_count == 0:
+                    return None
+                lo, hi = h.mins, h.maxs
+                return cls(
+                    path,
+                    image,
+                    (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])),
+                    tuple(float(s) for s in h.scales),
+                    tuple(float(o) for o in h.offsets),
+                )
+        except Exception:  # unreadable: predict names it when it reads the file
+            return None
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Files that tile one area, in the order they were given."""
+
+    files: tuple[SurveyFile, ...]
+
+    @property
+    def bounds(self) -> Box:
+        """The box of all the files."""
+        b = np.array([f.bounds for f in self.files])
+        (x0, y0), (x1, y1) = b[:, :2].min(axis=0), b[:, 2:].max(axis=0)
+        return float(x0), float(y0), float(x1), float(y1)
+
+    def limits(self, las) -> tuple[tuple[int, int], tuple[int, int]]:
+        """:attr:`bounds` as raw XY limits in ``las``'s frame (the same integers in every file
+        that shares a scale and offset, so the same window plan)."""
+        x0, y0, x1, y1 = self.bounds
+        (sx, sy), (ox, oy) = las.header.scales[:2], las.header.offsets[:2]
+        return (
+            (round((x0 - ox) / sx), round((x1 - ox) / sx)),
+            (round((y0 - oy) / sy), round((y1 - oy) / sy)),
+        )
+
+    def file(self, path: Path) -> SurveyFile:
+        """The survey's entry for ``path``."""
+        return next(f for f in self.files if f.path == path)
+
+
+@dataclass
+class SurveyContext:
+    """A file among its neighbours, for :func:`~uxbseg.predict_windows.predict_windows`."""
+
+    points: PointArrays  # the file's points and its neighbours' nearby, in the survey's order
+    own: slice  # where the file's own points are in them
+    limits: tuple[tuple[int, int], tuple[int, int]]  # raw XY limits of its own points
+    images: list[tuple[Path, Box]]  # the neighbours' images and their boxes (given images)
+
+    @classmethod
+    def build(
+        cls,
+        survey: Survey,
+        path: Path,
+        points: PointArrays,
+        limits: tuple[tuple[int, int], tuple[int, int]],
+        box: Box,
+        frame: tuple[tuple[float, float, float], tuple[float, float, float]],
+    ) -> SurveyContext:
+        """The points of ``path`` and those of its neighbours inside ``box`` (CRS units), in
+        the frame ``(scales, offsets)`` of ``path``."""
+        parts: list[PointArrays] = []
+        images = []
+        own = slice(0, 0)
+        for f in survey.files:
+            if f.path == path:
+                start = sum(len(p) for p in parts)
+                own = slice(start, start + len(points))
+                parts.append(points)
+                continue
+            if not _intersects(f.bounds, box):
+                continue
+            near = read_points_in_box(f.path, box, *frame)
+            log.debug("%s: %d points of %s as context", path.name, len(near), f.path.name)
+            if len(near):
+                parts.append(near)
+            if f.image is not None:
+                images.append((f.image, f.bounds))
+        joined = points if len(parts) == 1 else PointArrays.join(parts)
+        return cls(joined, own, limits, images)
+
+
+def _intersects(a: Box, b: Box) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def find_surveys(files: Sequence[tuple[Path, Path | None]], side: float) -> dict[Path, Survey]:
+    """The survey of each of ``files`` ((point cloud, image or None)) that has neighbours
+    within ``side`` (CRS units); files alone, or unreadable, are not in it."""
+    entries = [f for f in (SurveyFile.from_header(p, i) for p, i in files) if f is not None]
+    if len(entries) < 2:
+        return {}
+    b = np.array([f.bounds for f in entries])
+    x0, y0, x1, y1 = (b[:, k] for k in range(4))
+    gap_x = np.maximum(x0[:, None] - x1[None, :], x0[None, :] - x1[:, None])
+    gap_y = np.maximum(y0[:, None] - y1[None, :], y0[None, :] - y1[:, None])
+    area = (x1 - x0) * (y1 - y0)
+    shared = np.maximum(-gap_x, 0) * np.maximum(-gap_y, 0)
+    same_ground = shared > SURVEY_OVERLAP * np.minimum(area[:, None], area[None, :])
+    near = (np.maximum(gap_x, gap_y) <= side) & ~same_ground
+    np.fill_diagonal(near, False)
+    np.fill_diagonal(same_ground, False)
+    if same_ground.any():
+        i, j = np.nonzero(np.triu(same_ground))
+        log.info(
+            "%d pair(s) of input files cover the same ground (e.g. %s and %s overlap by more "
+            "than %.0f%% of the smaller): they are not each other's context",
+            len(i),
+            entries[i[0]].path.name,
+            entries[j[0]].path.name,
+            100 * SURVEY_OVERLAP,
+        )
+    group = list(range(len(entries)))  # union-find over the neighbour pairs
+
+    def root(k: int) -> int:
+        while group[k] != k:
+            group[k] = group[group[k]]
+            k = group[k]
+        return k
+
+    for i, j in zip(*np.nonzero(np.triu(near))):
+        group[root(int(i))] = root(int(j))
+    members: dict[int, list[SurveyFile]] = {}
+    for k, f in enumerate(entries):
+        members.setdefault(root(k), []).append(f)
+    surveys = {}
+    for fs in members.values():
+        if len(fs) > 1:
+            survey = Survey(tuple(fs))
+            surveys.update({f.path: survey for f in fs})
+    return surveys

@@ -1,0 +1,226 @@
+"""Surveys: files that tile one area, predicted as one file holding all of them would be."""
+
+import json
+import logging
+import struct
+
+import laspy
+import numpy as np
+import pytest
+from PIL import Image
+
+from uxbseg.cli import main
+from uxbseg.io.las import read_points_in_box
+from uxbseg.io.raster import image_window, mosaic_window
+from uxbseg.io.weights import load_model
+from uxbseg.predict import PredictJob, predict_files
+from uxbseg.survey import find_surveys
+
+
+def _write(path, x, y, z=None, offsets=(0.0, 0.0, 0.0), scales=(0.01, 0.01, 0.01)):
+    header = laspy.LasHeader(point_format=3, version="1.2")
+    header.scales, header.offsets = list(scales), list(offsets)
+    las = laspy.LasData(header)
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    las.x, las.y = x, y
+    las.z = np.zeros_like(x) if z is None else z
+    las.intensity = np.arange(len(x), dtype=np.uint16)
+    las.write(path)
+    return path
+
+
+def _square(path, x0, y0, side=100.0, **kw):
+    return _write(path, [x0, x0 + side, x0, x0 + side], [y0, y0, y0 + side, y0 + side], **kw)
+
+
+def test_files_side_by_side_form_a_survey_and_others_do_not(tmp_path, caplog):
+    a = _square(tmp_path / "a.las", 0, 0)
+    b = _square(tmp_path / "b.las", 100, 0)  # touches a
+    c = _square(tmp_path / "c.las", 250, 0)  # 50 m from b: within a side, so in the survey
+    far = _square(tmp_path / "far.las", 1000, 0)  # alone
+    strip = _square(tmp_path / "strip.las", 1020, 0)  # covers 80 % of far: the same ground
+    broken = tmp_path / "broken.las"
+    broken.write_bytes(b"not a las file")
+    files = [(p, None) for p in (a, b, c, far, strip, broken)]
+    with caplog.at_level(logging.INFO, logger="uxbseg.survey"):
+        surveys = find_surveys(files, side=100.0)
+    assert set(surveys) == {a, b, c}
+    survey = surveys[a]
+    assert surveys[b] is survey and surveys[c] is survey
+    assert [f.path for f in survey.files] == [a, b, c]  # the order given
+    assert survey.bounds == pytest.approx((0.0, 0.0, 350.0, 100.0))
+    assert "far.las and strip.las overlap by more than 1%" in caplog.text
+    # a narrower reach splits them: c is 50 m from b
+    assert set(find_surveys(files, side=40.0)) == {a, b}
+
+
+def test_read_points_in_box_keeps_the_box_and_converts_the_frame(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 100, 500), rng.uniform(0, 100, 500)
+    z = rng.uniform(10, 20, 500)
+    path = _write(tmp_path / "n.las", x, y, z, offsets=(0.0, 0.0, 0.0))
+    src = laspy.read(path)
+    box = (20.0, 30.0, 60.0, 100.0)
+    inside = (src.x >= 20) & (src.x <= 60) & (src.y >= 30)
+    got = read_points_in_box(path, box, (0.01, 0.01, 0.01), (0.0, 0.0, 0.0), chunk=37)
+    assert len(got) == inside.sum() > 100
+    np.testing.assert_array_equal(got.X, np.asarray(src.X)[inside])  # the same integers
+    np.testing.assert_array_equal(got.intensity, np.asarray(src.intensity)[inside])
+    assert got.classification is None
+    # another file's frame: raw values of that frame, the same places to its step
+    other = read_points_in_box(path, box, (0.001, 0.01, 0.01), (5.0, -10.0, 1.0), chunk=37)
+    np.testing.assert_allclose(other.X * 0.001 + 5.0, np.asarray(src.x)[inside], atol=5e-4)
+    np.testing.assert_allclose(other.Y * 0.01 - 10.0, np.asarray(src.y)[inside], atol=5e-3)
+    np.testing.assert_allclose(other.Z * 0.01 + 1.0, np.asarray(src.z)[inside], atol=5e-3)
+
+
+def test_a_window_across_two_images_is_cut_from_both():
+    rng = np.random.default_rng(1)
+    whole = rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)  # 5 m pixels over 200 x 100 m
+    west, east = whole[:, :20].copy(), whole[:, 20:].copy()
+    window = (50.0, 0.0, 150.0, 100.0)
+    want = image_window(whole, (0.0, 0.0, 200.0, 100.0), window, 64)
+    got = mosaic_window(
+        [(west, (0.0, 0.0, 100.0, 100.0)), (east, (100.0, 0.0, 200.0, 100.0))], window, 64
+    )
+    alone = image_window(west, (0.0, 0.0, 100.0, 100.0), window, 64)
+    # output pixels are 100/64 m: more than a source pixel (5 m) from the seam, they are the
+    # whole image's; at the seam each side interpolates its own image's edge
+    cx = 50.0 + (np.arange(64) + 0.5) * 100.0 / 64
+    away = np.abs(cx - 100.0) > 5.0
+    np.testing.assert_allclose(got[:, :, away], want[:, :, away], atol=1e-5)
+    assert np.abs(got - want).mean() < 0.05
+    east_half = cx > 105.0
+    assert np.abs(alone[:, :, east_half] - want[:, :, east_half]).mean() > 0.3  # edge repeated
+
+
+def _split_pair(tiny_dataset, tmp_path):
+    """Two test tiles side by side, as one 200 m x 100 m file and as two 100 m files (the same
+    points in the same order, west then east)."""
+    pairs = sorted((tiny_dataset / "test").glob("pair_*"))[:2]
+    parts = []
+    for i, pair in enumerate(pairs):
+        src = laspy.read(next(pair.glob("*.las")))
+        x = np.asarray(src.x) - src.x.min() + 100.0 * i
+        parts.append((x, np.asarray(src.y) - src.y.min(), np.asarray(src.z)))
+    _write(tmp_path / "whole.las", *(np.concatenate(k) for k in zip(*parts)))
+    (tmp_path / "tiles").mkdir()
+    for name, part in zip(("west", "east"), parts):
+        _write(tmp_path / "tiles" / f"{name}.las", *part)
+    return [len(p[0]) for p in parts]
+
+
+@pytest.mark.slow
+def test_tiles_of_a_survey_are_classified_as_the_whole_file(
+    trained_run, tiny_dataset, tmp_path, capsys
+):
+    sizes = _split_pair(tiny_dataset, tmp_path)
+    model, cfg = load_model(trained_run[0].best_weights)
+    kw = dict(probabilities=True, window=100.0, progress=False)
+    (whole,) = predict_files(model, cfg, [PredictJob(tmp_path / "whole.las", None, "w")],
+                             tmp_path / "whole", **kw)  # fmt: skip
+    jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
+    tiles = predict_files(model, cfg, jobs, tmp_path / "survey", **kw)
+    alone = predict_files(model, cfg, jobs, tmp_path / "alone", survey=False, **kw)
+    assert whole.windows == 3 and [r.survey for r in tiles] == [2, 2]
+    assert [r.windows for r in alone] == [0, 0]  # each file is one tile on its own
+    fields = ("classification", "prob_ground", "prob_plazuela", "prob_structure")
+    big = laspy.read(tmp_path / "whole" / "pred_w.las")
+    got = {k: [] for k in fields}
+    lone = {k: [] for k in fields}
+    for name in ("west", "east"):
+        for k in fields:
+            got[k].append(np.asarray(laspy.read(tmp_path / "survey" / f"pred_{name}.las")[k]))
+            lone[k].append(np.asarray(laspy.read(tmp_path / "alone" / f"pred_{name}.las")[k]))
+    for k in fields:
+        np.testing.assert_array_equal(np.concatenate(got[k]), np.asarray(big[k]), err_msg=k)
+    # on their own the files are predicted otherwise: the comparison above can fail
+    p = np.concatenate(lone["prob_plazuela"])
+    assert np.abs(p - np.asarray(big["prob_plazuela"])).max() > 1e-3
+    # the window on the seam is predicted once in each file, to the same grid as the whole's
+    folders = [tmp_path / "survey" / f"pred_{n}.windows" for n in ("west", "east")]
+    index = [json.loads((f / "windows.json").read_text()) for f in folders]
+    assert index[0]["survey"] == ["west.las", "east.las"]
+    for i in index:
+        assert (i["rows"], i["columns"]) == (1, 3)  # the whole's plan
+    assert sum(w["points"] for i in index for w in i["windows"]) == sum(sizes)
+    seam = {(w["row"], w["col"]) for w in index[0]["windows"]}
+    seam &= {(w["row"], w["col"]) for w in index[1]["windows"]}
+    assert seam
+    for r, c in seam:
+        name = f"r{r:03d}_c{c:03d}.npy"
+        want = np.load(tmp_path / "whole" / "pred_w.windows" / name)
+        for f in folders:
+            np.testing.assert_array_equal(np.load(f / name), want)
+    # the command line says so, and --no-survey predicts each file on its own
+    args = ["--weights", str(trained_run[0].best_weights), "--input", str(tmp_path / "tiles")]
+    assert main(["predict", *args, "--out", str(tmp_path / "cli"), "--window", "100"]) == 0
+    assert "in a survey of 2 files)" in capsys.readouterr().out
+    assert main(["predict", *args, "--out", str(tmp_path / "cli2"), "--window", "100",
+                 "--no-survey"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "in a survey" not in out and "pred_west.npy" in out  # one tile on its own
+
+
+def _spoil_header_bounds(path):
+    """Write a maximum X (LAS 1.2 header, byte 179) 10 m short of the points."""
+    with open(path, "r+b") as f:
+        f.seek(179)
+        (max_x,) = struct.unpack("<d", f.read(8))
+        f.seek(179)
+        f.write(struct.pack("<d", max_x - 10.0))
+
+
+@pytest.mark.slow
+def test_a_file_whose_header_understates_its_bounds_is_predicted_on_its_own(
+    trained_run, tiny_dataset, tmp_path, caplog
+):
+    sizes = _split_pair(tiny_dataset, tmp_path)
+    east = tmp_path / "tiles" / "east.las"
+    _spoil_header_bounds(east)
+    model, cfg = load_model(trained_run[0].best_weights)
+    jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
+    with caplog.at_level(logging.WARNING):
+        res = predict_files(model, cfg, jobs, tmp_path / "out", window=100.0, progress=False)
+    assert f"{east}: its points reach beyond the bounds in its header" in caplog.text
+    assert [r.error for r in res] == [None, None]
+    assert [r.survey for r in res] == [2, 0]  # the west file still reads the east's points
+    assert [r.points for r in res] == sizes
+    out = laspy.read(tmp_path / "out" / "pred_east.las")
+    assert len(out.points) == sizes[1]
+
+
+@pytest.mark.slow
+def test_given_images_of_a_survey_are_cut_across_files(trained_run, tiny_dataset, tmp_path):
+    """With an image per file, a window over the seam takes each side from that side's image;
+    the result is close to the whole file's with the two images laid side by side."""
+    sizes = _split_pair(tiny_dataset, tmp_path)
+    pairs = sorted((tiny_dataset / "test").glob("pair_*"))[:2]
+    images = [np.asarray(Image.open(next(p.glob("tpi_100m*.png"))).convert("RGB")) for p in pairs]
+    Image.fromarray(np.concatenate(images, axis=1)).save(tmp_path / "whole.png")
+    for name, im in zip(("west", "east"), images):
+        Image.fromarray(im).save(tmp_path / "tiles" / f"{name}.png")
+    model, cfg = load_model(trained_run[0].best_weights)
+    kw = dict(probabilities=True, window=100.0, progress=False)
+    whole_job = PredictJob(tmp_path / "whole.las", tmp_path / "whole.png", "w")
+    predict_files(model, cfg, [whole_job], tmp_path / "whole", **kw)
+    jobs = [
+        PredictJob(tmp_path / "tiles" / f"{n}.las", tmp_path / "tiles" / f"{n}.png", n)
+        for n in ("west", "east")
+    ]
+    res = predict_files(model, cfg, jobs, tmp_path / "survey", **kw)
+    assert [r.survey for r in res] == [2, 2] and [r.points for r in res] == sizes
+    alone = predict_files(model, cfg, jobs, tmp_path / "alone", survey=False, **kw)
+    assert [r.survey for r in alone] == [0, 0]
+
+    def plazuela(folder, names):
+        return np.concatenate(
+            [laspy.read(tmp_path / folder / f"pred_{n}.las")["prob_plazuela"] for n in names]
+        )
+
+    want = plazuela("whole", ["w"])
+    got = np.abs(plazuela("survey", ["west", "east"]) - want).max()
+    lone = np.abs(plazuela("alone", ["west", "east"]) - want).max()
+    # the images' pixels at the seam are interpolated from each side's own image (measured:
+    # at most 0.0012 apart); each file on its own is far from the whole's (measured: 0.19)
+    assert got < 0.005 and lone > 0.05
