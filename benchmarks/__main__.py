@@ -1,4 +1,4 @@
-"""python -m benchmarks {voxelize,predict,train,data,kernels,windows} [options]"""
+"""python -m benchmarks {voxelize,predict,train,data,kernels,windows,survey} [options]"""
 
 import sys
 
@@ -8,6 +8,7 @@ from . import (
     bench_data,
     bench_kernels,
     bench_predict,
+    bench_survey,
     bench_train,
     bench_voxelize,
     bench_windows,
@@ -20,6 +21,7 @@ COMMANDS = {
     "data": bench_data.main,
     "kernels": bench_kernels.main,
     "windows": bench_windows.main,
+    "survey": bench_survey.main,
 }
 
 if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

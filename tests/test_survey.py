@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from uxbseg import predict_windows
 from uxbseg.cli import main
 from uxbseg.io.las import read_points_in_box
 from uxbseg.io.raster import image_window, mosaic_window
@@ -62,13 +63,14 @@ def test_read_points_in_box_keeps_the_box_and_converts_the_frame(tmp_path):
     src = laspy.read(path)
     box = (20.0, 30.0, 60.0, 100.0)
     inside = (src.x >= 20) & (src.x <= 60) & (src.y >= 30)
-    got = read_points_in_box(path, box, (0.01, 0.01, 0.01), (0.0, 0.0, 0.0), chunk=37)
+    got, at = read_points_in_box(path, box, (0.01, 0.01, 0.01), (0.0, 0.0, 0.0), chunk=37)
     assert len(got) == inside.sum() > 100
+    np.testing.assert_array_equal(at, np.flatnonzero(inside))  # positions in the file
     np.testing.assert_array_equal(got.X, np.asarray(src.X)[inside])  # the same integers
     np.testing.assert_array_equal(got.intensity, np.asarray(src.intensity)[inside])
     assert got.classification is None
     # another file's frame: raw values of that frame, the same places to its step
-    other = read_points_in_box(path, box, (0.001, 0.01, 0.01), (5.0, -10.0, 1.0), chunk=37)
+    other, _ = read_points_in_box(path, box, (0.001, 0.01, 0.01), (5.0, -10.0, 1.0), chunk=37)
     np.testing.assert_allclose(other.X * 0.001 + 5.0, np.asarray(src.x)[inside], atol=5e-4)
     np.testing.assert_allclose(other.Y * 0.01 - 10.0, np.asarray(src.y)[inside], atol=5e-3)
     np.testing.assert_allclose(other.Z * 0.01 + 1.0, np.asarray(src.z)[inside], atol=5e-3)
@@ -112,7 +114,7 @@ def _split_pair(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_tiles_of_a_survey_are_classified_as_the_whole_file(
-    trained_run, tiny_dataset, tmp_path, capsys
+    trained_run, tiny_dataset, tmp_path, capsys, monkeypatch
 ):
     sizes = _split_pair(tiny_dataset, tmp_path)
     model, cfg = load_model(trained_run[0].best_weights)
@@ -120,7 +122,15 @@ def test_tiles_of_a_survey_are_classified_as_the_whole_file(
     (whole,) = predict_files(model, cfg, [PredictJob(tmp_path / "whole.las", None, "w")],
                              tmp_path / "whole", **kw)  # fmt: skip
     jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
+    run = []  # windows through the model, counted on the way to the real one
+    infer = predict_windows.infer_tiles
+    monkeypatch.setattr(
+        predict_windows, "infer_tiles", lambda m, i, *a: run.append(len(i)) or infer(m, i, *a)
+    )
     tiles = predict_files(model, cfg, jobs, tmp_path / "survey", **kw)
+    monkeypatch.undo()
+    # the window on the seam classifies points of both files and is run once, for the first
+    assert sum(run) == whole.windows
     alone = predict_files(model, cfg, jobs, tmp_path / "alone", survey=False, **kw)
     assert whole.windows == 3 and [r.survey for r in tiles] == [2, 2]
     assert [r.windows for r in alone] == [0, 0]  # each file is one tile on its own

@@ -365,5 +365,8 @@ def predict_files(
         except UXBError as exc:
             log.error("%s", exc)
             results.append(PredictResult(job, error=str(exc)))
+        finally:
+            if job.las in surveys:
+                surveys[job.las].finish(job.las)
     domain.summary(len(jobs))
     return results

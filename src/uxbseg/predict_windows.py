@@ -33,7 +33,7 @@ from .io.raster import (
     open_image,
     window_tpi,
 )
-from .survey import SurveyContext
+from .survey import SurveyContext, WindowDone
 from .windows import WindowPlan, crs_bounds
 
 __all__ = ["WindowGrids", "WindowInput", "predict_windows"]
@@ -103,6 +103,7 @@ class WindowInput:
     points: np.ndarray  # indices of the points inside the window
     point_voxel: np.ndarray  # each one's voxel (flat index)
     mine: np.ndarray  # bool: whether it takes its class from this window
+    owned: np.ndarray  # bool: the same for the points of every file of a survey
     image: np.ndarray
     features: np.ndarray
 
@@ -118,13 +119,11 @@ class WindowInput:
 
 
 def _ownership(plan: WindowPlan, context: SurveyContext) -> tuple[np.ndarray, range, range]:
-    """The window each point takes its class from (row * columns + column; -1 for the
-    neighbours' points, which take none), and the rows and columns of the windows the file's
-    own points take."""
+    """The window each point (the file's and its neighbours') takes its class from (row *
+    columns + column), and the rows and columns of the windows the file's own points take."""
     xr, yr = np.asarray(context.points.X), np.asarray(context.points.Y)
-    rows, cols = plan.rows(yr[context.own]), plan.columns(xr[context.own])
-    own = np.full(len(xr), -1, dtype=np.int64)
-    own[context.own] = rows * plan.shape[1] + cols
+    own = plan.rows(yr) * plan.shape[1] + plan.columns(xr)
+    rows, cols = np.divmod(own[context.own], plan.shape[1])
     return own, range(rows.min(), rows.max() + 1), range(cols.min(), cols.max() + 1)
 
 
@@ -145,6 +144,7 @@ def _window_inputs(
     xr, yr = np.ascontiguousarray(points.X), np.ascontiguousarray(points.Y)
     cols = plan.shape[1]
     own, row_range, col_range = ownership  # the one window each point takes
+    first, stop = context.own.start, context.own.stop
     scale, offset = las.header.scales, las.header.offsets
     render = image_path is None
     images = _WindowImages(image_path, crs_bounds(las, context.limits), context.images, cfg)
@@ -155,6 +155,11 @@ def _window_inputs(
         column = np.flatnonzero((xr >= lo) & (xr <= hi))
         yc = yr[column]
         for row in row_range:
+            done = context.done.get((row, col))
+            if done is not None:  # run for a neighbour already
+                yield WindowInput(row, col, done.bounds, done.index, done.index[:0],
+                                  np.ones(len(done.index), bool), None, None, None)  # fmt: skip
+                continue
             win = plan.window(row, col)
             (ylo, yhi) = win.y
             lo, hi = ylo - margin[1], yhi + margin[1]
@@ -162,8 +167,9 @@ def _window_inputs(
             xn, yn = xr[near], yr[near]
             inside = (xn >= xlo) & (xn <= xhi) & (yn >= ylo) & (yn <= yhi)
             idx = near[inside]
-            mine = own[idx] == row * cols + col
-            if not mine.any():  # no point takes its class from here (an empty corner)
+            owned = own[idx] == row * cols + col
+            mine = owned & (idx >= first) & (idx < stop)
+            if not mine.any():  # no point of the file takes its class from here
                 yield None
                 continue
             vox = voxelize(points.take(idx), spec, with_labels=False, xy_limits=win.limits)
@@ -176,7 +182,9 @@ def _window_inputs(
                 image = normalise_rgb(colourise_tpi(t, TPI_CLIP_M, cfg.data.image_size))
             else:
                 image = images(bounds)
-            yield WindowInput(row, col, bounds, idx, vox.point_voxel, mine, image, vox.features)
+            yield WindowInput(
+                row, col, bounds, idx, vox.point_voxel, mine, owned, image, vox.features
+            )
 
 
 class _WindowImages:
@@ -261,11 +269,14 @@ def predict_windows(
     ``prefetch`` batches are prepared. ``on_window(window, grid, classes2d)`` is called with
     each window's voxel classes (D, H, W) and 2D head's classes (H, W; None without one).
     ``context``: the file among its neighbours (:mod:`uxbseg.survey`), whose points the windows
-    read too (a window's ``points`` then index ``context.points``)."""
+    read too (a window's ``points`` then index ``context.points``). A window run for an earlier
+    file of the survey is not run again: its classes for this file's points are taken, and
+    ``on_window`` gets it with its points as positions in the file, no voxels and no image;
+    windows run here that classify points of a neighbour still to come are kept for it."""
     from tqdm.auto import tqdm
 
     if context is None:
-        context = SurveyContext(points, slice(0, len(points)), (plan.x_limits, plan.y_limits), [])
+        context = SurveyContext(points, slice(0, len(points)), (plan.x_limits, plan.y_limits))
     n, start = len(points), context.own.start
     point_class = np.zeros(n, dtype=np.uint8)
     point_probs = np.zeros((len(CLASSES), n), dtype=np.float32) if probabilities else None
@@ -283,11 +294,31 @@ def predict_windows(
         for w, p, grid, pred2d in zip(pending, probs, grid_b, pred2d_b):
             taken, voxel = w.taken - start, w.voxel
             point_class[taken] = grid.ravel()[voxel]
-            if point_probs is not None:
-                point_probs[:, taken] = p.reshape(len(CLASSES), -1).numpy()[:, voxel]
+            flat = None if point_probs is None else p.reshape(len(CLASSES), -1).numpy()
+            if flat is not None:
+                point_probs[:, taken] = flat[:, voxel]
             if on_window is not None:
                 on_window(w, grid, pred2d)
+            for nb in context.neighbours:
+                sel = w.owned & (w.points >= nb.part.start) & (w.points < nb.part.stop)
+                if sel.any():
+                    voxel = w.point_voxel[sel]
+                    nb.keep[(w.row, w.col)] = WindowDone(
+                        w.bounds,
+                        nb.index[w.points[sel] - nb.part.start],
+                        grid.ravel()[voxel],
+                        None if flat is None else flat[:, voxel],
+                        grid,
+                    )
         pending.clear()
+
+    def reuse(w: WindowInput) -> None:
+        done = context.done[(w.row, w.col)]
+        point_class[done.index] = done.classes
+        if point_probs is not None:
+            point_probs[:, done.index] = done.probs
+        if on_window is not None:
+            on_window(w, done.grid, None)
 
     ownership = _ownership(plan, context)
     total = len(ownership[1]) * len(ownership[2])
@@ -295,7 +326,9 @@ def predict_windows(
     inputs = _window_inputs(image_path, las, plan, cfg, context, ownership)
     for w in _prefetched(inputs, prefetch * batch):
         bar.update()
-        if w is not None:
+        if w is not None and w.image is None:
+            reuse(w)
+        elif w is not None:
             pending.append(w)
             if len(pending) == batch:
                 run()

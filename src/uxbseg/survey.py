@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import laspy
@@ -32,6 +32,7 @@ __all__ = [
     "Survey",
     "SurveyContext",
     "SurveyFile",
+    "WindowDone",
     "find_surveys",
 ]
 
@@ -74,11 +75,31 @@ class SurveyFile:
             return None
 
 
-@dataclass(frozen=True)
+@dataclass
+class WindowDone:
+    """A window of the survey run for one file, kept for a neighbour whose points it classifies
+    too, so that the neighbour does not run it again."""
+
+    bounds: Box
+    index: np.ndarray  # positions in the neighbour's file of the points the window classifies
+    classes: np.ndarray  # their classes
+    probs: np.ndarray | None  # their class probabilities (K, n), when asked for
+    grid: np.ndarray  # the window's voxel classes
+
+
+@dataclass(eq=False)
 class Survey:
-    """Files that tile one area, in the order they were given."""
+    """Files that tile one area, in the order they were given, and the windows run for some of
+    them that classify points of others still to come."""
 
     files: tuple[SurveyFile, ...]
+    done: dict[Path, dict[tuple[int, int], WindowDone]] = field(default_factory=dict)
+    finished: set[Path] = field(default_factory=set)
+
+    def finish(self, path: Path) -> None:
+        """``path`` is predicted (or failed): its kept windows go, and none are kept for it."""
+        self.done.pop(path, None)
+        self.finished.add(path)
 
     @property
     def bounds(self) -> Box:
@@ -103,13 +124,25 @@ class Survey:
 
 
 @dataclass
+class Neighbour:
+    """A neighbour's points among a file's context, and where to keep the windows run for the
+    file that classify them (the neighbour is still to come and shares the file's frame)."""
+
+    part: slice  # where its points are in the context's points
+    index: np.ndarray  # their positions in its file
+    keep: dict[tuple[int, int], WindowDone]
+
+
+@dataclass
 class SurveyContext:
     """A file among its neighbours, for :func:`~uxbseg.predict_windows.predict_windows`."""
 
     points: PointArrays  # the file's points and its neighbours' nearby, in the survey's order
     own: slice  # where the file's own points are in them
     limits: tuple[tuple[int, int], tuple[int, int]]  # raw XY limits of its own points
-    images: list[tuple[Path, Box]]  # the neighbours' images and their boxes (given images)
+    images: list[tuple[Path, Box]] = field(default_factory=list)  # neighbours' (given images)
+    neighbours: list[Neighbour] = field(default_factory=list)  # to keep windows for
+    done: dict[tuple[int, int], WindowDone] = field(default_factory=dict)  # run for others
 
     @classmethod
     def build(
@@ -122,26 +155,34 @@ class SurveyContext:
         frame: tuple[tuple[float, float, float], tuple[float, float, float]],
     ) -> SurveyContext:
         """The points of ``path`` and those of its neighbours inside ``box`` (CRS units), in
-        the frame ``(scales, offsets)`` of ``path``."""
+        the frame ``(scales, offsets)`` of ``path``, with the windows run for its neighbours
+        that classify its points."""
         parts: list[PointArrays] = []
-        images = []
-        own = slice(0, 0)
+        images, neighbours = [], []
+        own, start = slice(0, 0), 0
         for f in survey.files:
             if f.path == path:
-                start = sum(len(p) for p in parts)
                 own = slice(start, start + len(points))
                 parts.append(points)
+                start += len(points)
                 continue
             if not _intersects(f.bounds, box):
                 continue
-            near = read_points_in_box(f.path, box, *frame)
+            near, index = read_points_in_box(f.path, box, *frame)
             log.debug("%s: %d points of %s as context", path.name, len(near), f.path.name)
-            if len(near):
-                parts.append(near)
             if f.image is not None:
                 images.append((f.image, f.bounds))
+            if not len(near):
+                continue
+            # the same plan in both files (same frame): windows run here serve it later
+            if (f.scales, f.offsets) == frame and f.path not in survey.finished:
+                keep = survey.done.setdefault(f.path, {})
+                neighbours.append(Neighbour(slice(start, start + len(near)), index, keep))
+            parts.append(near)
+            start += len(near)
         joined = points if len(parts) == 1 else PointArrays.join(parts)
-        return cls(joined, own, limits, images)
+        done = survey.done.get(path, {})
+        return cls(joined, own, limits, images, neighbours, done)
 
 
 def _intersects(a: Box, b: Box) -> bool:

@@ -203,15 +203,17 @@ def read_points_in_box(
     scales: tuple[float, float, float],
     offsets: tuple[float, float, float],
     chunk: int = 2_000_000,
-) -> PointArrays:
+) -> tuple[PointArrays, np.ndarray]:
     """The points of a LAS/LAZ file inside ``box`` (xmin, ymin, xmax, ymax; CRS units), read
-    ``chunk`` points at a time, with raw X/Y/Z in the frame ``scales`` / ``offsets`` (another
-    file's: the same integers when the frames agree), intensity and return numbers; no
-    classification (it is never a feature)."""
+    ``chunk`` points at a time, and their positions in the file. The points have raw X/Y/Z in
+    the frame ``scales`` / ``offsets`` (another file's: the same integers when the frames
+    agree), intensity and return numbers; no classification (it is never a feature)."""
     path = Path(path)
     keep: dict[str, list[np.ndarray]] = {
         k: [] for k in ("X", "Y", "Z", "intensity", "return_number", "number_of_returns")
     }
+    where: list[np.ndarray] = []
+    start = 0
     try:
         with laspy.open(path) as reader:
             h = reader.header
@@ -221,6 +223,8 @@ def read_points_in_box(
                 inside = np.flatnonzero(
                     (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
                 )
+                where.append(start + inside)
+                start += len(x)
                 if not len(inside):
                     continue
                 for i, k in enumerate("XYZ"):
@@ -240,7 +244,8 @@ def read_points_in_box(
         k: np.concatenate(v) if v else np.zeros(0, _EMPTY_DTYPES.get(k, np.uint8))
         for k, v in keep.items()
     }
-    return PointArrays(**arrays, scales=tuple(float(s) for s in scales))
+    index = np.concatenate(where) if where else np.zeros(0, np.int64)
+    return PointArrays(**arrays, scales=tuple(float(s) for s in scales)), index
 
 
 _EPSG_UNITS = {
