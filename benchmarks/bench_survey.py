@@ -8,11 +8,15 @@ pieces as one survey (the default). Points are scored against the classes in the
 over all points and within ``--seam`` metres of the lines the tiles were cut along.
 
     python -m benchmarks survey --weights RUN/FusedSwinCrossEntropy_tpi_clr_swin_best.safetensors
+
+``--las FILE`` times a real file instead (no classes to score): whole, its pieces on their own
+and as a survey, and reading the pieces, so the cost of reading the neighbours shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import time
 from pathlib import Path
@@ -52,6 +56,61 @@ def _confusions(folder: Path, seams: dict[str, tuple[np.ndarray, np.ndarray]], n
     return cm, cm_seam
 
 
+def _cut(path: Path, pieces: int, out: Path) -> list[Path]:
+    """``path`` cut into ``pieces`` x ``pieces`` files of equal extent (LAZ stays LAZ)."""
+    las = laspy.read(path)
+    x, y = np.asarray(las.x), np.asarray(las.y)
+    lo, hi = las.header.mins, las.header.maxs
+    col = np.minimum(((x - lo[0]) / (hi[0] - lo[0]) * pieces).astype(int), pieces - 1)
+    row = np.minimum(((y - lo[1]) / (hi[1] - lo[1]) * pieces).astype(int), pieces - 1)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for r in range(pieces):
+        for c in range(pieces):
+            sub = laspy.LasData(copy.deepcopy(las.header))
+            sub.points = las.points[np.flatnonzero((row == r) & (col == c))]
+            name = path.name.replace(".copc.laz", ".laz").split(".")
+            files.append(out / f"{name[0]}_r{r}_c{c}.{name[-1]}")
+            sub.write(files[-1])
+    return files
+
+
+def _real_file(args: argparse.Namespace, model, cfg) -> None:
+    """Time predict on a real file whole, cut into pieces on their own, and as a survey."""
+    out = Path("/tmp/uxbseg-bench-survey-real")
+    shutil.rmtree(out, ignore_errors=True)
+    parts = _cut(args.las, args.pieces, out / "pieces")
+    side = args.window or cfg.grid.tile_extent
+    n = laspy.open(args.las).header.point_count
+    print(
+        f"{args.las.name} ({n:,} points) cut into {len(parts)} files; windows of {side:g}; "
+        f"{torch.get_num_threads()} CPU threads; median of {args.repeat}"
+    )
+    runs = [
+        ("whole file, in windows", [args.las], True),
+        ("its files, each on its own", parts, False),
+        ("its files, as a survey", parts, True),
+    ]
+    t0 = time.perf_counter()
+    for p in parts:
+        laspy.read(p)
+    read = time.perf_counter() - t0
+    print(f"| prediction | time |\n|---|---|\n| reading the {len(parts)} files once | {read:.2f} s |")
+    times: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    for _ in range(args.repeat):  # interleaved, so that a slow moment hits all of them
+        for i, (label, files, survey) in enumerate(runs):
+            jobs = [PredictJob(f, None, f.stem.split(".")[0]) for f in files]
+            t0 = time.perf_counter()
+            res = predict_files(
+                model, cfg, jobs, out / str(i), window=side, progress=False, survey=survey,
+                grids=False,
+            )  # fmt: skip
+            times[label].append(time.perf_counter() - t0)
+            assert all(r.error is None for r in res), [r.error for r in res if r.error]
+    for label, ts in times.items():
+        print(f"| {label} | {np.median(ts):.2f} s |")
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks survey", description=__doc__)
     ap.add_argument("--weights", type=Path, required=True, help="weights trained on 100 m tiles")
@@ -61,8 +120,14 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--seam", type=float, default=15.0, help="metres either side of a cut line")
     ap.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
     ap.add_argument("--data", type=Path, default=Path("/tmp/uxbseg-bench-windows"))
+    ap.add_argument("--las", type=Path, help="time a real LAS/LAZ file cut into pieces instead")
+    ap.add_argument("--window", type=float, help="window side with --las (default: training)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds with --las (default 3)")
     args = ap.parse_args(argv)
     model, cfg = load_model(args.weights)
+    if args.las is not None:
+        _real_file(args, model, cfg)
+        return
     root = args.data / f"v2_s{args.seed}_{args.size:g}m_{args.tiles}"
     if not (root / "test").is_dir():
         synth_dataset(root, {"test": args.tiles}, seed=args.seed, params=survey_params(args.size))

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uxbseg import predict_windows
+from uxbseg import predict_windows, survey
 from uxbseg.cli import main
-from uxbseg.io.las import read_points_in_box
+from uxbseg.io.las import read_point_fields
 from uxbseg.io.raster import image_window, mosaic_window
 from uxbseg.io.weights import load_model
 from uxbseg.predict import PredictJob, predict_files
-from uxbseg.survey import find_surveys
+from uxbseg.survey import PointStore, find_surveys, points_in_box
 
 
 def _write(path, x, y, z=None, offsets=(0.0, 0.0, 0.0), scales=(0.01, 0.01, 0.01)):
@@ -44,7 +44,7 @@ def test_files_side_by_side_form_a_survey_and_others_do_not(tmp_path, caplog):
     broken.write_bytes(b"not a las file")
     files = [(p, None) for p in (a, b, c, far, strip, broken)]
     with caplog.at_level(logging.INFO, logger="uxbseg.survey"):
-        surveys = find_surveys(files, side=100.0)
+        surveys = find_surveys(files, 100.0, PointStore(tmp_path / "store"))
     assert set(surveys) == {a, b, c}
     survey = surveys[a]
     assert surveys[b] is survey and surveys[c] is survey
@@ -52,28 +52,52 @@ def test_files_side_by_side_form_a_survey_and_others_do_not(tmp_path, caplog):
     assert survey.bounds == pytest.approx((0.0, 0.0, 350.0, 100.0))
     assert "far.las and strip.las overlap by more than 1%" in caplog.text
     # a narrower reach splits them: c is 50 m from b
-    assert set(find_surveys(files, side=40.0)) == {a, b}
+    assert set(find_surveys(files, 40.0, PointStore(tmp_path / "store"))) == {a, b}
 
 
-def test_read_points_in_box_keeps_the_box_and_converts_the_frame(tmp_path):
+def test_points_in_box_keeps_the_box_and_converts_the_frame(tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 100, 500), rng.uniform(0, 100, 500)
     z = rng.uniform(10, 20, 500)
     path = _write(tmp_path / "n.las", x, y, z, offsets=(0.0, 0.0, 0.0))
     src = laspy.read(path)
+    fields = read_point_fields(path, chunk=37)  # in chunks, all of them
+    np.testing.assert_array_equal(fields["Z"], np.asarray(src.Z))
+    np.testing.assert_array_equal(fields["return_number"], np.asarray(src.return_number))
     box = (20.0, 30.0, 60.0, 100.0)
     inside = (src.x >= 20) & (src.x <= 60) & (src.y >= 30)
-    got, at = read_points_in_box(path, box, (0.01, 0.01, 0.01), (0.0, 0.0, 0.0), chunk=37)
+    frame = ((0.01, 0.01, 0.01), (0.0, 0.0, 0.0))
+    got, at = points_in_box(fields, frame, box, frame)
     assert len(got) == inside.sum() > 100
     np.testing.assert_array_equal(at, np.flatnonzero(inside))  # positions in the file
     np.testing.assert_array_equal(got.X, np.asarray(src.X)[inside])  # the same integers
     np.testing.assert_array_equal(got.intensity, np.asarray(src.intensity)[inside])
     assert got.classification is None
     # another file's frame: raw values of that frame, the same places to its step
-    other, _ = read_points_in_box(path, box, (0.001, 0.01, 0.01), (5.0, -10.0, 1.0), chunk=37)
+    other, _ = points_in_box(fields, frame, box, ((0.001, 0.01, 0.01), (5.0, -10.0, 1.0)))
     np.testing.assert_allclose(other.X * 0.001 + 5.0, np.asarray(src.x)[inside], atol=5e-4)
     np.testing.assert_allclose(other.Y * 0.01 - 10.0, np.asarray(src.y)[inside], atol=5e-3)
     np.testing.assert_allclose(other.Z * 0.01 + 1.0, np.asarray(src.z)[inside], atol=5e-3)
+
+
+def test_the_store_keeps_a_files_points_while_a_file_to_come_reads_them(tmp_path):
+    paths = [_square(tmp_path / f"{k}.las", 100.0 * i, 0) for i, k in enumerate("abc")]
+    store = PointStore(tmp_path / "out")
+    surveys = find_surveys([(p, None) for p in paths], 100.0, store)
+    row = surveys[paths[0]]
+    row.reach = 50.0  # a reads b, b reads a and c, c reads b
+    for f in row.files:
+        assert len(store.fields(f)["X"]) == 4
+    (folder,) = (tmp_path / "out").glob(".uxbseg-survey-*")
+    row.finish(paths[0])  # b, still to come, reads a
+    assert all(p in store for p in paths)
+    # nothing still to come reads a, nor c (c reads its own file); c, still to come, reads b
+    row.finish(paths[1])
+    assert [p in store for p in paths] == [False, True, False]
+    row.finish(paths[2])
+    assert not any(p in store for p in paths) and not any(folder.iterdir())
+    store.close()
+    assert not folder.exists()
 
 
 def test_a_window_across_two_images_is_cut_from_both():
@@ -122,15 +146,20 @@ def test_tiles_of_a_survey_are_classified_as_the_whole_file(
     (whole,) = predict_files(model, cfg, [PredictJob(tmp_path / "whole.las", None, "w")],
                              tmp_path / "whole", **kw)  # fmt: skip
     jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
-    run = []  # windows through the model, counted on the way to the real one
-    infer = predict_windows.infer_tiles
+    run, decoded = [], []  # windows through the model, files decoded for their neighbours
+    infer, decode = predict_windows.infer_tiles, survey.read_point_fields
     monkeypatch.setattr(
         predict_windows, "infer_tiles", lambda m, i, *a: run.append(len(i)) or infer(m, i, *a)
     )
+    monkeypatch.setattr(survey, "read_point_fields", lambda p: decoded.append(p) or decode(p))
     tiles = predict_files(model, cfg, jobs, tmp_path / "survey", **kw)
     monkeypatch.undo()
     # the window on the seam classifies points of both files and is run once, for the first
     assert sum(run) == whole.windows
+    # the west file's points are kept from its own reading; the east's, decoded for the west,
+    # are kept for the east's turn; nothing is left behind
+    assert decoded == [jobs[1].las]
+    assert not list((tmp_path / "survey").glob(".uxbseg-survey-*"))
     alone = predict_files(model, cfg, jobs, tmp_path / "alone", survey=False, **kw)
     assert whole.windows == 3 and [r.survey for r in tiles] == [2, 2]
     assert [r.windows for r in alone] == [0, 0]  # each file is one tile on its own

@@ -20,11 +20,11 @@ from .decision import decide
 from .domain import DomainCheck
 from .errors import BadDataError, UXBError
 from .inference import infer_tile, render_tpi_image
-from .io.las import PointArrays, is_compressed, read_las, write_classified
+from .io.las import POINT_FIELDS, PointArrays, is_compressed, read_las, write_classified
 from .io.raster import TPI_RADIUS_M, load_image
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
-from .survey import Survey, SurveyContext, find_surveys
+from .survey import PointStore, Survey, SurveyContext, find_surveys
 from .windows import WINDOW_OVERLAP, WindowPlan, crs_bounds, plan_for
 
 __all__ = [
@@ -263,9 +263,10 @@ def _in_survey(
     pad = [1 + (math.ceil(TPI_RADIUS_M / s) if job.image is None else 0) for s in scales[:2]]
     raw = ((nw.x[0] - pad[0], se.x[1] + pad[0]), (se.y[0] - pad[1], nw.y[1] + pad[1]))
     frame = tuple(float(s) for s in scales), tuple(float(o) for o in offsets)
-    context = SurveyContext.build(
-        survey, survey.file(job.las).path, points, limits, crs_bounds(las, raw), frame
-    )
+    me = survey.file(job.las)
+    if me.path not in survey.store and survey.needed_later(me):  # read now, so kept now
+        survey.store.keep(me.path, {k: getattr(points, k) for k in POINT_FIELDS})
+    context = SurveyContext.build(survey, me.path, points, limits, crs_bounds(las, raw), frame)
     return survey_plan, context
 
 
@@ -329,8 +330,9 @@ def predict_files(
     results = []
     domain = DomainCheck(cfg)
     surveys = {}
+    store = PointStore(Path(out_dir))  # the points files read of each other, while needed
     if survey and side is not None:
-        surveys = find_surveys([(job.las, job.image) for job in jobs], side)
+        surveys = find_surveys([(job.las, job.image) for job in jobs], side, store)
         if surveys:
             count = len({id(s) for s in surveys.values()})
             log.info(
@@ -340,33 +342,36 @@ def predict_files(
                 len(jobs),
                 count,
             )
-    for job in tqdm(jobs, desc="predict", unit="file", disable=not progress):
-        try:
-            results.append(
-                predict_one(
-                    model,
-                    cfg,
-                    job,
-                    Path(out_dir),
-                    device,
-                    probabilities,
-                    keep_classification,
-                    codes,
-                    tta,
-                    side,
-                    progress,
-                    batch,
-                    grids,
-                    overlap,
-                    domain,
-                    surveys.get(job.las),
+    try:
+        for job in tqdm(jobs, desc="predict", unit="file", disable=not progress):
+            try:
+                results.append(
+                    predict_one(
+                        model,
+                        cfg,
+                        job,
+                        Path(out_dir),
+                        device,
+                        probabilities,
+                        keep_classification,
+                        codes,
+                        tta,
+                        side,
+                        progress,
+                        batch,
+                        grids,
+                        overlap,
+                        domain,
+                        surveys.get(job.las),
+                    )
                 )
-            )
-        except UXBError as exc:
-            log.error("%s", exc)
-            results.append(PredictResult(job, error=str(exc)))
-        finally:
-            if job.las in surveys:
-                surveys[job.las].finish(job.las)
+            except UXBError as exc:
+                log.error("%s", exc)
+                results.append(PredictResult(job, error=str(exc)))
+            finally:
+                if job.las in surveys:
+                    surveys[job.las].finish(job.las)
+    finally:
+        store.close()
     domain.summary(len(jobs))
     return results

@@ -18,6 +18,9 @@ are not merged, and are predicted each on its own.
 from __future__ import annotations
 
 import logging
+import math
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +28,18 @@ from pathlib import Path
 import laspy
 import numpy as np
 
-from .io.las import PointArrays, read_points_in_box
+from .io.las import POINT_FIELDS, PointArrays, read_point_fields
+from .io.raster import TPI_RADIUS_M
 
 __all__ = [
     "SURVEY_OVERLAP",
+    "PointStore",
     "Survey",
     "SurveyContext",
     "SurveyFile",
     "WindowDone",
     "find_surveys",
+    "points_in_box",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,7 @@ SURVEY_OVERLAP = 0.01
 tiles of one delivery touch or share a few point spacings; more is the same ground twice."""
 
 Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax (CRS units)
+Frame = tuple[tuple[float, float, float], tuple[float, float, float]]  # scales, offsets
 
 
 @dataclass(frozen=True)
@@ -93,13 +100,30 @@ class Survey:
     them that classify points of others still to come."""
 
     files: tuple[SurveyFile, ...]
+    reach: float  # how far (CRS units) beyond a file its windows and their TPI radius go
+    store: PointStore
     done: dict[Path, dict[tuple[int, int], WindowDone]] = field(default_factory=dict)
     finished: set[Path] = field(default_factory=set)
 
+    def within_reach(self, f: SurveyFile) -> list[SurveyFile]:
+        """The other files whose points the windows of ``f`` may read, and the other way."""
+        x0, y0, x1, y1 = f.bounds
+        r = self.reach
+        box = (x0 - r, y0 - r, x1 + r, y1 + r)
+        return [g for g in self.files if g is not f and _intersects(g.bounds, box)]
+
+    def needed_later(self, f: SurveyFile) -> bool:
+        """Whether a file still to come will read points of ``f``."""
+        return any(g.path not in self.finished for g in self.within_reach(f))
+
     def finish(self, path: Path) -> None:
-        """``path`` is predicted (or failed): its kept windows go, and none are kept for it."""
+        """``path`` is predicted (or failed): its kept windows go, none are kept for it, and the
+        points of files no file still to come reads leave the store."""
         self.done.pop(path, None)
         self.finished.add(path)
+        for f in self.files:
+            if f.path in self.store and not self.needed_later(f):
+                self.store.drop(f.path)
 
     @property
     def bounds(self) -> Box:
@@ -168,7 +192,7 @@ class SurveyContext:
                 continue
             if not _intersects(f.bounds, box):
                 continue
-            near, index = read_points_in_box(f.path, box, *frame)
+            near, index = points_in_box(survey.store.fields(f), (f.scales, f.offsets), box, frame)
             log.debug("%s: %d points of %s as context", path.name, len(near), f.path.name)
             if f.image is not None:
                 images.append((f.image, f.bounds))
@@ -185,13 +209,87 @@ class SurveyContext:
         return cls(joined, own, limits, images, neighbours, done)
 
 
+class PointStore:
+    """The neighbours' points, decoded once and kept on disk (:data:`POINT_FIELDS` as ``.npy``,
+    16 bytes a point, read back memory-mapped) while files still to come read them: a LAZ file
+    is then decompressed at most twice (for a neighbour before its own turn, then for itself),
+    not once for each of up to eight neighbours."""
+
+    def __init__(self, parent: Path) -> None:
+        self.parent = Path(parent)  # a temporary folder is made in it when first needed
+        self.folder: Path | None = None
+        self.kept: dict[Path, Path] = {}
+        self.count = 0
+
+    def __contains__(self, path: Path) -> bool:
+        return path in self.kept
+
+    def keep(self, path: Path, fields: dict[str, np.ndarray]) -> None:
+        """Keep the fields of ``path``'s points (its own frame)."""
+        if self.folder is None:
+            self.parent.mkdir(parents=True, exist_ok=True)
+            self.folder = Path(tempfile.mkdtemp(prefix=".uxbseg-survey-", dir=self.parent))
+        self.count += 1
+        where = self.folder / str(self.count)
+        where.mkdir(parents=True)
+        for k in POINT_FIELDS:
+            np.save(where / f"{k}.npy", np.asarray(fields[k]))
+        self.kept[path] = where
+
+    def fields(self, f: SurveyFile) -> dict[str, np.ndarray]:
+        """The fields of ``f``'s points, decoded and kept when they are not kept yet."""
+        if f.path not in self.kept:
+            self.keep(f.path, read_point_fields(f.path))
+        where = self.kept[f.path]
+        return {k: np.load(where / f"{k}.npy", mmap_mode="r") for k in POINT_FIELDS}
+
+    def drop(self, path: Path) -> None:
+        """Forget ``path``'s points."""
+        shutil.rmtree(self.kept.pop(path), ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove everything kept, and the folder."""
+        self.kept.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+def points_in_box(
+    fields: dict[str, np.ndarray], source: Frame, box: Box, frame: Frame
+) -> tuple[PointArrays, np.ndarray]:
+    """The points of ``fields`` (raw X/Y/Z in the frame ``source``) inside ``box`` (CRS
+    units, give or take a step of ``source``), with X/Y/Z in ``frame`` (the same integers when
+    the frames agree, else the nearest of its steps), and their positions in ``fields``."""
+    (scales, offsets), (to_scales, to_offsets) = source, frame
+    # in raw integers (no float copy of the file's coordinates), to the step outside the box
+    lo = [math.floor((box[i] - offsets[i]) / scales[i]) for i in (0, 1)]
+    hi = [math.ceil((box[i + 2] - offsets[i]) / scales[i]) for i in (0, 1)]
+    xr, yr = np.asarray(fields["X"]), np.asarray(fields["Y"])
+    index = np.flatnonzero((xr >= lo[0]) & (xr <= hi[0]) & (yr >= lo[1]) & (yr <= hi[1]))
+    same = source == frame
+    out = {}
+    for i, k in enumerate("XYZ"):
+        raw = np.asarray(fields[k][index])
+        if not same:
+            crs = raw * scales[i] + offsets[i]
+            raw = np.round((crs - to_offsets[i]) / to_scales[i]).astype(np.int32)
+        out[k] = raw
+    for k in POINT_FIELDS[3:]:
+        out[k] = np.asarray(fields[k][index])
+    return PointArrays(**out, scales=tuple(float(v) for v in to_scales)), index
+
+
 def _intersects(a: Box, b: Box) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
-def find_surveys(files: Sequence[tuple[Path, Path | None]], side: float) -> dict[Path, Survey]:
+def find_surveys(
+    files: Sequence[tuple[Path, Path | None]], side: float, store: PointStore
+) -> dict[Path, Survey]:
     """The survey of each of ``files`` ((point cloud, image or None)) that has neighbours
-    within ``side`` (CRS units); files alone, or unreadable, are not in it."""
+    within ``side`` (CRS units, the windows' side); files alone, or unreadable, are not in it.
+    The surveys keep the points their files read of each other in ``store``."""
     entries = [f for f in (SurveyFile.from_header(p, i) for p, i in files) if f is not None]
     if len(entries) < 2:
         return {}
@@ -231,6 +329,6 @@ def find_surveys(files: Sequence[tuple[Path, Path | None]], side: float) -> dict
     surveys = {}
     for fs in members.values():
         if len(fs) > 1:
-            survey = Survey(tuple(fs))
+            survey = Survey(tuple(fs), side + TPI_RADIUS_M + 1.0, store)
             surveys.update({f.path: survey for f in fs})
     return surveys

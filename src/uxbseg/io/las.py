@@ -19,13 +19,14 @@ from ..errors import BadDataError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "POINT_FIELDS",
     "PointArrays",
     "crs_units",
     "is_compressed",
     "max_classification",
     "read_las",
+    "read_point_fields",
     "read_points",
-    "read_points_in_box",
     "read_raw_vlrs",
     "units_warning",
     "write_classified",
@@ -194,58 +195,29 @@ class _JoinedPointArrays(PointArrays):
         return self._field("classification")
 
 
-_EMPTY_DTYPES = {"X": np.int32, "Y": np.int32, "Z": np.int32, "intensity": np.uint16}
+POINT_FIELDS = ("X", "Y", "Z", "intensity", "return_number", "number_of_returns")
+"""The fields of :class:`PointArrays` that the voxeliser may use (classification never is)."""
 
 
-def read_points_in_box(
-    path: str | Path,
-    box: tuple[float, float, float, float],
-    scales: tuple[float, float, float],
-    offsets: tuple[float, float, float],
-    chunk: int = 2_000_000,
-) -> tuple[PointArrays, np.ndarray]:
-    """The points of a LAS/LAZ file inside ``box`` (xmin, ymin, xmax, ymax; CRS units), read
-    ``chunk`` points at a time, and their positions in the file. The points have raw X/Y/Z in
-    the frame ``scales`` / ``offsets`` (another file's: the same integers when the frames
-    agree), intensity and return numbers; no classification (it is never a feature)."""
+def read_point_fields(path: str | Path, chunk: int = 2_000_000) -> dict[str, np.ndarray]:
+    """:data:`POINT_FIELDS` of every point of a LAS/LAZ file (raw X/Y/Z), read ``chunk`` points
+    at a time so that no other field is held: 16 bytes a point."""
     path = Path(path)
-    keep: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("X", "Y", "Z", "intensity", "return_number", "number_of_returns")
-    }
-    where: list[np.ndarray] = []
-    start = 0
+    keep: dict[str, list[np.ndarray]] = {k: [] for k in POINT_FIELDS}
     try:
         with laspy.open(path) as reader:
-            h = reader.header
-            same = np.array_equal(h.scales, scales) and np.array_equal(h.offsets, offsets)
             for pts in reader.chunk_iterator(chunk):
-                x, y = np.asarray(pts.x), np.asarray(pts.y)
-                inside = np.flatnonzero(
-                    (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
-                )
-                where.append(start + inside)
-                start += len(x)
-                if not len(inside):
-                    continue
-                for i, k in enumerate("XYZ"):
-                    raw = np.asarray(getattr(pts, k))[inside]
-                    if not same:  # into the other frame, to the nearest of its steps
-                        crs = raw * h.scales[i] + h.offsets[i]
-                        raw = np.round((crs - offsets[i]) / scales[i]).astype(np.int32)
-                    keep[k].append(raw)
-                for k in ("intensity", "return_number", "number_of_returns"):
-                    keep[k].append(np.asarray(getattr(pts, k))[inside])
+                for k in POINT_FIELDS:
+                    keep[k].append(np.asarray(getattr(pts, k)))
     except Exception as exc:  # laspy raises several types for corrupt or truncated files
         raise BadDataError(
             f"{path}: not a readable LAS/LAZ file ({type(exc).__name__}: {exc}); re-export it "
             "from the source software or remove it"
         ) from exc
-    arrays = {
-        k: np.concatenate(v) if v else np.zeros(0, _EMPTY_DTYPES.get(k, np.uint8))
-        for k, v in keep.items()
+    empty = {"X": np.int32, "Y": np.int32, "Z": np.int32, "intensity": np.uint16}
+    return {
+        k: np.concatenate(v) if v else np.zeros(0, empty.get(k, np.uint8)) for k, v in keep.items()
     }
-    index = np.concatenate(where) if where else np.zeros(0, np.int64)
-    return PointArrays(**arrays, scales=tuple(float(s) for s in scales)), index
 
 
 _EPSG_UNITS = {
