@@ -263,3 +263,18 @@ def test_given_images_of_a_survey_are_cut_across_files(trained_run, tiny_dataset
     # the images' pixels at the seam are interpolated from each side's own image (measured:
     # at most 0.0012 apart); each file on its own is far from the whole's (measured: 0.19)
     assert got < 0.005 and lone > 0.05
+
+
+@pytest.mark.slow
+def test_an_unreadable_neighbour_fails_alone(trained_run, tiny_dataset, tmp_path, caplog):
+    _split_pair(tiny_dataset, tmp_path)
+    east = tmp_path / "tiles" / "east.las"
+    east.write_bytes(east.read_bytes()[:-5000])  # the header is whole, the points are not
+    model, cfg = load_model(trained_run[0].best_weights)
+    jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
+    with caplog.at_level(logging.WARNING):
+        res = predict_files(model, cfg, jobs, tmp_path / "out", window=100.0, progress=False)
+    assert res[0].error is None and res[0].survey == 2
+    assert "east.las" in res[1].error and "truncated" in res[1].error
+    assert f"{jobs[0].las} is predicted without the points of {east}" in caplog.text
+    assert not list((tmp_path / "out").glob(".uxbseg-survey-*"))

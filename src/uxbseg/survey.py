@@ -28,6 +28,7 @@ from pathlib import Path
 import laspy
 import numpy as np
 
+from .errors import BadDataError
 from .io.las import POINT_FIELDS, PointArrays, read_point_fields
 from .io.raster import TPI_RADIUS_M
 
@@ -192,7 +193,12 @@ class SurveyContext:
                 continue
             if not _intersects(f.bounds, box):
                 continue
-            near, index = points_in_box(survey.store.fields(f), (f.scales, f.offsets), box, frame)
+            try:
+                fields = survey.store.fields(f)
+            except BadDataError as exc:  # it fails on its own turn; this file goes on
+                log.warning("%s is predicted without the points of %s: %s", path, f.path, exc)
+                continue
+            near, index = points_in_box(fields, (f.scales, f.offsets), box, frame)
             log.debug("%s: %d points of %s as context", path.name, len(near), f.path.name)
             if f.image is not None:
                 images.append((f.image, f.bounds))
