@@ -95,7 +95,8 @@ def _real_file(args: argparse.Namespace, model, cfg) -> None:
     for p in parts:
         laspy.read(p)
     read = time.perf_counter() - t0
-    print(f"| prediction | time |\n|---|---|\n| reading the {len(parts)} files once | {read:.2f} s |")
+    print("| prediction | time |\n|---|---|")
+    print(f"| reading the {len(parts)} files once | {read:.2f} s |")
     times: dict[str, list[float]] = {label: [] for label, _, _ in runs}
     for _ in range(args.repeat):  # interleaved, so that a slow moment hits all of them
         for i, (label, files, survey) in enumerate(runs):

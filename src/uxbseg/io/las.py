@@ -137,8 +137,32 @@ class _LasPointArrays(PointArrays):
         return np.asarray(self._las.classification)
 
 
-class _TakenPointArrays(PointArrays):
-    """:meth:`PointArrays.take`: X/Y/Z gathered now, the other fields when first used."""
+class _DerivedPointArrays(PointArrays):
+    """:class:`PointArrays` made from others: X/Y/Z now, the other fields from ``_field`` when
+    first used."""
+
+    def _field(self, name: str) -> np.ndarray | None:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def intensity(self) -> np.ndarray | None:
+        return self._field("intensity")
+
+    @functools.cached_property
+    def return_number(self) -> np.ndarray | None:
+        return self._field("return_number")
+
+    @functools.cached_property
+    def number_of_returns(self) -> np.ndarray | None:
+        return self._field("number_of_returns")
+
+    @functools.cached_property
+    def classification(self) -> np.ndarray | None:
+        return self._field("classification")
+
+
+class _TakenPointArrays(_DerivedPointArrays):
+    """:meth:`PointArrays.take`."""
 
     def __init__(self, source: PointArrays, index: np.ndarray) -> None:
         self._source, self._index = source, index
@@ -149,24 +173,8 @@ class _TakenPointArrays(PointArrays):
         values = getattr(self._source, name)
         return None if values is None else values[self._index]
 
-    @functools.cached_property
-    def intensity(self) -> np.ndarray | None:
-        return self._field("intensity")
 
-    @functools.cached_property
-    def return_number(self) -> np.ndarray | None:
-        return self._field("return_number")
-
-    @functools.cached_property
-    def number_of_returns(self) -> np.ndarray | None:
-        return self._field("number_of_returns")
-
-    @functools.cached_property
-    def classification(self) -> np.ndarray | None:
-        return self._field("classification")
-
-
-class _JoinedPointArrays(PointArrays):
+class _JoinedPointArrays(_DerivedPointArrays):
     """:meth:`PointArrays.join`."""
 
     def __init__(self, parts: list[PointArrays]) -> None:
@@ -177,22 +185,6 @@ class _JoinedPointArrays(PointArrays):
     def _field(self, name: str) -> np.ndarray | None:
         values = [getattr(p, name) for p in self._parts]
         return None if any(v is None for v in values) else np.concatenate(values)
-
-    @functools.cached_property
-    def intensity(self) -> np.ndarray | None:
-        return self._field("intensity")
-
-    @functools.cached_property
-    def return_number(self) -> np.ndarray | None:
-        return self._field("return_number")
-
-    @functools.cached_property
-    def number_of_returns(self) -> np.ndarray | None:
-        return self._field("number_of_returns")
-
-    @functools.cached_property
-    def classification(self) -> np.ndarray | None:
-        return self._field("classification")
 
 
 POINT_FIELDS = ("X", "Y", "Z", "intensity", "return_number", "number_of_returns")
