@@ -145,8 +145,10 @@ def test_predict_split_by_pair_id_without_masks(weights, tiny_dataset, tmp_path,
     assert main(["predict", "--weights", str(weights), "--data", str(root)]) == 0
     out = root / "predict_out"
     assert sorted(p.name for p in out.iterdir()) == [
+        "pred_0000.finds.csv",
         "pred_0000.las",
         "pred_0000.npy",
+        "pred_0001.finds.csv",
         "pred_0001.las",
         "pred_0001.npy",
     ]
@@ -183,6 +185,7 @@ def test_bad_inputs_are_reported_and_others_written(weights, tiny_dataset, tmp_p
     assert f"FAILED {corrupt}" in text and f"FAILED {truncated}" in text
     assert f"FAILED {empty}" in text and "empty" in text
     assert sorted(p.name for p in out.iterdir()) == [
+        f"pred_{good.stem}.finds.csv",
         f"pred_{good.stem}.las",
         f"pred_{good.stem}.npy",
     ]
@@ -240,11 +243,50 @@ def test_evaluate_reports_three_levels_and_baseline(weights, tiny_dataset, capsy
         assert np.array(res[lvl]["confusion"]).shape == (3, 3)
         lo, hi = res[lvl]["iou_interval"]["ground"]
         assert lo <= m["iou_ground"] <= hi
+    # objects: the test tiles' true plazuelas and structures, counted from their points
+    from uxbseg.classes import las_code_to_class
+    from uxbseg.finds import object_counts
+
+    truth = {"plazuela": 0, "structure": 0}
+    for las_path in sorted((tiny_dataset / "test").glob("pair_*/*.las")):
+        las = laspy.read(las_path)
+        cls = las_code_to_class(np.asarray(las.classification))
+        for name, c in object_counts(las.x, las.y, cls, cls).items():
+            assert c["found"] == c["true"] == c["predicted"] == c["real"]  # truth finds itself
+            truth[name] += c["true"]
+    assert sum(truth.values()) > 0
+    for name, o in res["objects"].items():
+        assert o["true"] == truth[name] and 0 <= o["found"] <= o["true"]
+        assert 0 <= o["real"] <= o["predicted"]
     assert main(["evaluate", "--weights", str(weights), "--data", str(tiny_dataset)]) == 0
     text = capsys.readouterr().out
     assert "points (all-ground)" in text
     assert "pixels = the 2D image head alone" in text  # says which row reaches the LAS
     assert f"95 % interval over the {res['tiles']} tiles" in text
+    assert f"structure found {res['objects']['structure']['found']} of {truth['structure']}" in text
+
+
+def test_finds_list_the_objects_of_the_written_classes(weights, tiny_dataset, tmp_path, capsys):
+    """pred_<id>.finds.csv holds the plazuelas and structures of the classes in the written
+    LAS (a negative logit adjustment makes the barely trained model predict some)."""
+    import csv
+
+    from uxbseg.classes import las_code_to_class
+    from uxbseg.finds import find_objects
+
+    src = next((tiny_dataset / "predict" / "pair_0000").glob("*.las"))
+    args = ["predict", "--weights", str(weights), "--input", str(src), "--out", str(tmp_path)]
+    assert main([*args, "--logit-adjustment", "-3"]) == 0
+    out = laspy.read(tmp_path / f"pred_{src.stem}.las")
+    want = find_objects(out.x, out.y, las_code_to_class(np.asarray(out.classification)))
+    assert len(want) > 0
+    with open(tmp_path / f"pred_{src.stem}.finds.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["kind"], float(r["x"]), float(r["area"])) for r in rows] == [
+        (w.kind, pytest.approx(w.x, abs=0.01), pytest.approx(w.area, abs=0.01)) for w in want
+    ]
+    n = {k: sum(w.kind == k for w in want) for k in ("plazuela", "structure")}
+    assert f"finds: {n['plazuela']} plazuela, {n['structure']} structure" in capsys.readouterr().out
 
 
 def test_logit_adjustment_only_moves_voxels_to_ground(weights, tiny_dataset, capsys):
@@ -339,7 +381,7 @@ def test_an_input_folder_stands_for_its_las_files(weights, tiny_dataset, tmp_pat
     )
     stems = sorted(p.stem for p in folder.glob("*.LAS"))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"pred_{s}.{ext}" for s in stems for ext in ("las", "npy")
+        f"pred_{s}.{ext}" for s in stems for ext in ("finds.csv", "las", "npy")
     )
     assert "2 of 2 files written" in capsys.readouterr().out
 

@@ -365,17 +365,21 @@ def test_window_outputs_replace_the_other_kind_and_failures_leave_none(tiny_data
     assert len(list((tmp_path / "pred_a.windows").glob("r*_c*.npy"))) == 4
     predict_files(model, cfg, [job], tmp_path, window=None, progress=False)
     assert (tmp_path / "pred_a.npy").is_file() and not (tmp_path / "pred_a.windows").exists()
-    for window in (None, 60.0):  # --no-grids: the LAS alone; earlier grids go, being stale
+    for window in (None, 60.0):  # --no-grids: no grids; earlier grids go, being stale
         (res,) = predict_files(model, cfg, [job], tmp_path, window=window, grids=False)
         assert res.npy is None and res.windows == (4 if window else 0)
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["pred_a.las"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pred_a.finds.csv", "pred_a.las"]
     predict_files(model, cfg, [job], tmp_path, window=None, progress=False)
     # a code the point format cannot hold fails the file after inference: nothing is left
     job = PredictJob(las, None, "b")
     codes = [200, 27, 6]  # ground (every point, untrained) as 200: format 1 holds 0-31
     (res,) = predict_files(model, cfg, [job], tmp_path, codes=codes, window=60.0, progress=False)
     assert res.error is not None and "200" in res.error
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred_a.las", "pred_a.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "pred_a.finds.csv",
+        "pred_a.las",
+        "pred_a.npy",
+    ]
 
 
 def test_windows_in_batches_give_what_one_at_a_time_gives(trained_run, tiny_dataset, tmp_path):

@@ -264,10 +264,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     + (f", in a survey of {r.survey} files" if r.survey else "")
                     + ")"
                 )
+            finds = ", ".join(f"{v} {k}" for k, v in r.finds.items())
             print(
                 f"{r.job.las.name} -> {r.las} ({r.points} points: "
                 + ", ".join(f"{k} {v}" for k, v in r.counts.items())
-                + f"){grids}"
+                + f"){grids}; finds: {finds}"
             )
     print(f"{len(results) - len(failed)} of {len(results)} files written to {out}")
     return 1 if failed else 0
@@ -368,7 +369,9 @@ def add_prediction_commands(sub) -> None:
         "predict",
         help="classify LAS/LAZ files",
         description="Write pred_<id>.las/.laz (same points, same order, every other field, VLR "
-        "and EVLR unchanged) and pred_<id>.npy (uint8 voxel grid). Inputs come from a dataset's "
+        "and EVLR unchanged), pred_<id>.npy (uint8 voxel grid) and pred_<id>.finds.csv (each "
+        "plazuela and structure found: centre, area, points, box; CRS units). Inputs come from "
+        "a dataset's "
         "predict/ split (--data) or are given directly (--input, with --image or a TPI image "
         "rendered from the points). A file more than 1.25x the training tiles' side is cut "
         "into windows of that side (--window), each point classified by the nearest window's "
@@ -414,7 +417,7 @@ def add_prediction_commands(sub) -> None:
     p.add_argument(
         "--no-grids",
         action="store_true",
-        help="write the classified LAS/LAZ alone, without the voxel grids (pred_<id>.npy, or "
+        help="write the classified LAS/LAZ (and finds) without the voxel grids (pred_<id>.npy, or "
         "pred_<id>.windows/: 2 MB a window at the seed's grid)",
     )
     p.add_argument(

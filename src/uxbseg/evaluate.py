@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classes import IGNORE, NUM_CLASSES, las_code_to_class
+from .classes import CLASSES, IGNORE, NUM_CLASSES, las_code_to_class
 from .config import Config
 from .data.pairs import find_pairs
 from .data.voxelize import GridSpec, raw_xy_limits, voxel_labels, voxelize
 from .decision import decide
 from .domain import DomainCheck
 from .errors import BadDataError
+from .finds import FIND_MIN_AREA, FOUND_COVER, object_counts
 from .inference import infer_tile
 from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask, mask_window, read_mask_values
@@ -83,6 +84,8 @@ def evaluate(
     per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
     base = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
     cut = 0
+    counted = ("true", "found", "predicted", "real")
+    objects = {c.name: dict.fromkeys(counted, 0) for c in CLASSES[1:]}
     domain = DomainCheck(cfg)
     pictures = TileReport(report) if report is not None else None
     for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
@@ -102,9 +105,12 @@ def evaluate(
         for lvl, (t, p) in scores.items():
             per_tile[lvl].append(confusion(t, p))
             base[lvl] += confusion(t, np.zeros_like(t))
+        truth, pred = scores["points"]
+        x, y = np.asarray(las.x), np.asarray(las.y)
+        for name, counts in object_counts(x, y, truth, pred).items():
+            for k, v in counts.items():
+                objects[name][k] += v
         if pictures is not None:
-            truth, pred = scores["points"]
-            x, y = np.asarray(las.x), np.asarray(las.y)
             pictures.add(pair.pair_id, pair.image, x, y, truth, pred, per_tile["points"][-1])
     domain.summary(len(pairs))
     result = {"split": split, "tiles": len(pairs)}
@@ -123,6 +129,10 @@ def evaluate(
             "confusion": cm.tolist(),
             "iou_interval": iou_interval(tiles),
         }
+    for o in objects.values():  # None where there is nothing to divide by
+        o["recall"] = o["found"] / o["true"] if o["true"] else None
+        o["precision"] = o["real"] / o["predicted"] if o["predicted"] else None
+    result["objects"] = objects
     if pictures is not None:
         result["report"] = str(pictures.close(format_result(result)))
     return result
@@ -169,9 +179,25 @@ def format_result(result: dict) -> str:
             f"IoU, 95 % interval over the {result['tiles']} tiles (bootstrap; how far another "
             f"split like this one could move it): " + "; ".join(spans)
         )
+    if "objects" in result:
+        lines.append(
+            f"objects (touching cells of one class, at least {FIND_MIN_AREA:g} m2; a true one is "
+            f"found when {FOUND_COVER:.0%} of it is predicted its class, a predicted one is real "
+            f"when {FOUND_COVER:.0%} of it truly is): "
+            + "; ".join(
+                f"{name} found {o['found']} of {o['true']} (recall {_ratio(o['recall'])}), "
+                f"{o['predicted']} predicted, {o['real']} real (precision "
+                f"{_ratio(o['precision'])})"
+                for name, o in result["objects"].items()
+            )
+        )
     if "report" in result:
         lines.append(f"pictures of every tile, worst first: {result['report']}")
     return "\n".join(lines)
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def _tile_scores(model, cfg: Config, pair, pts: PointArrays, point_truth, device, tta) -> dict:

@@ -19,6 +19,7 @@ from .data.voxelize import GridSpec, raw_xy_limits, voxelize
 from .decision import decide
 from .domain import DomainCheck
 from .errors import BadDataError, UXBError
+from .finds import find_objects, write_finds
 from .inference import infer_tile, render_tpi_image
 from .io.las import POINT_FIELDS, PointArrays, is_compressed, read_las, write_classified
 from .io.raster import TPI_RADIUS_M, load_image
@@ -31,6 +32,7 @@ __all__ = [
     "PredictJob",
     "PredictResult",
     "check_jobs",
+    "finds_path",
     "output_paths",
     "predict_files",
     "resolve_window",
@@ -63,6 +65,7 @@ class PredictResult:
     side: float | None = None  # their side (CRS units)
     overlap: float | None = None  # their least overlap (a fraction of the side)
     survey: int = 0  # files of the survey whose windows it was predicted in (0: on its own)
+    finds: dict[str, int] | None = None  # plazuelas and structures found (pred_<id>.finds.csv)
 
 
 def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
@@ -70,6 +73,12 @@ def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
     into windows writes ``pred_<id>.windows/`` (a grid per window) instead of the .npy."""
     ext = "laz" if is_compressed(job.las) else "las"
     return out_dir / f"pred_{job.out_id}.{ext}", out_dir / f"pred_{job.out_id}.npy"
+
+
+def finds_path(job: PredictJob, out_dir: Path) -> Path:
+    """``pred_<id>.finds.csv``: the plazuelas and structures ``job`` writes
+    (:mod:`uxbseg.finds`)."""
+    return out_dir / f"pred_{job.out_id}.finds.csv"
 
 
 def resolve_window(window: float | str | None, cfg: Config) -> float | None:
@@ -202,6 +211,8 @@ def predict_one(
             extra["entropy"] = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
         compress = is_compressed(job.las)
         write_classified(las, point_codes, las_out, compress, job.las, keep_classification, extra)
+        finds = find_objects(np.asarray(las.x), np.asarray(las.y), point_class)
+        write_finds(finds_path(job, out_dir), finds)
         if folder is not None:
             folder.close()
             written = windows_out
@@ -228,6 +239,7 @@ def predict_one(
         side=None if plan is None else window,
         overlap=None if plan is None else overlap,
         survey=0 if context is None else len(survey.files),
+        finds={c.name: sum(f.kind == c.name for f in finds) for c in CLASSES[1:]},
     )
 
 

@@ -1,0 +1,190 @@
+"""Finds: the plazuelas and structures of a classified point cloud as objects, and how many of
+the real ones a prediction found.
+
+An archaeologist counts mounds and platforms, not points. The points' classes are drawn on a
+raster (:func:`~uxbseg.report.class_raster`: each cell the most frequent class of its points,
+small gaps filled), cells of one class that touch (8-connected) form an object, and objects
+smaller than :data:`FIND_MIN_AREA` are dropped as specks. ``predict`` lists each file's finds in
+``pred_<id>.finds.csv``; ``evaluate`` counts the true objects found and the predicted objects
+that are real (:func:`object_counts`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .classes import CLASSES
+from .report import class_raster
+
+__all__ = [
+    "FIND_MIN_AREA",
+    "FOUND_COVER",
+    "Find",
+    "find_objects",
+    "object_counts",
+    "write_finds",
+]
+
+FIND_MIN_AREA = 4.0
+"""Smallest object kept, in square CRS units (m²): a 2 m x 2 m patch; the smallest Maya house
+mounds are some 5 m across, and the generator's structures 5-16 m."""
+
+FOUND_COVER = 0.5
+"""A true object is found when at least this share of its cells are predicted its class, and
+a predicted object is real when at least this share of its cells are truly its class."""
+
+_POINTS_PER_CELL = 4.0  # the raster's cell holds about this many points on average
+_MIN_CELL = 0.5  # CRS units: no finer, however dense the points
+
+
+@dataclass(frozen=True)
+class Find:
+    """One object: its class, the centre of its cells, its area, the points of its class in
+    it, and its bounding box (CRS units)."""
+
+    kind: str
+    x: float
+    y: float
+    area: float
+    points: int
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+
+@dataclass(frozen=True)
+class _Grid:
+    bounds: tuple[float, float, float, float]
+    hw: tuple[int, int]
+    cell: tuple[float, float]  # (x, y) size of a cell; the asked size along an axis of no span
+
+
+def _grid(x: np.ndarray, y: np.ndarray, cell: float | None) -> _Grid:
+    """A raster over the points' box with cells of ``cell`` (default: about
+    :data:`_POINTS_PER_CELL` points a cell, at least :data:`_MIN_CELL`)."""
+    bounds = (float(x.min()), float(y.min()), float(x.max()), float(y.max()))
+    span_x, span_y = bounds[2] - bounds[0], bounds[3] - bounds[1]
+    if cell is None:
+        area = max(span_x, _MIN_CELL) * max(span_y, _MIN_CELL)
+        cell = max(_MIN_CELL, math.sqrt(_POINTS_PER_CELL * area / max(len(x), 1)))
+    h, w = max(1, math.ceil(span_y / cell)), max(1, math.ceil(span_x / cell))
+    size = (span_x / w if span_x > 0 else cell, span_y / h if span_y > 0 else cell)
+    return _Grid(bounds, (h, w), size)
+
+
+def _objects(raster: np.ndarray, index: int, cell_area: float) -> tuple[np.ndarray, int]:
+    """Labels (1..n, 0 elsewhere) of the 8-connected objects of class ``index`` at least
+    :data:`FIND_MIN_AREA` large."""
+    labels, n = ndimage.label(raster == index, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return labels, 0
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = size * cell_area >= FIND_MIN_AREA
+    keep[0] = False
+    renumber = np.zeros(n + 1, np.int64)
+    renumber[keep] = np.arange(1, keep.sum() + 1)
+    return renumber[labels], int(keep.sum())
+
+
+def find_objects(
+    x: np.ndarray, y: np.ndarray, classes: np.ndarray, cell: float | None = None
+) -> list[Find]:
+    """The plazuelas and structures among points at ``x``, ``y`` (CRS units) with class indices
+    ``classes``, on a raster of ``cell`` (default: about four points a cell, at least 0.5)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) == 0:
+        return []
+    g = _grid(x, y, cell)
+    raster = class_raster(x, y, classes, g.bounds, g.hw)
+    (cx, cy), (x0, _, _, y1) = g.cell, g.bounds
+    h, w = g.hw
+    col = np.clip(((x - x0) / cx).astype(np.int64), 0, w - 1)
+    row = np.clip(((y1 - y) / cy).astype(np.int64), 0, h - 1)
+    finds = []
+    for c in CLASSES[1:]:
+        labels, n = _objects(raster, c.index, cx * cy)
+        if n == 0:
+            continue
+        rr, cc = np.nonzero(labels)
+        lab = labels[rr, cc]
+        cells = np.bincount(lab, minlength=n + 1)[1:]
+        mean_r = np.bincount(lab, rr, n + 1)[1:] / cells
+        mean_c = np.bincount(lab, cc, n + 1)[1:] / cells
+        lo_r, hi_r = (
+            ndimage.minimum(rr, lab, range(1, n + 1)),
+            ndimage.maximum(rr, lab, range(1, n + 1)),
+        )
+        lo_c, hi_c = (
+            ndimage.minimum(cc, lab, range(1, n + 1)),
+            ndimage.maximum(cc, lab, range(1, n + 1)),
+        )
+        mine = np.asarray(classes) == c.index
+        at = labels[row[mine], col[mine]]
+        pts = np.bincount(at, minlength=n + 1)[1:]
+        for k in range(n):
+            finds.append(
+                Find(
+                    c.name,
+                    float(x0 + (mean_c[k] + 0.5) * cx),
+                    float(y1 - (mean_r[k] + 0.5) * cy),
+                    float(cells[k] * cx * cy),
+                    int(pts[k]),
+                    float(x0 + lo_c[k] * cx),
+                    float(y1 - (hi_r[k] + 1) * cy),
+                    float(x0 + (hi_c[k] + 1) * cx),
+                    float(y1 - lo_r[k] * cy),
+                )
+            )
+    return finds
+
+
+def object_counts(
+    x: np.ndarray, y: np.ndarray, truth: np.ndarray, pred: np.ndarray, cell: float | None = None
+) -> dict[str, dict[str, int]]:
+    """For plazuela and structure: ``true`` objects in ``truth`` and how many were ``found``
+    (at least :data:`FOUND_COVER` of their cells predicted their class); ``predicted`` objects
+    and how many are ``real`` (at least that share of their cells truly their class). Points
+    whose truth is IGNORE are left out of the truth."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    g = _grid(x, y, cell)
+    t, p = (class_raster(x, y, v, g.bounds, g.hw) for v in (truth, pred))
+    area = g.cell[0] * g.cell[1]
+    out = {}
+    for c in CLASSES[1:]:
+        counts = {}
+        for name, hit, (objects, other) in (
+            ("found", "true", (t, p)),
+            ("real", "predicted", (p, t)),
+        ):
+            labels, n = _objects(objects, c.index, area)
+            cells = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+            agree = np.bincount(labels.ravel(), (other == c.index).ravel(), n + 1)[1:]
+            counts[hit] = n
+            counts[name] = int((agree >= FOUND_COVER * cells).sum()) if n else 0
+        out[c.name] = {k: counts[k] for k in ("true", "found", "predicted", "real")}
+    return out
+
+
+def write_finds(path: str | Path, finds: list[Find]) -> Path:
+    """``finds`` as CSV (one row each, a header row of :class:`Find`'s fields), written under
+    a temporary name and renamed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow([fl.name for fl in fields(Find)])
+        for find in finds:
+            row = astuple(find)
+            out.writerow(
+                [row[0], *(f"{v:.2f}" for v in row[1:4]), row[4], *(f"{v:.2f}" for v in row[5:])]
+            )
+    os.replace(tmp, path)
+    return path
