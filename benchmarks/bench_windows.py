@@ -68,7 +68,8 @@ def main(argv: list[str]) -> None:
     )
     print(
         "| windows | overlap | point IoU plazuela / structure / ground | voxel IoU pl / st "
-        "| time |\n|---|---|---|---|---|"
+        "| objects found / true, real / predicted: plazuela; structure | time |"
+        "\n|---|---|---|---|---|---|"
     )
     for overlap in [None, *args.overlaps]:
         t0 = time.perf_counter()
@@ -77,8 +78,12 @@ def main(argv: list[str]) -> None:
         dt = time.perf_counter() - t0
         pts, vox = res["points"]["metrics"], res["voxels"]["metrics"]
         label = "off (whole tile)" if overlap is None else f"{cfg.grid.tile_extent:g} m"
+        objects = "; ".join(
+            f"{o['found']}/{o['true']}, {o['real']}/{o['predicted']}"
+            for o in res["objects"].values()
+        )
         print(
             f"| {label} | {'-' if overlap is None else f'{overlap:g}'} | "
             f"{pts['iou_plazuela']:.3f} / {pts['iou_structure']:.3f} / {pts['iou_ground']:.3f} | "
-            f"{vox['iou_plazuela']:.3f} / {vox['iou_structure']:.3f} | {dt:.1f} s |"
+            f"{vox['iou_plazuela']:.3f} / {vox['iou_structure']:.3f} | {objects} | {dt:.1f} s |"
         )

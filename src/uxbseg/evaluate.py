@@ -181,7 +181,11 @@ def format_result(result: dict) -> str:
         )
     if "objects" in result:
         lines.append(
-            f"objects (touching cells of one class, at least {FIND_MIN_AREA:g} m2; a true one is "
+            "objects (touching cells of one class, at least "
+            + " / ".join(f"{v:g}" for v in FIND_MIN_AREA.values())
+            + " m2 for "
+            + " / ".join(FIND_MIN_AREA)
+            + "; a true one is "
             f"found when {FOUND_COVER:.0%} of it is predicted its class, a predicted one is real "
             f"when {FOUND_COVER:.0%} of it truly is): "
             + "; ".join(

@@ -32,9 +32,11 @@ __all__ = [
     "write_finds",
 ]
 
-FIND_MIN_AREA = 4.0
-"""Smallest object kept, in square CRS units (m²): a 2 m x 2 m patch; the smallest Maya house
-mounds are some 5 m across, and the generator's structures 5-16 m."""
+FIND_MIN_AREA = {"plazuela": 25.0, "structure": 4.0}
+"""Smallest object kept of each class, in square CRS units (m²): a structure of 2 m x 2 m (the
+smallest Maya house mounds are some 5 m across), a plazuela of 5 m x 5 m (a plaza with buildings
+round it is larger; smaller patches are a platform's fringe). On 8 synthetic 300 m tiles, 25
+instead of 4 m² raised the plazuelas' object precision from 0.43 to 0.54 at the same recall."""
 
 FOUND_COVER = 0.5
 """A true object is found when at least this share of its cells are predicted its class, and
@@ -82,12 +84,12 @@ def _grid(x: np.ndarray, y: np.ndarray, cell: float | None) -> _Grid:
 
 def _objects(raster: np.ndarray, index: int, cell_area: float) -> tuple[np.ndarray, int]:
     """Labels (1..n, 0 elsewhere) of the 8-connected objects of class ``index`` at least
-    :data:`FIND_MIN_AREA` large."""
+    :data:`FIND_MIN_AREA` of their class large."""
     labels, n = ndimage.label(raster == index, structure=np.ones((3, 3), bool))
     if n == 0:
         return labels, 0
     size = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = size * cell_area >= FIND_MIN_AREA
+    keep = size * cell_area >= FIND_MIN_AREA[CLASSES[index].name]
     keep[0] = False
     renumber = np.zeros(n + 1, np.int64)
     renumber[keep] = np.arange(1, keep.sum() + 1)
