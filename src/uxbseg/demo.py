@@ -82,7 +82,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     ok = [p for p in res["predictions"] if not p.error]
     print(f"weights:     {res['run'].best_weights}")
-    print(f"predictions: {len(ok)} classified LAS + voxel grids in {args.out / 'predict_out'}")
+    found = {k: sum(p.finds[k] for p in ok) for k in ("plazuela", "structure")}
+    print(
+        f"predictions: {len(ok)} classified LAS + voxel grids + finds in "
+        f"{args.out / 'predict_out'} ({found['plazuela']} plazuelas, {found['structure']} "
+        "structures found: pred_<id>.finds.csv)"
+    )
     print(f"pictures:    {ev['report']} (the test tiles: truth, prediction, errors)")
     print(f"total time:  {res['seconds'] / 60:.1f} min")
     return 0
