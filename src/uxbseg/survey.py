@@ -7,7 +7,9 @@ side they form a survey: its windows (:mod:`uxbseg.windows`) are laid over the w
 same plan in every file, and each window reads the points of every file inside it (and, to
 render its TPI image, those within the TPI radius around it). A point is then classified
 exactly as in one file holding the whole survey, while each file is still read, written and
-held in memory on its own, with strips of its neighbours.
+held in memory on its own, with strips of its neighbours. A window that classifies points of
+several files runs once, for the first, and is kept for the others (:class:`WindowDone`); the
+neighbours' points are decoded once into a store on disk (:class:`PointStore`).
 
 Files are neighbours when their XY boxes (from their headers) lie within a window side of each
 other and overlap by at most :data:`SURVEY_OVERLAP` of the smaller one's area: files covering
@@ -106,12 +108,19 @@ class Survey:
     done: dict[Path, dict[tuple[int, int], WindowDone]] = field(default_factory=dict)
     finished: set[Path] = field(default_factory=set)
 
+    _near: dict[Path, list[SurveyFile]] = field(default_factory=dict, repr=False)
+    _by_path: dict[Path, SurveyFile] = field(default_factory=dict, repr=False)
+
     def within_reach(self, f: SurveyFile) -> list[SurveyFile]:
         """The other files whose points the windows of ``f`` may read, and the other way."""
-        x0, y0, x1, y1 = f.bounds
-        r = self.reach
-        box = (x0 - r, y0 - r, x1 + r, y1 + r)
-        return [g for g in self.files if g is not f and _intersects(g.bounds, box)]
+        if f.path not in self._near:
+            x0, y0, x1, y1 = f.bounds
+            r = self.reach
+            box = (x0 - r, y0 - r, x1 + r, y1 + r)
+            self._near[f.path] = [
+                g for g in self.files if g is not f and _intersects(g.bounds, box)
+            ]
+        return self._near[f.path]
 
     def needed_later(self, f: SurveyFile) -> bool:
         """Whether a file still to come will read points of ``f``."""
@@ -122,9 +131,11 @@ class Survey:
         points of files no file still to come reads leave the store."""
         self.done.pop(path, None)
         self.finished.add(path)
-        for f in self.files:
+        for f in self.within_reach(self.file(path)):  # only they can stop being needed
             if f.path in self.store and not self.needed_later(f):
                 self.store.drop(f.path)
+        if path in self.store and not self.needed_later(self.file(path)):
+            self.store.drop(path)
 
     @property
     def bounds(self) -> Box:
@@ -145,7 +156,9 @@ class Survey:
 
     def file(self, path: Path) -> SurveyFile:
         """The survey's entry for ``path``."""
-        return next(f for f in self.files if f.path == path)
+        if not self._by_path:
+            self._by_path.update((f.path, f) for f in self.files)
+        return self._by_path[path]
 
 
 @dataclass
@@ -177,7 +190,7 @@ class SurveyContext:
         points: PointArrays,
         limits: tuple[tuple[int, int], tuple[int, int]],
         box: Box,
-        frame: tuple[tuple[float, float, float], tuple[float, float, float]],
+        frame: Frame,
     ) -> SurveyContext:
         """The points of ``path`` and those of its neighbours inside ``box`` (CRS units), in
         the frame ``(scales, offsets)`` of ``path``, with the windows run for its neighbours
@@ -225,6 +238,7 @@ class PointStore:
         self.parent = Path(parent)  # a temporary folder is made in it when first needed
         self.folder: Path | None = None
         self.kept: dict[Path, Path] = {}
+        self.failed: dict[Path, BadDataError] = {}  # unreadable: said once, not decoded again
         self.count = 0
 
     def __contains__(self, path: Path) -> bool:
@@ -244,8 +258,14 @@ class PointStore:
 
     def fields(self, f: SurveyFile) -> dict[str, np.ndarray]:
         """The fields of ``f``'s points, decoded and kept when they are not kept yet."""
+        if f.path in self.failed:
+            raise self.failed[f.path]
         if f.path not in self.kept:
-            self.keep(f.path, read_point_fields(f.path))
+            try:
+                self.keep(f.path, read_point_fields(f.path))
+            except BadDataError as exc:
+                self.failed[f.path] = exc
+                raise
         where = self.kept[f.path]
         return {k: np.load(where / f"{k}.npy", mmap_mode="r") for k in POINT_FIELDS}
 
