@@ -81,7 +81,7 @@ def open_image(path: str | Path, mode: str) -> Image.Image:
                 raise BadDataError(
                     f"{path}: image of {w} x {h} pixels is larger than the {MAX_IMAGE_PIXELS:,} "
                     "read (it would take "
-                    f"{w * h * 3 / 2**30:.0f} GiB decoded); cut the area into tiles (uxbseg "
+                    f"{w * h * 3 / 2**30:.1f} GiB decoded); cut the area into tiles (uxbseg "
                     "tile), or predict without --image to render the TPI from the points"
                 )
             im.load()
