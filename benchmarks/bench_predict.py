@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -261,6 +262,67 @@ def memory(points: int, workdir: Path, window: float | None = None) -> None:
     )
 
 
+_PEAK = (
+    "import resource, sys\n"
+    "from uxbseg.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _child_peak(args: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in GiB) of ``uxbseg ARGS`` in a child process of its own."""
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    kib = int(done.stderr.strip().splitlines()[-1])
+    return time.perf_counter() - t0, kib / 1024**2
+
+
+def memory_survey(points: int, workdir: Path, window: float, pieces: int) -> None:
+    """Peak RSS of predict on the tiled LAS of :func:`memory` cut into ``pieces`` x ``pieces``
+    files: as one survey (the default) and each file on its own, beside the whole file."""
+    import torch
+
+    from uxbseg.config import load_config
+    from uxbseg.demo import packaged_config
+    from uxbseg.io.weights import save_weights
+    from uxbseg.models import UXBFusionModel
+
+    from .bench_survey import _cut
+
+    big = tiled_las(points, workdir / f"tiled_{points}.las")
+    folder = workdir / f"pieces_{points}_{pieces}"
+    if not folder.is_dir():
+        _cut(big, pieces, folder)
+    cfg = load_config(packaged_config("tiny"))
+    torch.manual_seed(0)
+    save_weights(UXBFusionModel.from_config(cfg), cfg, workdir / "w")
+    weights = str(next((workdir / "w").glob("*.safetensors")))
+    n = laspy.open(big).header.point_count
+    print(
+        f"uxbseg predict, {n:,} points, windows of {window:g} m, tiny model; peak RSS of each "
+        "run's own child process:"
+    )
+    runs = [
+        ("the whole file", [str(big)], []),
+        (f"{pieces}x{pieces} files, as a survey", [str(folder)], []),
+        (f"{pieces}x{pieces} files, each on its own", [str(folder)], ["--no-survey"]),
+    ]
+    for label, inputs, extra in runs:
+        out = workdir / "pred_survey"
+        shutil.rmtree(out, ignore_errors=True)
+        args = ["predict", "--weights", weights, "--input", *inputs, "--out", str(out)]
+        dt, peak = _child_peak([*args, "--window", f"{window:g}", "--no-grids", *extra])
+        print(f"  {label:34s} {dt:7.1f} s   peak RSS {peak:.2f} GiB")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeats", type=int, default=3)
@@ -276,6 +338,13 @@ def main(argv=None) -> None:
         type=float,
         metavar="SIDE",
         help="with --memory-points: predict it cut into windows of SIDE metres (default: whole)",
+    )
+    p.add_argument(
+        "--memory-pieces",
+        type=int,
+        metavar="K",
+        help="with --memory-points and --memory-window: also cut it into K x K files and "
+        "measure them as a survey and one by one",
     )
     p.add_argument(
         "--model",
@@ -301,6 +370,8 @@ def main(argv=None) -> None:
         windows_end_to_end(a.repeats, a.workdir, a.windows, a.batch, a.overlap)
     if a.memory_points:
         memory(a.memory_points, a.workdir, a.memory_window)
+    if a.memory_points and a.memory_pieces and a.memory_window:
+        memory_survey(a.memory_points, a.workdir, a.memory_window, a.memory_pieces)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from .classes import CLASSES
-from .report import class_raster
+from .report import cell_of, class_raster
 
 __all__ = [
     "FIND_MIN_AREA",
@@ -44,6 +44,7 @@ a predicted object is real when at least this share of its cells are truly its c
 
 _POINTS_PER_CELL = 4.0  # the raster's cell holds about this many points on average
 _MIN_CELL = 0.5  # CRS units: no finer, however dense the points
+_CHUNK = 1 << 21  # points read at a time
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class _Grid:
     cell: tuple[float, float]  # (x, y) size of a cell; the asked size along an axis of no span
 
 
-def _grid(x: np.ndarray, y: np.ndarray, cell: float | None) -> _Grid:
+def _grid(x, y, cell: float | None) -> _Grid:
     """A raster over the points' box with cells of ``cell`` (default: about
     :data:`_POINTS_PER_CELL` points a cell, at least :data:`_MIN_CELL`)."""
     bounds = (float(x.min()), float(y.min()), float(x.max()), float(y.max()))
@@ -96,20 +97,15 @@ def _objects(raster: np.ndarray, index: int, cell_area: float) -> tuple[np.ndarr
     return renumber[labels], int(keep.sum())
 
 
-def find_objects(
-    x: np.ndarray, y: np.ndarray, classes: np.ndarray, cell: float | None = None
-) -> list[Find]:
-    """The plazuelas and structures among points at ``x``, ``y`` (CRS units) with class indices
-    ``classes``, on a raster of ``cell`` (default: about four points a cell, at least 0.5)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if len(x) == 0:
+def find_objects(x, y, classes: np.ndarray, cell: float | None = None) -> list[Find]:
+    """The plazuelas and structures among points at ``x``, ``y`` (CRS units; arrays or laspy's
+    scaled views, read in chunks) with class indices ``classes``, on a raster of ``cell``
+    (default: about four points a cell, at least 0.5)."""
+    if len(classes) == 0:
         return []
     g = _grid(x, y, cell)
-    raster = class_raster(x, y, classes, g.bounds, g.hw)
+    raster = class_raster(x, y, classes, g.bounds, g.hw, _CHUNK)
     (cx, cy), (x0, _, _, y1) = g.cell, g.bounds
-    h, w = g.hw
-    col = np.clip(((x - x0) / cx).astype(np.int64), 0, w - 1)
-    row = np.clip(((y1 - y) / cy).astype(np.int64), 0, h - 1)
     finds = []
     for c in CLASSES[1:]:
         labels, n = _objects(raster, c.index, cx * cy)
@@ -117,20 +113,19 @@ def find_objects(
             continue
         rr, cc = np.nonzero(labels)
         lab = labels[rr, cc]
+        ids = np.arange(1, n + 1)
         cells = np.bincount(lab, minlength=n + 1)[1:]
         mean_r = np.bincount(lab, rr, n + 1)[1:] / cells
         mean_c = np.bincount(lab, cc, n + 1)[1:] / cells
-        lo_r, hi_r = (
-            ndimage.minimum(rr, lab, range(1, n + 1)),
-            ndimage.maximum(rr, lab, range(1, n + 1)),
-        )
-        lo_c, hi_c = (
-            ndimage.minimum(cc, lab, range(1, n + 1)),
-            ndimage.maximum(cc, lab, range(1, n + 1)),
-        )
-        mine = np.asarray(classes) == c.index
-        at = labels[row[mine], col[mine]]
-        pts = np.bincount(at, minlength=n + 1)[1:]
+        lo_r, hi_r = ndimage.minimum(rr, lab, ids), ndimage.maximum(rr, lab, ids)
+        lo_c, hi_c = ndimage.minimum(cc, lab, ids), ndimage.maximum(cc, lab, ids)
+        pts = np.zeros(n + 1, np.int64)  # the points of its class in its cells
+        for a in range(0, len(classes), _CHUNK):
+            mine = np.asarray(classes[a : a + _CHUNK]) == c.index
+            part = slice(a, a + _CHUNK)
+            row, col = cell_of(np.asarray(x[part])[mine], np.asarray(y[part])[mine], g.bounds, g.hw)
+            pts += np.bincount(labels[row, col], minlength=n + 1)
+        pts = pts[1:]
         for k in range(n):
             finds.append(
                 Find(
@@ -149,15 +144,14 @@ def find_objects(
 
 
 def object_counts(
-    x: np.ndarray, y: np.ndarray, truth: np.ndarray, pred: np.ndarray, cell: float | None = None
+    x, y, truth: np.ndarray, pred: np.ndarray, cell: float | None = None
 ) -> dict[str, dict[str, int]]:
     """For plazuela and structure: ``true`` objects in ``truth`` and how many were ``found``
     (at least :data:`FOUND_COVER` of their cells predicted their class); ``predicted`` objects
     and how many are ``real`` (at least that share of their cells truly their class). Points
     whose truth is IGNORE are left out of the truth."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     g = _grid(x, y, cell)
-    t, p = (class_raster(x, y, v, g.bounds, g.hw) for v in (truth, pred))
+    t, p = (class_raster(x, y, v, g.bounds, g.hw, _CHUNK) for v in (truth, pred))
     area = g.cell[0] * g.cell[1]
     out = {}
     for c in CLASSES[1:]:

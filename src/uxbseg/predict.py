@@ -211,7 +211,7 @@ def predict_one(
             extra["entropy"] = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
         compress = is_compressed(job.las)
         write_classified(las, point_codes, las_out, compress, job.las, keep_classification, extra)
-        finds = find_objects(np.asarray(las.x), np.asarray(las.y), point_class)
+        finds = find_objects(las.x, las.y, point_class)  # read in chunks: no copy of x, y
         write_finds(finds_path(job, out_dir), finds)
         if folder is not None:
             folder.close()

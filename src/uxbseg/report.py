@@ -24,7 +24,7 @@ from .io.raster import open_image
 from .metrics import metrics_from_confusion
 from .run_dirs import require_folder
 
-__all__ = ["ERROR_COLOURS", "TileReport", "class_raster"]
+__all__ = ["ERROR_COLOURS", "TileReport", "cell_of", "class_raster"]
 
 # apart from the classes' own colours (ground brown, plazuela blue, structure red)
 ERROR_COLOURS = {
@@ -37,24 +37,28 @@ _FILL_PX = 3  # pixels without points take the class of a pixel with points this
 
 
 def class_raster(
-    x: np.ndarray,
-    y: np.ndarray,
-    cls: np.ndarray,
+    x,
+    y,
+    cls,
     bounds: tuple[float, float, float, float],
     hw: tuple[int, int],
+    chunk: int = 1 << 21,
 ) -> np.ndarray:
     """(H, W) raster of point classes over ``bounds`` = (xmin, ymin, xmax, ymax), row 0 north:
     each pixel the most frequent class of its points (IGNORE ones left out); pixels without
-    points take the class of the nearest pixel with some within a few pixels, else -1."""
+    points take the class of the nearest pixel with some within a few pixels, else -1.
+    ``x``, ``y`` (CRS units; arrays or laspy's scaled views) and ``cls`` are read ``chunk``
+    points at a time, so a survey file of many millions costs no copy of its coordinates."""
     h, w = hw
-    x0, y0, x1, y1 = bounds
-    cls = np.asarray(cls, dtype=np.int64)
-    ok = cls != IGNORE
-    col = np.clip(((x[ok] - x0) / max(x1 - x0, 1e-12) * w).astype(np.int64), 0, w - 1)
-    row = np.clip(((y1 - y[ok]) / max(y1 - y0, 1e-12) * h).astype(np.int64), 0, h - 1)
-    counts = np.bincount(
-        (row * w + col) * NUM_CLASSES + cls[ok], minlength=h * w * NUM_CLASSES
-    ).reshape(h, w, NUM_CLASSES)
+    counts = np.zeros(h * w * NUM_CLASSES, np.int64)
+    for a in range(0, len(cls), chunk):
+        rows, cols = cell_of(x[a : a + chunk], y[a : a + chunk], bounds, hw)
+        c = np.asarray(cls[a : a + chunk], dtype=np.int64)
+        ok = c != IGNORE
+        counts += np.bincount(
+            (rows[ok] * w + cols[ok]) * NUM_CLASSES + c[ok], minlength=h * w * NUM_CLASSES
+        )
+    counts = counts.reshape(h, w, NUM_CLASSES)
     out = counts.argmax(axis=2)
     empty = counts.sum(axis=2) == 0
     out[empty] = -1
@@ -63,6 +67,18 @@ def class_raster(
         near = empty & (dist <= _FILL_PX)
         out[near] = out[rr[near], cc[near]]
     return out
+
+
+def cell_of(
+    x, y, bounds: tuple[float, float, float, float], hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of the cell of :func:`class_raster`'s raster each point falls in."""
+    h, w = hw
+    x0, y0, x1, y1 = bounds
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    col = np.clip(((x - x0) / max(x1 - x0, 1e-12) * w).astype(np.int64), 0, w - 1)
+    row = np.clip(((y1 - y) / max(y1 - y0, 1e-12) * h).astype(np.int64), 0, h - 1)
+    return row, col
 
 
 def _colour(classes: np.ndarray) -> np.ndarray:
