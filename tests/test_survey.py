@@ -278,3 +278,27 @@ def test_an_unreadable_neighbour_fails_alone(trained_run, tiny_dataset, tmp_path
     assert "east.las" in res[1].error and "truncated" in res[1].error
     assert f"{jobs[0].las} is predicted without the points of {east}" in caplog.text
     assert not list((tmp_path / "out").glob(".uxbseg-survey-*"))
+
+
+@pytest.mark.slow
+def test_neighbours_in_another_frame_are_read_in_the_files_own(trained_run, tiny_dataset, tmp_path):
+    """The east file with another offset (and finer scale): its points are converted into the
+    west's frame as context, no window is shared (the plans are the same places in two
+    frames), and the classes are still the whole file's."""
+    _split_pair(tiny_dataset, tmp_path)
+    east = laspy.read(tmp_path / "tiles" / "east.las")
+    x, y, z = (np.asarray(east[k]) for k in "xyz")
+    _write(tmp_path / "tiles" / "east.las", x, y, z, offsets=(100.0, -50.0, 3.0),
+           scales=(0.005, 0.005, 0.01))  # fmt: skip
+    model, cfg = load_model(trained_run[0].best_weights)
+    kw = dict(probabilities=True, window=100.0, progress=False)
+    predict_files(model, cfg, [PredictJob(tmp_path / "whole.las", None, "w")],
+                  tmp_path / "whole", **kw)  # fmt: skip
+    jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
+    res = predict_files(model, cfg, jobs, tmp_path / "survey", **kw)
+    assert [r.survey for r in res] == [2, 2]
+    big = laspy.read(tmp_path / "whole" / "pred_w.las")
+    got = [laspy.read(tmp_path / "survey" / f"pred_{n}.las") for n in ("west", "east")]
+    for k in ("classification", "prob_plazuela", "prob_structure"):
+        both = np.concatenate([np.asarray(g[k]) for g in got])
+        np.testing.assert_allclose(both, np.asarray(big[k]), atol=1e-4, err_msg=k)
