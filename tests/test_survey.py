@@ -162,6 +162,7 @@ def test_tiles_of_a_survey_are_classified_as_the_whole_file(
     assert not list((tmp_path / "survey").glob(".uxbseg-survey-*"))
     alone = predict_files(model, cfg, jobs, tmp_path / "alone", survey=False, **kw)
     assert whole.windows == 3 and [r.survey for r in tiles] == [2, 2]
+    assert [r.windows for r in tiles] == [2, 2]  # the windows over each: one on the seam
     assert [r.windows for r in alone] == [0, 0]  # each file is one tile on its own
     fields = ("classification", "prob_ground", "prob_plazuela", "prob_structure")
     big = laspy.read(tmp_path / "whole" / "pred_w.las")

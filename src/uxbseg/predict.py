@@ -61,7 +61,7 @@ class PredictResult:
     points: int = 0
     counts: dict[str, int] | None = None
     error: str | None = None
-    windows: int = 0  # 0: predicted as one tile; else the windows it was cut into (npy: folder)
+    windows: int = 0  # 0: predicted as one tile; else the windows over it (npy: their folder)
     side: float | None = None  # their side (CRS units)
     overlap: float | None = None  # their least overlap (a fraction of the side)
     survey: int = 0  # files of the survey whose windows it was predicted in (0: on its own)
@@ -235,7 +235,7 @@ def predict_one(
         las_out,
         n,
         {c.name: int(counts[c.index]) for c in CLASSES},
-        windows=0 if plan is None else len(plan),
+        windows=0 if plan is None else math.prod(len(r) for r in plan.over(limits)),
         side=None if plan is None else window,
         overlap=None if plan is None else overlap,
         survey=0 if context is None else len(survey.files),
@@ -269,8 +269,8 @@ def _in_survey(
     if survey_plan is None:
         return plan, None
     # the windows this file's points take, and (to render their TPI) the radius around them
-    cols, rows = survey_plan.columns(np.array([x0, x1])), survey_plan.rows(np.array([y0, y1]))
-    nw, se = survey_plan.window(rows[1], cols[0]), survey_plan.window(rows[0], cols[1])
+    rows, cols = survey_plan.over(limits)
+    nw, se = survey_plan.window(rows[0], cols[0]), survey_plan.window(rows[-1], cols[-1])
     scales, offsets = las.header.scales, las.header.offsets
     pad = [1 + (math.ceil(TPI_RADIUS_M / s) if job.image is None else 0) for s in scales[:2]]
     raw = ((nw.x[0] - pad[0], se.x[1] + pad[0]), (se.y[0] - pad[1], nw.y[1] + pad[1]))

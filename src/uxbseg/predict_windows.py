@@ -123,8 +123,7 @@ def _ownership(plan: WindowPlan, context: SurveyContext) -> tuple[np.ndarray, ra
     columns + column), and the rows and columns of the windows the file's own points take."""
     xr, yr = np.asarray(context.points.X), np.asarray(context.points.Y)
     own = plan.rows(yr) * plan.shape[1] + plan.columns(xr)
-    rows, cols = np.divmod(own[context.own], plan.shape[1])
-    return own, range(rows.min(), rows.max() + 1), range(cols.min(), cols.max() + 1)
+    return own, *plan.over(context.limits)
 
 
 def _window_inputs(

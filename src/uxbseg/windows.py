@@ -113,6 +113,12 @@ class WindowPlan:
         south_first = np.searchsorted(_boundaries(self.y_starts, self.side[1]), Y, side="right")
         return len(self.y_starts) - 1 - south_first
 
+    def over(self, limits: tuple[tuple[int, int], tuple[int, int]]) -> tuple[range, range]:
+        """The rows and columns of the windows that points within raw XY ``limits`` take."""
+        (x0, x1), (y0, y1) = limits
+        cols, rows = self.columns(np.array([x0, x1])), self.rows(np.array([y0, y1]))
+        return range(int(rows[1]), int(rows[0]) + 1), range(int(cols[0]), int(cols[1]) + 1)
+
     def owned_cells(self, win: Window, hw: tuple[int, int], binning: str) -> np.ndarray:
         """Bool (H, W): the cells of ``win``'s grid (row 0 = north) whose centre takes its class
         from ``win``, so that scoring each window's own cells scores every place once.
