@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from uxbseg.classes import IGNORE
-from uxbseg.finds import Find, find_objects, object_counts, write_finds
+from uxbseg.finds import Find, find_objects, merge_finds, object_counts, write_finds
 
 
 def _scene(seed=0):
@@ -69,3 +69,35 @@ def test_one_point_or_a_line_of_points_is_no_trouble():
     x = np.linspace(0, 50, 200)
     line = find_objects(x, np.full_like(x, 3.0), np.full(200, 2), cell=1.0)
     assert len(line) == 1 and line[0].points == 200 and line[0].ymin <= 3.0 <= line[0].ymax
+
+
+def test_a_find_cut_by_a_seam_is_merged_and_no_other():
+    west, east = (0.0, 0.0, 100.0, 100.0), (100.0, 0.0, 200.0, 100.0)
+    halves = [  # a structure from x 95 to 108 cut at 100: 5 m in the west, 8 m in the east
+        Find("structure", 97.5, 50.0, 50.0, 40, 95.0, 45.0, 99.5, 55.0),
+        Find("structure", 104.0, 50.0, 80.0, 60, 100.5, 45.0, 108.0, 55.0),
+    ]
+    others = [
+        Find("plazuela", 101.0, 20.0, 200.0, 90, 100.5, 10.0, 110.0, 30.0),  # other kind
+        Find("structure", 50.0, 50.0, 30.0, 10, 47.0, 47.0, 53.0, 53.0),  # inside the west
+        Find("structure", 98.0, 80.0, 20.0, 9, 96.0, 78.0, 99.5, 82.0),  # alone at the edge
+    ]
+    files = [("w", west, [halves[0], *others[1:]]), ("e", east, [halves[1], others[0]])]
+    merged = merge_finds(files)
+    assert len(merged) == 4
+    (seam,) = [(f, files) for f, files in merged if files == ["e", "w"]]
+    f = seam[0]
+    assert (f.kind, f.area, f.points) == ("structure", 130.0, 100)
+    assert f.x == pytest.approx((97.5 * 50 + 104.0 * 80) / 130)
+    assert (f.xmin, f.xmax, f.ymin, f.ymax) == (95.0, 108.0, 45.0, 55.0)
+    assert sorted(fs for _, fs in merged) == [["e"], ["e", "w"], ["w"], ["w"]]
+    # two parts in one file are two finds, however close
+    assert len(merge_finds([("w", west, halves)])) == 2
+
+
+def test_write_finds_names_the_files(tmp_path):
+    f = Find("plazuela", 1.0, 2.0, 30.0, 12, 0.0, 0.0, 3.0, 4.0)
+    path = write_finds(tmp_path / "all.csv", [f], [["a.las", "b.las"]])
+    with open(path) as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["files"] == "a.las;b.las" and row["kind"] == "plazuela"

@@ -145,6 +145,7 @@ def test_predict_split_by_pair_id_without_masks(weights, tiny_dataset, tmp_path,
     assert main(["predict", "--weights", str(weights), "--data", str(root)]) == 0
     out = root / "predict_out"
     assert sorted(p.name for p in out.iterdir()) == [
+        "finds.csv",
         "pred_0000.finds.csv",
         "pred_0000.las",
         "pred_0000.npy",
@@ -185,6 +186,7 @@ def test_bad_inputs_are_reported_and_others_written(weights, tiny_dataset, tmp_p
     assert f"FAILED {corrupt}" in text and f"FAILED {truncated}" in text
     assert f"FAILED {empty}" in text and "empty" in text
     assert sorted(p.name for p in out.iterdir()) == [
+        "finds.csv",
         f"pred_{good.stem}.finds.csv",
         f"pred_{good.stem}.las",
         f"pred_{good.stem}.npy",
@@ -287,6 +289,9 @@ def test_finds_list_the_objects_of_the_written_classes(weights, tiny_dataset, tm
     ]
     n = {k: sum(w.kind == k for w in want) for k in ("plazuela", "structure")}
     assert f"finds: {n['plazuela']} plazuela, {n['structure']} structure" in capsys.readouterr().out
+    with open(tmp_path / "finds.csv") as f:  # the run's finds in one list: one file here
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(want) and {r["files"] for r in rows} == {f"pred_{src.stem}.las"}
 
 
 def test_logit_adjustment_only_moves_voxels_to_ground(weights, tiny_dataset, capsys):
@@ -381,7 +386,7 @@ def test_an_input_folder_stands_for_its_las_files(weights, tiny_dataset, tmp_pat
     )
     stems = sorted(p.stem for p in folder.glob("*.LAS"))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"pred_{s}.{ext}" for s in stems for ext in ("finds.csv", "las", "npy")
+        ["finds.csv", *(f"pred_{s}.{ext}" for s in stems for ext in ("finds.csv", "las", "npy"))]
     )
     assert "2 of 2 files written" in capsys.readouterr().out
 

@@ -303,3 +303,29 @@ def test_neighbours_in_another_frame_are_read_in_the_files_own(trained_run, tiny
     for k in ("classification", "prob_plazuela", "prob_structure"):
         both = np.concatenate([np.asarray(g[k]) for g in got])
         np.testing.assert_allclose(both, np.asarray(big[k]), atol=1e-4, err_msg=k)
+
+
+@pytest.mark.slow
+def test_the_runs_finds_join_the_parts_a_seam_cut(trained_run, tiny_dataset, tmp_path):
+    """finds.csv lists every file's finds, a find cut by the seam once: as many as the whole
+    file's, where the files' own lists count it twice (a negative logit adjustment makes the
+    barely trained model predict some)."""
+    import csv
+
+    from uxbseg.config import config_from_dict, config_to_dict
+
+    _split_pair(tiny_dataset, tmp_path)
+    model, cfg = load_model(trained_run[0].best_weights)
+    data = config_to_dict(cfg)
+    data["model"]["logit_adjustment"] = -3.0
+    cfg = config_from_dict(data)
+    kw = dict(window=100.0, progress=False)
+    (whole,) = predict_files(model, cfg, [PredictJob(tmp_path / "whole.las", None, "w")],
+                             tmp_path / "whole", **kw)  # fmt: skip
+    jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
+    res = predict_files(model, cfg, jobs, tmp_path / "survey", **kw)
+    with open(tmp_path / "survey" / "finds.csv") as f:
+        rows = list(csv.DictReader(f))
+    per_file = sum(sum(r.finds.values()) for r in res)
+    assert len(rows) == sum(whole.finds.values()) < per_file  # measured: 1 find, 2 parts
+    assert "pred_east.las;pred_west.las" in {r["files"] for r in rows}

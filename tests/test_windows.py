@@ -368,7 +368,11 @@ def test_window_outputs_replace_the_other_kind_and_failures_leave_none(tiny_data
     for window in (None, 60.0):  # --no-grids: no grids; earlier grids go, being stale
         (res,) = predict_files(model, cfg, [job], tmp_path, window=window, grids=False)
         assert res.npy is None and res.windows == (4 if window else 0)
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["pred_a.finds.csv", "pred_a.las"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "finds.csv",
+            "pred_a.finds.csv",
+            "pred_a.las",
+        ]
     predict_files(model, cfg, [job], tmp_path, window=None, progress=False)
     # a code the point format cannot hold fails the file after inference: nothing is left
     job = PredictJob(las, None, "b")
@@ -376,6 +380,7 @@ def test_window_outputs_replace_the_other_kind_and_failures_leave_none(tiny_data
     (res,) = predict_files(model, cfg, [job], tmp_path, codes=codes, window=60.0, progress=False)
     assert res.error is not None and "200" in res.error
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "finds.csv",
         "pred_a.finds.csv",
         "pred_a.las",
         "pred_a.npy",

@@ -370,7 +370,9 @@ def add_prediction_commands(sub) -> None:
         help="classify LAS/LAZ files",
         description="Write pred_<id>.las/.laz (same points, same order, every other field, VLR "
         "and EVLR unchanged), pred_<id>.npy (uint8 voxel grid) and pred_<id>.finds.csv (each "
-        "plazuela and structure found: centre, area, points, box; CRS units). Inputs come from "
+        "plazuela and structure found: centre, area, points, box; CRS units), and OUT/finds.csv "
+        "with the finds of all of them (one cut by the seam between two files joined). Inputs "
+        "come from "
         "a dataset's "
         "predict/ split (--data) or are given directly (--input, with --image or a TPI image "
         "rendered from the points). A file more than 1.25x the training tiles' side is cut "

@@ -26,8 +26,10 @@ from .report import cell_of, class_raster
 __all__ = [
     "FIND_MIN_AREA",
     "FOUND_COVER",
+    "SEAM_TOLERANCE",
     "Find",
     "find_objects",
+    "merge_finds",
     "object_counts",
     "write_finds",
 ]
@@ -169,18 +171,84 @@ def object_counts(
     return out
 
 
-def write_finds(path: str | Path, finds: list[Find]) -> Path:
-    """``finds`` as CSV (one row each, a header row of :class:`Find`'s fields), written under
-    a temporary name and renamed."""
+SEAM_TOLERANCE = 3.0
+"""CRS units (m): two finds of one kind in neighbouring files are one object cut by the files'
+seam when each lies within this of its file's edge and their boxes touch within it."""
+
+
+def merge_finds(
+    files: list[tuple[str, tuple[float, float, float, float], list[Find]]],
+    tolerance: float = SEAM_TOLERANCE,
+) -> list[tuple[Find, list[str]]]:
+    """The finds of several files ((name, the file's XY bounds, its finds)) as one list, each
+    with the names of the files it lies in: a plazuela or structure cut by the seam between
+    two files (both parts at their file's edge, boxes touching) is one find, its area and
+    points summed, its centre their area-weighted mean, its box their union."""
+    rows = [(name, b, f) for name, b, finds in files for f in finds]
+    if not rows:
+        return []
+    box = np.array([[f.xmin, f.ymin, f.xmax, f.ymax] for _, _, f in rows])
+    edge = np.array([b for _, b, _ in rows])
+    t = tolerance
+    at_edge = (
+        (box[:, 0] - edge[:, 0] <= t)
+        | (box[:, 1] - edge[:, 1] <= t)
+        | (edge[:, 2] - box[:, 2] <= t)
+        | (edge[:, 3] - box[:, 3] <= t)
+    )
+    group = list(range(len(rows)))
+
+    def root(k: int) -> int:
+        while group[k] != k:
+            group[k] = group[group[k]]
+            k = group[k]
+        return k
+
+    cut = np.flatnonzero(at_edge)
+    for i in cut:  # parts at an edge, against the parts at an edge of other files
+        j = cut[cut > i]
+        touch = (
+            (box[j, 0] <= box[i, 2] + t)
+            & (box[i, 0] <= box[j, 2] + t)
+            & (box[j, 1] <= box[i, 3] + t)
+            & (box[i, 1] <= box[j, 3] + t)
+        )
+        for k in j[touch]:
+            if rows[k][0] != rows[i][0] and rows[k][2].kind == rows[i][2].kind:
+                group[root(int(k))] = root(int(i))
+    parts: dict[int, list[int]] = {}
+    for k in range(len(rows)):
+        parts.setdefault(root(k), []).append(k)
+    out = []
+    for ks in parts.values():
+        fs = [rows[k][2] for k in ks]
+        area = sum(f.area for f in fs)
+        merged = Find(
+            fs[0].kind,
+            sum(f.x * f.area for f in fs) / area,
+            sum(f.y * f.area for f in fs) / area,
+            area,
+            sum(f.points for f in fs),
+            min(f.xmin for f in fs),
+            min(f.ymin for f in fs),
+            max(f.xmax for f in fs),
+            max(f.ymax for f in fs),
+        )
+        out.append((merged, sorted({rows[k][0] for k in ks})))
+    return out
+
+
+def write_finds(path: str | Path, finds: list[Find], files: list[list[str]] | None = None) -> Path:
+    """``finds`` as CSV (one row each, a header row of :class:`Find`'s fields, and with
+    ``files`` a last column naming the files each lies in, ``;`` between them), written under a
+    temporary name and renamed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow([fl.name for fl in fields(Find)])
-        for find in finds:
-            row = astuple(find)
-            out.writerow(
-                [row[0], *(f"{v:.2f}" for v in row[1:4]), row[4], *(f"{v:.2f}" for v in row[5:])]
-            )
+        out.writerow([fl.name for fl in fields(Find)] + (["files"] if files is not None else []))
+        for i, find in enumerate(finds):
+            row = [v if isinstance(v, (str, int)) else f"{v:.2f}" for v in astuple(find)]
+            out.writerow(row + ([";".join(files[i])] if files is not None else []))
     os.replace(tmp, path)
     return path

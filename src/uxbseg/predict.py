@@ -19,7 +19,7 @@ from .data.voxelize import GridSpec, raw_xy_limits, voxelize
 from .decision import decide
 from .domain import DomainCheck
 from .errors import BadDataError, UXBError
-from .finds import find_objects, write_finds
+from .finds import Find, find_objects, merge_finds, write_finds
 from .inference import infer_tile, render_tpi_image
 from .io.las import POINT_FIELDS, PointArrays, is_compressed, read_las, write_classified
 from .io.raster import TPI_RADIUS_M, load_image
@@ -29,6 +29,7 @@ from .survey import PointStore, Survey, SurveyContext, find_surveys
 from .windows import WINDOW_OVERLAP, WindowPlan, crs_bounds, plan_for
 
 __all__ = [
+    "SURVEY_FINDS",
     "PredictJob",
     "PredictResult",
     "check_jobs",
@@ -66,6 +67,8 @@ class PredictResult:
     overlap: float | None = None  # their least overlap (a fraction of the side)
     survey: int = 0  # files of the survey whose windows it was predicted in (0: on its own)
     finds: dict[str, int] | None = None  # plazuelas and structures found (pred_<id>.finds.csv)
+    found: list[Find] | None = None  # the finds themselves
+    bounds: tuple[float, float, float, float] | None = None  # the points' XY box (CRS units)
 
 
 def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
@@ -73,6 +76,10 @@ def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
     into windows writes ``pred_<id>.windows/`` (a grid per window) instead of the .npy."""
     ext = "laz" if is_compressed(job.las) else "las"
     return out_dir / f"pred_{job.out_id}.{ext}", out_dir / f"pred_{job.out_id}.npy"
+
+
+SURVEY_FINDS = "finds.csv"
+"""The finds of every file a predict run wrote, in one list (``files`` names where each is)."""
 
 
 def finds_path(job: PredictJob, out_dir: Path) -> Path:
@@ -240,6 +247,8 @@ def predict_one(
         overlap=None if plan is None else overlap,
         survey=0 if context is None else len(survey.files),
         finds={c.name: sum(f.kind == c.name for f in finds) for c in CLASSES[1:]},
+        found=finds,
+        bounds=crs_bounds(las, limits),
     )
 
 
@@ -386,4 +395,8 @@ def predict_files(
     finally:
         store.close()
     domain.summary(len(jobs))
+    done = [r for r in results if r.error is None]
+    if done:  # every file's finds in one list, those cut by a seam between two files joined
+        merged = merge_finds([(r.las.name, r.bounds, r.found) for r in done])
+        write_finds(Path(out_dir) / SURVEY_FINDS, [m for m, _ in merged], [f for _, f in merged])
     return results
