@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .classes import CLASSES
 from .report import cell_of, class_raster
@@ -196,14 +198,7 @@ def merge_finds(
         | (edge[:, 2] - box[:, 2] <= t)
         | (edge[:, 3] - box[:, 3] <= t)
     )
-    group = list(range(len(rows)))
-
-    def root(k: int) -> int:
-        while group[k] != k:
-            group[k] = group[group[k]]
-            k = group[k]
-        return k
-
+    pairs = []
     cut = np.flatnonzero(at_edge)
     for i in cut:  # parts at an edge, against the parts at an edge of other files
         j = cut[cut > i]
@@ -213,12 +208,18 @@ def merge_finds(
             & (box[j, 1] <= box[i, 3] + t)
             & (box[i, 1] <= box[j, 3] + t)
         )
-        for k in j[touch]:
-            if rows[k][0] != rows[i][0] and rows[k][2].kind == rows[i][2].kind:
-                group[root(int(k))] = root(int(i))
+        pairs += [
+            (i, k)
+            for k in j[touch]
+            if rows[k][0] != rows[i][0] and rows[k][2].kind == rows[i][2].kind
+        ]
+    n = len(rows)
+    i, k = (np.array([p[m] for p in pairs], dtype=np.int64) for m in (0, 1))
+    graph = coo_matrix((np.ones(len(pairs)), (i, k)), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
     parts: dict[int, list[int]] = {}
-    for k in range(len(rows)):
-        parts.setdefault(root(k), []).append(k)
+    for idx, g in enumerate(group):
+        parts.setdefault(int(g), []).append(idx)
     out = []
     for ks in parts.values():
         fs = [rows[k][2] for k in ks]

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import laspy
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .errors import BadDataError
 from .io.las import POINT_FIELDS, PointArrays, read_point_fields
@@ -339,19 +341,10 @@ def find_surveys(
             entries[j[0]].path.name,
             100 * SURVEY_OVERLAP,
         )
-    group = list(range(len(entries)))  # union-find over the neighbour pairs
-
-    def root(k: int) -> int:
-        while group[k] != k:
-            group[k] = group[group[k]]
-            k = group[k]
-        return k
-
-    for i, j in zip(*np.nonzero(np.triu(near))):
-        group[root(int(i))] = root(int(j))
+    _, group = connected_components(csr_matrix(near), directed=False)
     members: dict[int, list[SurveyFile]] = {}
-    for k, f in enumerate(entries):
-        members.setdefault(root(k), []).append(f)
+    for k, f in zip(group, entries):
+        members.setdefault(int(k), []).append(f)
     surveys = {}
     for fs in members.values():
         if len(fs) > 1:
