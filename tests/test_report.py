@@ -54,6 +54,11 @@ def test_evaluate_report_pictures_every_tile_worst_first(
     assert "points" in page and "IoU" in page  # the metrics table
     listed = re.findall(r"<h3>(pair_\d+): point IoU ([^<]*)</h3>", page)
     assert [p for p, _ in listed] != [] and sorted(p for p, _ in listed) == pairs
+    # under each heading the tile's objects, which add up to the split's
+    said = re.findall(r"<p>objects: .*?structure found (\d+) of (\d+)", page)
+    assert len(said) == len(pairs)
+    found, true = (sum(int(s[k]) for s in said) for k in (0, 1))
+    assert f"structure found {found} of {true}" in text and true > 0
 
     def score(ious: str) -> float:
         vals = [float(v) for v in re.findall(r"\w+ ([0-9.]+)", ious)]

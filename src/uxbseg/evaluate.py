@@ -107,11 +107,13 @@ def evaluate(
             base[lvl] += confusion(t, np.zeros_like(t))
         truth, pred = scores["points"]
         x, y = np.asarray(las.x), np.asarray(las.y)
-        for name, counts in object_counts(x, y, truth, pred).items():
+        tile_objects = object_counts(x, y, truth, pred)
+        for name, counts in tile_objects.items():
             for k, v in counts.items():
                 objects[name][k] += v
         if pictures is not None:
-            pictures.add(pair.pair_id, pair.image, x, y, truth, pred, per_tile["points"][-1])
+            cm = per_tile["points"][-1]
+            pictures.add(pair.pair_id, pair.image, x, y, truth, pred, cm, tile_objects)
     domain.summary(len(pairs))
     result = {"split": split, "tiles": len(pairs)}
     if cut:

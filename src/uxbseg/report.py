@@ -107,6 +107,7 @@ class _Tile:
     iou: dict[str, float]
     score: float  # mean IoU of the classes in its truth or prediction (1 when none)
     points: int
+    objects: dict[str, dict[str, int]] | None = None  # finds.object_counts of the tile
 
 
 class TileReport:
@@ -128,10 +129,12 @@ class TileReport:
         truth: np.ndarray,
         pred: np.ndarray,
         tile_confusion: np.ndarray,
+        objects: dict[str, dict[str, int]] | None = None,
     ) -> Path:
         """Picture one tile: points ``x``, ``y`` (CRS units) with their ``truth`` and ``pred``
         classes (IGNORE truths left out of the truth picture, as out of the scores) and the
-        TPI ``image`` over their bounding box; its point confusion ranks it in the report."""
+        TPI ``image`` over their bounding box; its point confusion ranks it in the report, and
+        its ``objects`` (:func:`~uxbseg.finds.object_counts`) are listed under its heading."""
         bounds = (float(x.min()), float(y.min()), float(x.max()), float(y.max()))
         span_x, span_y = bounds[2] - bounds[0], bounds[3] - bounds[1]
         scale = self.panel / max(span_x, span_y, 1e-12)
@@ -150,7 +153,7 @@ class TileReport:
         m = metrics_from_confusion(tile_confusion)
         iou = {c.name: m[f"iou_{c.name}"] for c in CLASSES}
         score = m["miou"] if np.isfinite(m["miou"]) else 1.0
-        self.tiles.append(_Tile(pair_id, name, iou, score, int(tile_confusion.sum())))
+        self.tiles.append(_Tile(pair_id, name, iou, score, int(tile_confusion.sum()), objects))
         return self.folder / name
 
     def close(self, summary: str) -> Path:
@@ -165,7 +168,8 @@ class TileReport:
             f"<h3>{html.escape(t.pair_id)}: point IoU "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in t.iou.items())
             + f" ({t.points} scored points)</h3>\n"
-            f'<img src="{html.escape(t.png)}" alt="{html.escape(t.pair_id)}">'
+            + _objects_line(t.objects)
+            + f'<img src="{html.escape(t.png)}" alt="{html.escape(t.pair_id)}">'
             for t in tiles
         )
         page = (
@@ -177,6 +181,16 @@ class TileReport:
         out = self.folder / "report.html"
         out.write_text(page, encoding="utf-8")
         return out
+
+
+def _objects_line(objects: dict[str, dict[str, int]] | None) -> str:
+    if not objects:
+        return ""
+    said = "; ".join(
+        f"{name} found {o['found']} of {o['true']}, {o['predicted']} predicted ({o['real']} real)"
+        for name, o in objects.items()
+    )
+    return f"<p>objects: {html.escape(said)}</p>\n"
 
 
 def _fmt(v: float) -> str:
