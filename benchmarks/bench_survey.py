@@ -26,13 +26,12 @@ import numpy as np
 import torch
 
 from uxbseg.classes import CLASSES, las_code_to_class
-from uxbseg.data.synthetic import synth_dataset
 from uxbseg.io.weights import load_model
 from uxbseg.metrics import metrics_from_confusion
 from uxbseg.predict import PredictJob, predict_files
 from uxbseg.tiling import tile_dataset
 
-from .bench_windows import survey_params
+from .bench_windows import survey_tiles
 
 K = len(CLASSES)
 
@@ -129,9 +128,7 @@ def main(argv: list[str]) -> None:
     if args.las is not None:
         _real_file(args, model, cfg)
         return
-    root = args.data / f"v2_s{args.seed}_{args.size:g}m_{args.tiles}"
-    if not (root / "test").is_dir():
-        synth_dataset(root, {"test": args.tiles}, seed=args.seed, params=survey_params(args.size))
+    root = survey_tiles(args.data, args.seed, args.size, args.tiles)
     pieces = root.with_name(f"{root.name}_pieces{args.pieces}")
     if not pieces.is_dir():
         tile_dataset(root, pieces, args.size / args.pieces, progress=False)

@@ -47,6 +47,16 @@ def survey_params(size: float) -> SynthParams:
     )
 
 
+def survey_tiles(data: Path, seed: int, size: float, tiles: int) -> Path:
+    """The dataset of ``tiles`` synthetic test tiles of ``size`` metres (:func:`survey_params`)
+    under ``data``, written on first use and reused after (the windows and survey benchmarks
+    score the same tiles)."""
+    root = data / f"v2_s{seed}_{size:g}m_{tiles}"
+    if not (root / "test").is_dir():
+        synth_dataset(root, {"test": tiles}, seed=seed, params=survey_params(size))
+    return root
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks windows", description=__doc__)
     ap.add_argument("--weights", type=Path, required=True, help="weights trained on 100 m tiles")
@@ -59,9 +69,7 @@ def main(argv: list[str]) -> None:
     )
     args = ap.parse_args(argv)
     model, cfg = load_model(args.weights)
-    root = args.data / f"v2_s{args.seed}_{args.size:g}m_{args.tiles}"
-    if not (root / "test").is_dir():
-        synth_dataset(root, {"test": args.tiles}, seed=args.seed, params=survey_params(args.size))
+    root = survey_tiles(args.data, args.seed, args.size, args.tiles)
     print(
         f"{args.tiles} synthetic tiles of {args.size:g} m (seed {args.seed}), weights trained on "
         f"{cfg.grid.tile_extent} m tiles ({args.weights}), {torch.get_num_threads()} CPU threads"

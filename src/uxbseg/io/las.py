@@ -41,11 +41,7 @@ def read_las(path: str | Path) -> laspy.LasData:
     try:
         las = laspy.read(path)
     except Exception as exc:  # laspy raises several types for corrupt or truncated files
-        hint = _truncation_hint(path)
-        raise BadDataError(
-            f"{path}: not a readable LAS/LAZ file ({hint or f'{type(exc).__name__}: {exc}'}); "
-            "re-export it from the source software or remove it"
-        ) from exc
+        raise _unreadable(path, exc) from exc
     n_header = las.header.point_count
     if len(las.points) != n_header:
         raise BadDataError(
@@ -53,6 +49,15 @@ def read_las(path: str | Path) -> laspy.LasData:
             "(truncated file?); re-export it"
         )
     return las
+
+
+def _unreadable(path: Path, exc: Exception) -> BadDataError:
+    """The error for a LAS/LAZ file laspy could not read, saying 'truncated' where it is."""
+    hint = _truncation_hint(path)
+    return BadDataError(
+        f"{path}: not a readable LAS/LAZ file ({hint or f'{type(exc).__name__}: {exc}'}); "
+        "re-export it from the source software or remove it"
+    )
 
 
 def _truncation_hint(path: Path) -> str | None:
@@ -202,10 +207,7 @@ def read_point_fields(path: str | Path, chunk: int = 2_000_000) -> dict[str, np.
                 for k in POINT_FIELDS:
                     keep[k].append(np.asarray(getattr(pts, k)))
     except Exception as exc:  # laspy raises several types for corrupt or truncated files
-        raise BadDataError(
-            f"{path}: not a readable LAS/LAZ file ({type(exc).__name__}: {exc}); re-export it "
-            "from the source software or remove it"
-        ) from exc
+        raise _unreadable(path, exc) from exc
     empty = {"X": np.int32, "Y": np.int32, "Z": np.int32, "intensity": np.uint16}
     return {
         k: np.concatenate(v) if v else np.zeros(0, empty.get(k, np.uint8)) for k, v in keep.items()
