@@ -66,9 +66,15 @@ class PredictResult:
     side: float | None = None  # their side (CRS units)
     overlap: float | None = None  # their least overlap (a fraction of the side)
     survey: int = 0  # files of the survey whose windows it was predicted in (0: on its own)
-    finds: dict[str, int] | None = None  # plazuelas and structures found (pred_<id>.finds.csv)
-    found: list[Find] | None = None  # the finds themselves
+    found: list[Find] | None = None  # plazuelas and structures found (pred_<id>.finds.csv)
     bounds: tuple[float, float, float, float] | None = None  # the points' XY box (CRS units)
+
+    @property
+    def finds(self) -> dict[str, int] | None:
+        """How many plazuelas and structures were found."""
+        if self.found is None:
+            return None
+        return {c.name: sum(f.kind == c.name for f in self.found) for c in CLASSES[1:]}
 
 
 def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
@@ -246,7 +252,6 @@ def predict_one(
         side=None if plan is None else window,
         overlap=None if plan is None else overlap,
         survey=0 if context is None else len(survey.files),
-        finds={c.name: sum(f.kind == c.name for f in finds) for c in CLASSES[1:]},
         found=finds,
         bounds=crs_bounds(las, limits),
     )

@@ -111,7 +111,10 @@ class Survey:
     finished: set[Path] = field(default_factory=set)
 
     _near: dict[Path, list[SurveyFile]] = field(default_factory=dict, repr=False)
-    _by_path: dict[Path, SurveyFile] = field(default_factory=dict, repr=False)
+    _by_path: dict[Path, SurveyFile] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_path = {f.path: f for f in self.files}
 
     def within_reach(self, f: SurveyFile) -> list[SurveyFile]:
         """The other files whose points the windows of ``f`` may read, and the other way."""
@@ -158,8 +161,6 @@ class Survey:
 
     def file(self, path: Path) -> SurveyFile:
         """The survey's entry for ``path``."""
-        if not self._by_path:
-            self._by_path.update((f.path, f) for f in self.files)
         return self._by_path[path]
 
 
