@@ -8,22 +8,27 @@ kernels (row sums; per-sample ``batch_norm``) and the one ``ChannelsLastInstance
 These are the norms alone: channels_last pays in the convolutions around them (``benchmarks
 train``). Window attention of the first two stages: MONAI's materialised scores against SDPA,
 without gradients (validation, evaluate, predict: ``model.sdpa_inference``) and with them
-(training: ``model.use_flash_attention``). Ratios are the seed's time over each contender's;
-medians of interleaved rounds.
+(training: ``model.use_flash_attention``). The convs on the voxel features (few input channels),
+forward + weight gradient: torch's ``conv3d`` (cuDNN on a GPU) against the unfolded matrix product
+(``model.unfold_convs``). Ratios are the seed's time over each contender's; medians of interleaved
+rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 
 import torch
 from monai.networks.nets.swin_unetr import WindowAttention
+from torch import nn
 from torch.nn import functional as F
 
 from uxbseg.config import load_config
 from uxbseg.demo import packaged_config
 from uxbseg.models.attention import SDPAWindowAttention
+from uxbseg.models.convs import unfold_small_convs
 from uxbseg.models.norms import ChannelsLastInstanceNorm3d, _InstanceNormCL, _per_sample_batch_norm
 
 from .common import sync, timeit_interleaved
@@ -157,6 +162,52 @@ def attention_stages(grid, feature_size: int, window: int, batch: int) -> list[t
     return out
 
 
+def input_convs(grid, feature_size: int, in_channels: int, batch: int) -> list[tuple]:
+    """(name, conv, input shape) of SwinUNETR's convs that read the voxel features."""
+    shape = (batch, in_channels, *grid)
+    c, f = in_channels, feature_size
+    return [
+        ("encoder1 conv 3x3x3", nn.Conv3d(c, f, 3, padding=1, bias=False), shape),
+        ("encoder1 residual 1x1x1", nn.Conv3d(c, f, 1, bias=False), shape),
+        ("patch embedding 2x2x2 / 2", nn.Conv3d(c, f, 2, stride=2), shape),
+    ]
+
+
+def _conv_row(conv: nn.Conv3d, shape: tuple, device, bf16: bool, repeats: int) -> dict:
+    torch.manual_seed(0)
+    x = torch.rand(shape, device=device).contiguous(memory_format=CL)  # no gradient: an input
+    plain = conv.to(device).to(memory_format=CL)
+    fast = copy.deepcopy(plain)
+    if not unfold_small_convs(fast):
+        return {}  # too many input columns: the conv stays cuDNN's
+    fast.devices = (device.type,)
+
+    def run(m):
+        def step() -> None:
+            m.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                out = m(x)
+            out.float().sum().backward()
+            sync(device)
+
+        return step
+
+    return timeit_interleaved({"conv3d": run(plain), "unfolded": run(fast)}, repeats)
+
+
+def bench_convs(convs, device, dtype, repeats: int) -> None:
+    print("convs on the voxel features, forward + weight gradient (ms; ratio = conv3d / unfolded):")
+    for name, conv, shape in convs:
+        t = _conv_row(conv, shape, device, dtype == torch.bfloat16, repeats)
+        if not t:
+            print(f"  {name:<28} {shape!s:<24} not unfolded (too many input columns)")
+            continue
+        print(
+            f"  {name:<28} {shape!s:<24} conv3d {t['conv3d'] * 1e3:8.2f}  unfolded "
+            f"{t['unfolded'] * 1e3:8.2f} ({t['conv3d'] / t['unfolded']:5.2f}x)"
+        )
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", choices=["tiny", "seed"], default="tiny")
@@ -170,6 +221,8 @@ def main(argv=None) -> None:
     grid, f = tuple(cfg.grid.shape), cfg.model.feature_size
     dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{a.config} config, grid {grid}, feature size {f}, batch {batch}, {dev}, {dtype}")
+    c = len(cfg.grid.features)
+    bench_convs(input_convs(grid, f, c, batch), device, dtype, a.repeats)
     bench_norms(norm_levels(grid, f, batch), device, dtype, a.repeats)
     stages = attention_stages(grid, f, cfg.model.window_size, batch)
     bench_attention(stages, batch, device, dtype, a.repeats)

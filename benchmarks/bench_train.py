@@ -65,6 +65,7 @@ class _Run:
         cfg.model.use_flash_attention = flash
         cfg.model.sdpa_inference = not naive  # the seed as written: MONAI's default attention
         cfg.model.onednn_batch1 = not naive  # ... and PyTorch's own choice of conv kernel
+        cfg.model.unfold_convs = not naive
         cfg.model.use_checkpoint = checkpoint
         self.naive, self.device = naive, device
         torch.manual_seed(0)
@@ -183,12 +184,12 @@ def agreement(cfg, device, fast: dict) -> float:
     """
     cfg.model.fusion_impl, cfg.model.channels_last = "naive", False
     cfg.model.use_flash_attention = cfg.model.use_checkpoint = cfg.model.sdpa_inference = False
-    cfg.model.onednn_batch1 = False
+    cfg.model.onednn_batch1 = cfg.model.unfold_convs = False
     torch.manual_seed(0)
     plain = UXBFusionModel.from_config(cfg).to(device).eval()
     cfg.model.fusion_impl, cfg.model.channels_last = "fast", fast.get("channels_last", False)
     cfg.model.use_flash_attention = fast.get("flash", False)
-    cfg.model.sdpa_inference = cfg.model.onednn_batch1 = True
+    cfg.model.sdpa_inference = cfg.model.onednn_batch1 = cfg.model.unfold_convs = True
     quick = UXBFusionModel.from_config(cfg).to(device).eval()
     quick.load_state_dict(plain.state_dict())
     if quick.voxel_branch is not None:

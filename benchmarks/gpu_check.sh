@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# One prepared GPU run for a lent device (see DEVELOPERS.md), sized for 15 minutes of device time
-# (a compiled variant costs ~6 minutes: ~280 s to compile the training step, ~80 s more for the
-# inference graph). In order of importance, so that a call cut by its time limit keeps the most:
-# 1. the seed architecture as written against the fast path's one unmeasured candidate for >= 5x:
-#    torch.compile of bf16 + fast fusion + channels_last + SDPA attention at batch 4 (compiled
-#    without channels_last and without training SDPA it gave 3.48x on an H200), each followed by
-#    a profile of one more step;
-# 2. the kernels alone at the seed's sizes, batch 1 and 4 (seconds): the instance norms (torch's,
-#    the row sums, per-sample batch_norm) and the window attention (MONAI's vs SDPA, with and
-#    without gradients);
-# 3. eager at batch 1 (~1 minute): channels_last + SDPA with SDPA's math kernel off, which says
-#    whether every window attention gets a fused kernel in training (torch warns why not) and
-#    times the per-sample batch_norm norms in the step;
-# 4. the compile's start-up from a warm Inductor cache in a second process.
+# One prepared GPU run for a lent device (see DEVELOPERS.md), sized for the 15 minutes of device
+# time (one call of ~9 minutes; a compiled variant costs ~6 minutes: ~280 s to compile the
+# training step, ~80 s more for the inference graph). In order of importance, so that a call cut
+# by its time limit keeps the most:
+# 1. the seed architecture as written against the fast path compiled at batch 4: bf16 + fast
+#    fusion + channels_last (the norm traced as var_mean, fused by Inductor) + SDPA window
+#    attention in training (the mask broadcast, never one per window of the batch) + the
+#    few-channel first convs as one matrix product (model.unfold_convs); each followed by a
+#    profile of one more step. The ninth session's best, compiled in the default layout with
+#    MONAI's attention, was 3.48x on an H200;
+# 2. the same fast path in eager mode at batch 1 (the seed's batch: peak memory against the
+#    seed's), after --check (its 3D logits against the plain fp32 path, same weights);
+# 3. the kernels alone at the seed's sizes, batch 4 (seconds): the first convs (cuDNN against
+#    the unfolded matrix product), the instance norms, the window attention (MONAI's vs SDPA).
 # Measured already (BENCHMARKS.md), rerun with more time:
-#   python3 -m benchmarks train --config seed --steps 5 --fast-batch 1 4 --check --profile 15
+#   python3 -m benchmarks train --config seed --steps 5 --fast-batch 1 4 --profile 15
 #   python3 -m benchmarks data --config seed --tiles 16 --workers 0 4 8 14
+#   the compile's start-up from a warm Inductor cache: a second process of step 1
 # Writes everything to $OUT/gpu.log. Then, if the machine is still warm and ~2 minutes are left,
 # bash benchmarks/gpu_smoke.sh in a second call: the product end to end on the card.
 # Usage on the device: bash benchmarks/gpu_check.sh   (needs the project importable: pip install -e .,
@@ -26,7 +27,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/uxbseg-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/uxbseg-inductor
-BEST="channels_last + sdpa + compile"
+BEST="fast fusion + channels_last + sdpa"
 BATCH=${BATCH:-4}
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -34,12 +35,9 @@ BATCH=${BATCH:-4}
   python3 -c "import torch, transformers, monai; print('torch', torch.__version__, \
 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), \
 'transformers', transformers.__version__, 'monai', monai.__version__)"
-  python3 -m benchmarks train --config seed --steps 5 --fast-batch "$BATCH" --compile --profile 25 \
+  python3 -m benchmarks train --config seed --steps 5 --fast-batch "$BATCH" --compile --profile 30 \
+    --only "seed as written" "$BEST + compile"
+  python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --check \
     --only "seed as written" "$BEST"
-  python3 -m benchmarks kernels --config seed --batch 1
-  python3 -m benchmarks kernels --config seed --batch 4
-  python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --fused-attention \
-    --only "seed as written" "channels_last + sdpa"
-  echo "compile, warm Inductor cache (a second process):"
-  python3 -m benchmarks train --config seed --steps 3 --fast-batch "$BATCH" --compile --only "$BEST"
+  python3 -m benchmarks kernels --config seed --batch 4 --repeats 3
 } 2>&1 | tee "$OUT/gpu.log"

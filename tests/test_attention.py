@@ -102,19 +102,27 @@ def test_sdpa_inference_same_output_and_only_without_gradients(monkeypatch):
     assert all(p.grad is not None for p in quick.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("shifted", [False, True])
-def test_mask_has_unit_last_stride_for_fused_kernels(monkeypatch, shifted):
-    """CUDA's fused SDPA kernels reject an ``attn_mask`` whose last stride is not 1 (torch falls
-    back to the materialising math kernel); the real SDPA runs, its arguments are recorded."""
+def test_mask_is_aligned_and_broadcast_over_the_batch(monkeypatch, shifted, batch):
+    """CUDA's fused SDPA kernels take a mask with unit last stride and rows aligned to 16
+    elements (else torch pads a copy, or falls back to the math kernel); the mask is a view
+    broadcast over the batch, never one copy per window of the batch. The real SDPA runs, its
+    arguments are recorded."""
     _, got = _pair()
     seen = []
     real = torch.nn.functional.scaled_dot_product_attention
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["attn_mask"])
+        seen.append((args[0].shape, kwargs["attn_mask"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     mask = torch.where(torch.rand(4, 24, 24) > 0.5, 0.0, -100.0) if shifted else None
-    got(torch.randn(8, 24, 24), mask)
-    assert len(seen) == 1 and seen[0].stride(-1) == 1
+    got(torch.randn(4 * batch, 24, 24), mask)
+    ((q_shape, attn_mask),) = seen
+    assert attn_mask.stride(-1) == 1 and attn_mask.stride(-2) == 32  # 24 padded to 32
+    assert batch == 1 or attn_mask.stride(0) == 0  # broadcast over the batch
+    # shifted: the 4 windows of a sample as 4 x 3 heads; unshifted: windows as the batch
+    assert q_shape == ((batch, 12, 24, 8) if shifted else (4 * batch, 3, 24, 8))
+    assert attn_mask.shape == (q_shape[0], q_shape[1], 24, 24)

@@ -10,7 +10,14 @@ from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-from benchmarks.bench_kernels import _attention_rows, _norm_row, attention_stages, norm_levels
+from benchmarks.bench_kernels import (
+    _attention_rows,
+    _conv_row,
+    _norm_row,
+    attention_stages,
+    input_convs,
+    norm_levels,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,3 +51,10 @@ def test_rows_time_every_contender():
         (4, 12, 3, (2, 2, 2)), 2, torch.device("cpu"), torch.float32, repeats=1
     )
     assert set(no_grad) == set(training) == {"monai", "sdpa"}
+    convs = input_convs((4, 4, 8), 12, 3, 2)
+    rows = [
+        _conv_row(conv, shape, torch.device("cpu"), False, repeats=1) for _, conv, shape in convs
+    ]
+    assert all(set(r) == {"conv3d", "unfolded"} and min(r.values()) > 0 for r in rows)
+    _, wide, shape = input_convs((4, 4, 8), 12, 5, 2)[0]  # 135 columns: not unfolded
+    assert _conv_row(wide, shape, torch.device("cpu"), False, repeats=1) == {}

@@ -253,3 +253,21 @@ def test_compile_branches_compiles_each_branch_in_place_and_says_what_it_costs(t
     assert all(b._compiled_call_impl is not None for b in branches if b is not None)
     assert list(model.state_dict()) == keys
     assert "model.compile=false" in caplog.text and "cache" in caplog.text
+
+
+def test_fast_voxel_branch_traces_without_a_graph_break_of_ours(tiny_cfg):
+    """What ``torch.compile`` sees of the GPU's fast path (channels_last norms as ``var_mean``,
+    SDPA window attention, unfolded first convs), traced by Dynamo alone: the only graph break is
+    MONAI's own input-size check, so Inductor gets the network in one graph after it."""
+    tiny_cfg.model.use_flash_attention = True
+    model = UXBFusionModel.from_config(tiny_cfg)
+    unfolded = [m for m in model.modules() if type(m).__name__ == "UnfoldedConv3d"]
+    for m in unfolded:
+        m.devices = ("cpu",)  # the GPU's code path
+    assert unfolded
+    x = torch.rand(1, len(tiny_cfg.grid.features), 32, 32, 64)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    explained = torch._dynamo.explain(model.voxel_branch)(x)
+    places = {b.user_stack[-1].name for b in explained.break_reasons}
+    assert places == {"_check_input_size"}, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 2

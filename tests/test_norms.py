@@ -1,5 +1,6 @@
 """The channels_last instance norm against torch's ``instance_norm``: values, gradients, layout,
-through both of its kernels (the row sums for few channels, per-sample ``batch_norm`` for many)."""
+through both of its kernels (the row sums for few channels, per-sample ``batch_norm`` for many) and
+the formulation ``torch.compile`` traces (run eagerly here)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from torch.nn import functional as F
 from uxbseg.models.norms import ChannelsLastInstanceNorm3d, channels_last_instance_norms
 
 CL = torch.channels_last_3d
-PATHS = {"rows": 10**9, "batch_norm": 0}  # native_min_channels that forces each kernel
+PATHS = {"rows": 10**9, "batch_norm": 0, "traced": 0}  # native_min_channels forcing each kernel
+
+
+@pytest.fixture(params=list(PATHS))
+def path(request, monkeypatch) -> str:
+    """Each way the norm computes; ``traced``: what Dynamo traces (as if compiling)."""
+    if request.param == "traced":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    return request.param
 
 
 def _norm(channels: int, path: str, affine: bool = False) -> ChannelsLastInstanceNorm3d:
@@ -27,7 +36,6 @@ def _input(shape=(2, 12, 4, 6, 8), offset=0.0, dtype=torch.float32):
     return x.contiguous(memory_format=CL)
 
 
-@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("affine", [False, True])
 def test_matches_instance_norm_values_and_gradients(affine, path):
     x = _input()
@@ -55,14 +63,12 @@ def test_matches_instance_norm_values_and_gradients(affine, path):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("path", PATHS)
 def test_gradcheck_in_double(path):
     x = _input((2, 3, 2, 3, 4), dtype=torch.float64).requires_grad_()
     norm = _norm(3, path, affine=True).double()
     assert torch.autograd.gradcheck(norm, (x,))
 
 
-@pytest.mark.parametrize("path", PATHS)
 def test_large_offset_keeps_precision(path):
     """Variance about the mean (two passes): an offset 1000x the spread costs no accuracy."""
     x = _input(offset=3000.0)
@@ -104,7 +110,6 @@ def test_swap_keeps_parameters_and_keys_and_outputs():
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("path", PATHS)
 def test_bfloat16_input_is_normalised_in_float32(path):
     """Under autocast a conv hands the norm bfloat16: statistics in float32, output in bfloat16,
     as close to the float32 norm as bfloat16 rounding allows even with a large offset."""
@@ -122,3 +127,19 @@ def test_bfloat16_input_is_normalised_in_float32(path):
     assert xb.grad.dtype == torch.bfloat16
     rel = (xb.grad.float() - ref_x.grad).norm() / ref_x.grad.norm()
     assert rel < 2e-2
+
+
+def test_under_compile_the_norm_is_elementwise_ops(monkeypatch):
+    """What Dynamo traces is ``var_mean`` and arithmetic, no custom kernel, no split and cat."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    x = _input().requires_grad_()
+    out = _norm(12, "batch_norm", affine=True)(x)
+    names = set()
+    stack = [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None:
+            names.add(type(node).__name__)
+            stack += [n for n, _ in node.next_functions]
+    assert "VarMeanBackward0" in names
+    assert not any("Norm" in n or "Cat" in n for n in names)

@@ -126,6 +126,10 @@ class ModelConfig:
     # the small 3D convs of a float32 CPU batch of one (predict, evaluate) through oneDNN, where
     # PyTorch picks its unfolded kernel (models/convs.py): tiny forward 2.4x faster, same result
     onednn_batch1: bool = True
+    # on a GPU, 3D convs with few input columns (SwinUNETR's first conv on the voxel features,
+    # its patch embedding) as one matrix product over the unfolded input (models/convs.py), where
+    # cuDNN's kernel leaves the tensor cores idle; same result
+    unfold_convs: bool = True
     # width of a 2D U-Net over the surface_* column maps whose features join the image's in
     # column fusion (0 = off, the seed's model); see models/surface_branch.py
     surface_branch: int = 0

@@ -6,9 +6,15 @@ bias and the shift mask, and runs a float32 softmax over them, forward and backw
 grid that is (1083 windows x 3 heads x 343 x 343) scores a sample in the first stage: 15 ms of a
 compiled 118 ms step on an H200 (BENCHMARKS). The same sum of bias and mask, given to SDPA as an
 additive ``attn_mask``, lets a GPU choose its memory-efficient kernel, which also returns the
-gradient of the bias (the relative position table learns as before). Measured so far: -1.4 GiB
-and 2 % at the seed's batch 1 in eager mode, with some blocks still on SDPA's math kernel then
-(BENCHMARKS); on the CPU SDPA's kernel is slower than MONAI's path, so this is for a GPU.
+gradient of the bias (the relative position table learns as before). On the CPU SDPA's kernel is
+slower than MONAI's path, so this is for a GPU.
+
+The mask is never made per window of the batch. Unshifted blocks broadcast the (heads, n, n) bias
+over the windows (a stride-0 view). Shifted blocks give SDPA the windows of a sample as heads:
+(batch, windows x heads, n, d), with a (1, windows x heads, n, n) mask broadcast over the batch,
+so the mask is the same size whatever the batch (at the seed's grid and batch 4 a per-window mask
+would be 3 GiB a block). The mask's rows are stored padded to a multiple of 16 elements: the
+memory-efficient kernel needs aligned rows, and SDPA would otherwise pad a copy at every call.
 """
 
 from __future__ import annotations
@@ -20,7 +26,16 @@ from torch.nn import functional as F
 
 from .swap import swap_class
 
-__all__ = ["SDPAWindowAttention", "sdpa_window_attention"]
+__all__ = ["SDPAWindowAttention", "aligned_rows", "sdpa_window_attention"]
+
+_ALIGN = 16  # elements: the row alignment CUDA's memory-efficient SDPA kernel asks of a mask
+
+
+def aligned_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the same values, its last dimension stored padded to a multiple of 16 elements
+    (a view into a padded tensor; unit last stride), as CUDA's fused SDPA kernels take a mask."""
+    n = t.shape[-1]
+    return F.pad(t, (0, -n % _ALIGN))[..., :n]
 
 
 class SDPAWindowAttention(WindowAttention):
@@ -30,23 +45,27 @@ class SDPAWindowAttention(WindowAttention):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
-        q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(x)
         index = self.relative_position_index[:n, :n].reshape(-1)
-        # contiguous: CUDA's fused SDPA kernels take only a mask whose last stride is 1 (a
-        # permuted view sends the unshifted blocks to the materialising math kernel)
         bias = self.relative_position_bias_table[index].reshape(n, n, h).permute(2, 0, 1)
-        bias = bias.contiguous()
-        if mask is None:
-            attn_mask = bias.unsqueeze(0)  # (1, h, n, n), broadcast over the windows
-        else:  # windows come as (batch, window); the shift mask is per window
-            nw = mask.shape[0]
-            per_window = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nw, h, n, n)
-            attn_mask = per_window.unsqueeze(0).expand(b // nw, nw, h, n, n).reshape(b, h, n, n)
+        dtype = qkv.dtype  # the compute dtype (bfloat16 under autocast)
         drop = self.attn_drop.p if self.training else 0.0
+        if mask is None:  # one (h, n, n) bias for every window: broadcast, not copied
+            q, k, v = qkv.reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+            attn_mask = aligned_rows(bias.to(dtype)).unsqueeze(0).expand(b, h, n, n)
+        else:  # the windows of a sample as heads; the shift mask then broadcasts over the batch
+            nw = mask.shape[0]
+            qkv = qkv.reshape(b // nw, nw, n, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
+            q, k, v = (t.reshape(b // nw, nw * h, n, c // h) for t in qkv.unbind(0))
+            per_window = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(dtype)  # (nw, h, n, n)
+            attn_mask = aligned_rows(per_window.reshape(1, nw * h, n, n))
+            attn_mask = attn_mask.expand(b // nw, nw * h, n, n)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=drop, scale=self.scale
+            q, k, v, attn_mask=attn_mask, dropout_p=drop, scale=self.scale
+        )  # (b, h, n, d) or (b / nw, nw * h, n, d): the same memory order
+        return self.proj_drop(
+            self.proj(out.reshape(b, h, n, c // h).transpose(1, 2).reshape(b, n, c))
         )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
 def sdpa_window_attention(module: nn.Module) -> int:

@@ -12,16 +12,35 @@ about 2x faster end to end; BENCHMARKS, eleventh session). The gradient still go
 forward alone (0.94 -> 0.79 s). Layers with hundreds of channels and a handful of voxels in the
 default layout stay on the unfolded kernel, which is faster there. Measured on x86 (AVX2) only;
 elsewhere (ARM) oneDNN is the kernel PyTorch itself takes for the same layer at batch 2.
+
+On a GPU the layers with few input channels are the slow ones: SwinUNETR's first conv reads the
+3 voxel features at full resolution, and cuDNN runs a 1 -> 96 3x3x3 conv at 9.5 TFLOP/s where a
+96 -> 96 one runs at 441 (H200, SEED-FACTS): a reduction of 27 * C_in = 81 terms leaves the
+tensor cores idle. :class:`UnfoldedConv3d` computes such a layer as one matrix product over the
+unfolded input (the 27 shifted copies of the few input channels side by side, and zero columns
+up to a multiple of 16), whose (N*D*H*W, C_out) result is the channels_last_3d output
+itself; its weight gradient is the transposed product. Same function as the conv (float32: max
+difference ~1e-6), for stride-1 "same" convs and for patchifying ones (stride = kernel, no
+padding: Swin's patch embedding).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .swap import swap_class
 
-__all__ = ["OneDNNConv3d", "onednn_conv3d"]
+__all__ = [
+    "OneDNNConv3d",
+    "UnfoldedConv3d",
+    "onednn_conv3d",
+    "unfold_small_convs",
+    "unfolded_conv3d",
+]
 
 
 # In the default layout torch's unfolded kernel (one large matrix product) beat oneDNN from 768
@@ -79,3 +98,101 @@ def onednn_conv3d(module: nn.Module) -> int:
     """Swap every ``nn.Conv3d`` inside ``module`` for :class:`OneDNNConv3d` in place (same
     parameters); returns how many were swapped."""
     return swap_class(module, nn.Conv3d, OneDNNConv3d)
+
+
+# The unfolded input has K = C_in * kernel volume columns (padded to a multiple of 16): a layer with
+# at most UNFOLD_MAX_CHANNELS input channels is unfolded when K is at most UNFOLD_MAX_COLUMNS, where
+# a conv's reduction is too short for cuDNN to run well
+UNFOLD_MAX_CHANNELS = 16
+UNFOLD_MAX_COLUMNS = 128
+_COLUMN_ALIGN = 16  # elements: K padded so that every row of the unfolded input is 32-byte aligned
+
+
+def _unfoldable(conv: nn.Conv3d) -> bool:
+    """A conv whose unfolded input has few columns: stride 1 with "same" zero padding (odd
+    kernel) or a patchifying one (stride = kernel, no padding); no groups, no dilation."""
+    k, s, p = conv.kernel_size, conv.stride, conv.padding
+    if isinstance(p, str) or conv.groups != 1 or conv.dilation != (1, 1, 1):
+        return False
+    if conv.padding_mode != "zeros" or conv.in_channels > UNFOLD_MAX_CHANNELS:
+        return False
+    if conv.in_channels * math.prod(k) > UNFOLD_MAX_COLUMNS:
+        return False
+    same = s == (1, 1, 1) and all(ki % 2 == 1 and pi == ki // 2 for ki, pi in zip(k, p))
+    patches = s == k and p == (0, 0, 0)
+    return same or patches
+
+
+def unfolded_conv3d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int, int],
+    padding: tuple[int, int, int],
+) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias, stride, padding)`` for a stride-1 "same" conv or a patchifying
+    one (stride = kernel, no padding), as one matrix product over the unfolded input; the output
+    is channels_last_3d. Under autocast the input is unfolded in the autocast dtype."""
+    n, c = x.shape[:2]
+    o, _, kd, kh, kw = weight.shape
+    if torch.is_autocast_enabled(x.device.type):
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    xl = x.permute(0, 2, 3, 4, 1)  # (N, D, H, W, C): a view of a channels_last input
+    if stride == (1, 1, 1):
+        d, h, w = x.shape[2:]
+        pd, ph, pw = padding
+        xp = F.pad(xl, (0, 0, pw, pw, ph, ph, pd, pd))
+        taps = [
+            xp[:, i : i + d, j : j + h, m : m + w]
+            for i in range(kd)
+            for j in range(kh)
+            for m in range(kw)
+        ]
+    else:  # non-overlapping patches
+        d, h, w = x.shape[2] // kd, x.shape[3] // kh, x.shape[4] // kw
+        xl = xl[:, : d * kd, : h * kh, : w * kw]
+        taps = [xl[:, i::kd, j::kh, m::kw] for i in range(kd) for j in range(kh) for m in range(kw)]
+    # tap-major columns, padded with zeros to a multiple of 16
+    k = len(taps) * c
+    extra = -k % _COLUMN_ALIGN
+    if extra:
+        taps.append(taps[0].new_zeros((*taps[0].shape[:-1], extra)))
+    cols = torch.cat(taps, dim=-1).reshape(n * d * h * w, k + extra)
+    wmat = F.pad(weight.permute(0, 2, 3, 4, 1).reshape(o, k), (0, extra))  # the same order
+    out = cols @ wmat.t() if bias is None else torch.addmm(bias, cols, wmat.t())
+    return out.view(n, d, h, w, o).permute(0, 4, 1, 2, 3)
+
+
+class UnfoldedConv3d(nn.Conv3d):
+    """A conv with few input channels and columns (C_in <= 16, C_in * kernel volume <= 128)
+    computed on a GPU as one matrix product over its unfolded input (:func:`unfolded_conv3d`);
+    elsewhere the conv it replaced (``nn.Conv3d`` or :class:`OneDNNConv3d`, per ``onednn``).
+    Same parameters and state_dict keys as ``nn.Conv3d``.
+
+    ``devices``: the device types it unfolds on (tests widen it to the CPU).
+    """
+
+    devices: tuple[str, ...] = ("cuda",)
+    onednn: bool = False  # set by unfold_small_convs: the CPU path of the class replaced
+
+    def _conv_forward(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if input.dim() == 5 and input.device.type in self.devices:
+            return unfolded_conv3d(input, weight, bias, self.stride, self.padding)
+        if self.onednn:
+            return OneDNNConv3d._conv_forward(self, input, weight, bias)
+        return super()._conv_forward(input, weight, bias)
+
+
+def unfold_small_convs(module: nn.Module) -> int:
+    """Give every ``nn.Conv3d`` / :class:`OneDNNConv3d` inside ``module`` with few input columns
+    (see :class:`UnfoldedConv3d`) that class in place; returns how many were swapped."""
+    swapped = 0
+    for child in module.modules():
+        if type(child) in (nn.Conv3d, OneDNNConv3d) and _unfoldable(child):
+            onednn = type(child) is OneDNNConv3d
+            child.__class__ = UnfoldedConv3d
+            child.onednn = onednn
+            swapped += 1
+    return swapped

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from ..classes import NUM_CLASSES
 from ..config import Config, ModelConfig
 from ..errors import ConfigError
-from .convs import onednn_conv3d
+from .convs import onednn_conv3d, unfold_small_convs
 from .fusion import FusionHead, FusionMode
 from .image_branch import ImageBranch
 from .norms import channels_last_instance_norms
@@ -118,6 +118,10 @@ class UXBFusionModel(nn.Module):
             for branch in (self.voxel_branch, self.fusion):
                 if branch is not None:
                     onednn_conv3d(branch)
+        if model.unfold_convs:  # on a GPU: the first layer as one matrix product
+            for branch in (self.voxel_branch, self.fusion):
+                if branch is not None:
+                    unfold_small_convs(branch)
         self.channels_last = model.channels_last
         if self.channels_last:  # weights in the same layout as the activations
             for branch in (self.voxel_branch, self.fusion):

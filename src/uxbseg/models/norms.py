@@ -15,6 +15,11 @@ training mode *is* an instance norm (biased variance, no running statistics), an
 native channels_last kernels that keep the layout. CPU, 2 cores, forward + backward, float32:
 C = 96 at 32x64x64 111.8 -> 47.3 ms, C = 48 at 16x32x32 1.7 -> 0.7 ms, but C = 12 at 32x64x64
 6.9 -> 11.5 ms (BENCHMARKS, tenth session).
+
+Under ``torch.compile`` neither kernel is traced: the norm is written as ``var_mean`` and one
+elementwise expression, which Inductor turns into a reduction and a pointwise kernel fused with
+the activation and residual around it, in the input's layout (a per-sample split and ``cat``,
+or a reshape to (1, B*C, ...), would only give it copies to make).
 """
 
 from __future__ import annotations
@@ -90,6 +95,21 @@ class _InstanceNormCL(torch.autograd.Function):
         return gx, grad_w, grad_b, None
 
 
+def _traced_instance_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """Instance norm as a reduction and elementwise ops (for ``torch.compile``): statistics in
+    float32 at least, the output in the input's dtype and layout."""
+    xf = x.to(_acc(x.dtype))
+    var, mean = torch.var_mean(xf, dim=(2, 3, 4), keepdim=True, correction=0)
+    y = (xf - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.view(1, -1, 1, 1, 1)
+    if bias is not None:
+        y = y + bias.view(1, -1, 1, 1, 1)
+    return y.to(x.dtype)
+
+
 def _per_sample_batch_norm(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
@@ -104,7 +124,8 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
 
     A channels_last input with at least ``native_min_channels`` channels, or on a GPU, is
     normalised by ``batch_norm`` one sample at a time; fewer channels on the CPU take the row-sum
-    kernel above. Same parameters and state_dict keys as ``nn.InstanceNorm3d``.
+    kernel above; under ``torch.compile``, ``var_mean`` and elementwise ops. Same parameters and
+    state_dict keys as ``nn.InstanceNorm3d``.
     """
 
     native_min_channels: int = 48  # CPU crossover measured on 2 cores (module docstring)
@@ -117,6 +138,8 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
             or not x.is_contiguous(memory_format=_CL)
         ):
             return super().forward(x)
+        if torch.compiler.is_compiling():
+            return _traced_instance_norm(x, self.weight, self.bias, self.eps)
         if x.is_cuda or x.shape[1] >= self.native_min_channels:
             return _per_sample_batch_norm(x, self.weight, self.bias, self.eps)
         return _InstanceNormCL.apply(x, self.weight, self.bias, self.eps)
