@@ -95,6 +95,10 @@ def test_only_convs_with_few_input_columns_and_elsewhere_the_old_kernel():
     assert out.is_contiguous()  # not unfolded on the CPU: the conv's own layout
     if torch.backends.mkldnn.is_available():
         assert calls == [1]  # net[0] on oneDNN (batch 1 on the CPU), net[4] on nn.Conv3d's path
+    x2 = torch.randn(2, 3, 4, 4, 4)  # a batch of two: PyTorch's own choice for both
+    for m in (net[0], net[4]):
+        ref = nn.functional.conv3d(x2, m.weight, m.bias, m.stride, m.padding)
+        torch.testing.assert_close(m(x2), ref, rtol=0, atol=0)
 
 
 def test_seed_model_unfolds_its_first_convs_and_the_tiny_model_keeps_its_outputs():

@@ -62,10 +62,10 @@ class SDPAWindowAttention(WindowAttention):
             attn_mask = attn_mask.expand(b // nw, nw * h, n, n)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=drop, scale=self.scale
-        )  # (b, h, n, d) or (b / nw, nw * h, n, d): the same memory order
-        return self.proj_drop(
-            self.proj(out.reshape(b, h, n, c // h).transpose(1, 2).reshape(b, n, c))
-        )
+        )  # (b, h, n, d) or (b / nw, nw * h, n, d)
+        # -> (b, n, h * d); a view where the kernel wrote (batch, token, head, d) memory
+        out = out.unflatten(1, (-1, h)).transpose(2, 3).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))
 
 
 def sdpa_window_attention(module: nn.Module) -> int:

@@ -163,7 +163,7 @@ def unfolded_conv3d(
     return out.view(n, d, h, w, o).permute(0, 4, 1, 2, 3)
 
 
-class UnfoldedConv3d(nn.Conv3d):
+class UnfoldedConv3d(OneDNNConv3d):
     """A conv with few input channels and columns (C_in <= 16, C_in * kernel volume <= 128)
     computed on a GPU as one matrix product over its unfolded input (:func:`unfolded_conv3d`);
     elsewhere the conv it replaced (``nn.Conv3d`` or :class:`OneDNNConv3d`, per ``onednn``).
@@ -181,8 +181,8 @@ class UnfoldedConv3d(nn.Conv3d):
         if input.dim() == 5 and input.device.type in self.devices:
             return unfolded_conv3d(input, weight, bias, self.stride, self.padding)
         if self.onednn:
-            return OneDNNConv3d._conv_forward(self, input, weight, bias)
-        return super()._conv_forward(input, weight, bias)
+            return super()._conv_forward(input, weight, bias)
+        return nn.Conv3d._conv_forward(self, input, weight, bias)
 
 
 def unfold_small_convs(module: nn.Module) -> int:
