@@ -1,12 +1,21 @@
 """Finds: objects of the points' classes, and how many real ones a prediction found."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
 
 from uxbseg.classes import IGNORE
-from uxbseg.finds import Find, find_objects, merge_finds, object_counts, write_finds
+from uxbseg.finds import (
+    Find,
+    find_objects,
+    merge_finds,
+    object_counts,
+    outline,
+    write_finds,
+    write_finds_geojson,
+)
 
 
 def _scene(seed=0):
@@ -101,3 +110,93 @@ def test_write_finds_names_the_files(tmp_path):
     with open(path) as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["files"] == "a.las;b.las" and row["kind"] == "plazuela"
+
+
+def _area(ring) -> float:
+    """Signed area of a closed (x, y) ring: positive anticlockwise."""
+    xy = np.asarray(ring[:-1])
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+
+def test_outline_of_cells_with_a_hole_and_parts_touching_at_a_corner():
+    # row 0 at the top; the hole (1, 1) touches the empty corner (0, 0) only diagonally
+    mask = np.array([[0, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
+    (poly,) = outline(mask, corner=(100.0, 200.0), cell=(0.5, 0.5))
+    exterior, hole = poly
+    assert _area(exterior) == 8 * 0.25 and _area(hole) == -0.25  # anticlockwise, hole clockwise
+    assert exterior[0] == exterior[-1] and len(exterior) == 7  # 6 corners: no point mid-side
+    assert set(exterior) == {
+        (100.0, 199.5), (100.0, 198.5), (101.5, 198.5), (101.5, 200.0), (100.5, 200.0),
+        (100.5, 199.5),
+    }  # fmt: skip
+    assert set(hole) == {(100.5, 199.5), (101.0, 199.5), (101.0, 199.0), (100.5, 199.0)}
+    # two cells touching only at a corner: a polygon each
+    parts = outline(np.array([[1, 0], [0, 1]], bool), (0.0, 0.0), (1.0, 1.0))
+    assert sorted(_area(p[0]) for p in parts) == [1.0, 1.0] and all(len(p) == 1 for p in parts)
+
+
+def test_outline_area_is_the_cells_area_on_random_masks():
+    """Exterior minus holes is the cells' area, every ring closed, exteriors anticlockwise and
+    holes clockwise (RFC 7946), whatever the mask (cells 2 m x 0.5 m)."""
+    rng = np.random.default_rng(0)
+    holes = 0
+    for _ in range(300):
+        mask = rng.random(tuple(rng.integers(1, 14, 2))) < rng.uniform(0.3, 0.8)
+        polygons = outline(mask, (10.0, 20.0), (2.0, 0.5))
+        total = sum(_area(p[0]) + sum(_area(h) for h in p[1:]) for p in polygons)
+        assert total == pytest.approx(mask.sum() * 1.0)
+        for p in polygons:
+            assert _area(p[0]) > 0 and all(_area(h) < 0 for h in p[1:])
+            assert all(ring[0] == ring[-1] for ring in p)
+            holes += len(p) - 1
+    assert holes > 50  # the masks had holes to get right
+
+
+def test_find_objects_outline_matches_its_area_and_box():
+    x, y, cls = _scene()
+    for f in find_objects(x, y, cls):  # one polygon a 4-connected part (8-connected finds)
+        assert sum(_area(r) for poly in f.outline for r in poly) == pytest.approx(f.area)
+        assert max(_area(poly[0]) for poly in f.outline) > 0.9 * f.area  # one main part
+        xs, ys = zip(*(v for poly in f.outline for v in poly[0]), strict=True)
+        assert (min(xs), min(ys), max(xs), max(ys)) == pytest.approx(
+            (f.xmin, f.ymin, f.xmax, f.ymax)
+        )
+
+
+def test_write_finds_geojson_outlines_crs_and_files(tmp_path):
+    x, y, cls = _scene()
+    finds = find_objects(x, y, cls)
+    boxed = Find("structure", 1.0, 2.0, 30.0, 12, 0.0, 0.0, 3.0, 4.0)  # no outline: its box
+    files = [["a.las"]] * len(finds) + [["a.las", "b.las"]]
+    path = write_finds_geojson(tmp_path / "finds.geojson", [*finds, boxed], files, epsg=2154)
+    doc = json.loads(path.read_text())
+    assert doc["type"] == "FeatureCollection"
+    assert doc["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::2154"
+    *traced, box = doc["features"]
+    for feature, f in zip(traced, finds, strict=True):
+        assert feature["geometry"]["type"] == "MultiPolygon"
+        rings = [[tuple(v) for v in r] for p in feature["geometry"]["coordinates"] for r in p]
+        assert sum(map(_area, rings)) == pytest.approx(f.area, abs=0.05)
+        assert feature["properties"]["kind"] == f.kind
+        assert feature["properties"]["area"] == round(f.area, 2)
+    assert box["geometry"]["coordinates"] == [[[[0, 0], [3, 0], [3, 4], [0, 4], [0, 0]]]]
+    assert box["properties"] == {
+        "kind": "structure", "x": 1.0, "y": 2.0, "area": 30.0, "points": 12,
+        "xmin": 0.0, "ymin": 0.0, "xmax": 3.0, "ymax": 4.0, "files": "a.las;b.las",
+    }  # fmt: skip
+    unnamed = json.loads(write_finds_geojson(tmp_path / "n.geojson", finds).read_text())
+    assert "crs" not in unnamed and "files" not in unnamed["features"][0]["properties"]
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_merged_find_keeps_the_outlines_of_its_parts():
+    west, east = (0.0, 0.0, 100.0, 100.0), (100.0, 0.0, 200.0, 100.0)
+    a = outline(np.ones((2, 9), bool), (95.0, 55.0), (0.5, 5.0))
+    b = outline(np.ones((2, 15), bool), (100.5, 55.0), (0.5, 5.0))
+    halves = [
+        Find("structure", 97.5, 50.0, 45.0, 40, 95.0, 45.0, 99.5, 55.0, a),
+        Find("structure", 104.0, 50.0, 75.0, 60, 100.5, 45.0, 108.0, 55.0, b),
+    ]
+    ((f, files),) = merge_finds([("w", west, halves[:1]), ("e", east, halves[1:])])
+    assert files == ["e", "w"] and f.outline == a + b

@@ -146,6 +146,7 @@ def test_predict_split_by_pair_id_without_masks(weights, tiny_dataset, tmp_path,
     out = root / "predict_out"
     assert sorted(p.name for p in out.iterdir()) == [
         "finds.csv",
+        "finds.geojson",
         "pred_0000.finds.csv",
         "pred_0000.las",
         "pred_0000.npy",
@@ -187,6 +188,7 @@ def test_bad_inputs_are_reported_and_others_written(weights, tiny_dataset, tmp_p
     assert f"FAILED {empty}" in text and "empty" in text
     assert sorted(p.name for p in out.iterdir()) == [
         "finds.csv",
+        "finds.geojson",
         f"pred_{good.stem}.finds.csv",
         f"pred_{good.stem}.las",
         f"pred_{good.stem}.npy",
@@ -386,7 +388,11 @@ def test_an_input_folder_stands_for_its_las_files(weights, tiny_dataset, tmp_pat
     )
     stems = sorted(p.stem for p in folder.glob("*.LAS"))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["finds.csv", *(f"pred_{s}.{ext}" for s in stems for ext in ("finds.csv", "las", "npy"))]
+        [
+            "finds.csv",
+            "finds.geojson",
+            *(f"pred_{s}.{ext}" for s in stems for ext in ("finds.csv", "las", "npy")),
+        ]
     )
     assert "2 of 2 files written" in capsys.readouterr().out
 

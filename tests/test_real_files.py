@@ -41,6 +41,29 @@ UNITS = {  # (horizontal, vertical) as the files' WKT or GeoTIFF keys give them
 }
 
 
+EPSG = {  # of the horizontal CRS, as the files' WKT or GeoTIFF keys name it
+    "1_4_w_evlr.las": 2903,  # NAD83(HARN) / New Mexico Central (ftUS), a VERTCS inside
+    "autzen_trim.laz": None,  # ESRI WKT without an authority, GeoTIFF keys "user-defined"
+    "simple.copc.laz": 2991,  # COMPD_CS: NAD83 / Oregon LCC (m) + NAVD88 height
+    "las_with_several_extra_byte_bloc.laz": 2154,  # WKT 2 (and GeoTIFF keys)
+    "test_data_77050_627755_LA93_IGN69.laz": 2154,  # Lambert-93
+    "simple.las": None,  # no CRS at all
+}
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(("name", "code"), EPSG.items())
+def test_crs_epsg_of_real_files(name, code):
+    import laspy
+
+    from uxbseg.io.las import crs_epsg
+
+    (path,) = [p for p in real_las_files() if p.name == name]
+    with laspy.open(path) as f:
+        assert crs_epsg(f.header) == code
+    assert crs_epsg(read_las(path)) == code
+
+
 @pytest.mark.real
 @pytest.mark.parametrize(("name", "units"), UNITS.items())
 def test_crs_units_of_real_files(name, units):

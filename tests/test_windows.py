@@ -370,6 +370,7 @@ def test_window_outputs_replace_the_other_kind_and_failures_leave_none(tiny_data
         assert res.npy is None and res.windows == (4 if window else 0)
         assert sorted(p.name for p in tmp_path.iterdir()) == [
             "finds.csv",
+            "finds.geojson",
             "pred_a.finds.csv",
             "pred_a.las",
         ]
@@ -381,6 +382,7 @@ def test_window_outputs_replace_the_other_kind_and_failures_leave_none(tiny_data
     assert res.error is not None and "200" in res.error
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "finds.csv",
+        "finds.geojson",
         "pred_a.finds.csv",
         "pred_a.las",
         "pred_a.npy",
@@ -444,6 +446,32 @@ def test_crs_units_come_from_the_projected_crs_itself():
     assert units_warning(las) is None
 
 
+def test_crs_epsg_is_the_horizontal_crs_own_code():
+    from uxbseg.io.las import _wkt_epsg, crs_epsg
+
+    geog = (
+        'GEOGCS["WGS 84",DATUM["D",SPHEROID["WGS 84",6378137,298.257,AUTHORITY["EPSG","7030"]],'
+        'AUTHORITY["EPSG","6326"]],UNIT["degree",0.01745],AUTHORITY["EPSG","4326"]]'
+    )
+    proj = f'PROJCS["p",{geog},PROJECTION["tm"],UNIT["metre",1,AUTHORITY["EPSG","9001"]],'
+    proj += 'AUTHORITY["EPSG","32620"]]'
+    vert = 'VERT_CS["v",VERT_DATUM["n",2005],UNIT["metre",1],AUTHORITY["EPSG","5703"]]'
+    assert _wkt_epsg(proj) == 32620  # not the datum's, the unit's or the base CRS's
+    assert _wkt_epsg(geog) == 4326
+    assert _wkt_epsg(f'COMPD_CS["c",{proj},{vert},AUTHORITY["EPSG","9999"]]') == 32620
+    assert _wkt_epsg(WKT2_M[:-1] + ',ID["EPSG",2154]]') == 2154  # WKT 2's ID
+    assert _wkt_epsg(WKT2_M) is None and _wkt_epsg(WKT_FT) is None  # no authority given
+    header = laspy.LasHeader(point_format=3, version="1.4")
+    keys = laspy.vlrs.known.GeoKeyDirectoryVlr()
+    keys.geo_keys_header.number_of_keys = 1
+    entry = laspy.vlrs.geotiff.GeoKeyEntryStruct(3072, 0, 1, 32767)  # user-defined
+    keys.geo_keys = [entry]
+    header.vlrs.append(keys)
+    assert crs_epsg(header) is None
+    keys.geo_keys = [laspy.vlrs.geotiff.GeoKeyEntryStruct(3072, 0, 1, 2154)]
+    assert crs_epsg(header) == 2154
+
+
 def test_a_file_in_feet_is_predicted_with_a_warning_and_noted_by_inspect(
     trained_run, tiny_dataset, tmp_path, caplog, capsys
 ):
@@ -468,6 +496,34 @@ def test_a_file_in_feet_is_predicted_with_a_warning_and_noted_by_inspect(
     out = capsys.readouterr().out
     assert "note pair_0000: its CRS's horizontal unit is the foot" in out
     assert "pair_0001: its CRS" not in out
+
+
+def test_finds_geojson_names_the_files_crs_unless_they_differ(
+    trained_run, tiny_dataset, tmp_path, caplog
+):
+    import logging
+
+    wkt = WKT2_M[:-1] + ',ID["EPSG",2154]]'
+    paths = []
+    for name in ("pair_0000", "pair_0001"):
+        las = laspy.read(next((tiny_dataset / "predict" / name).glob("*.las")))
+        las.header.vlrs.append(laspy.vlrs.known.WktCoordinateSystemVlr(wkt))
+        paths.append(tmp_path / f"{name}.las")
+        las.write(paths[-1])
+    model, cfg = load_model(trained_run[0].best_weights)
+    jobs = [PredictJob(p, None, p.stem) for p in paths]
+    predict_files(model, cfg, jobs, tmp_path / "same", progress=False, grids=False)
+    doc = json.loads((tmp_path / "same" / "finds.geojson").read_text())
+    assert doc["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::2154"
+    rows = (tmp_path / "same" / "finds.csv").read_text().splitlines()
+    assert len(doc["features"]) == len(rows) - 1  # the CSV's finds
+    las = laspy.read(paths[1])
+    las.header.vlrs[-1] = laspy.vlrs.known.WktCoordinateSystemVlr(wkt.replace("2154", "32620"))
+    las.write(paths[1])
+    with caplog.at_level(logging.WARNING, logger="uxbseg.predict"):
+        predict_files(model, cfg, jobs, tmp_path / "mixed", progress=False, grids=False)
+    assert "several CRSs (EPSG 2154, 32620)" in caplog.text
+    assert "crs" not in json.loads((tmp_path / "mixed" / "finds.geojson").read_text())
 
 
 def test_prefetching_keeps_order_raises_and_stops_its_thread():

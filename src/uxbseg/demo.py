@@ -86,7 +86,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"predictions: {len(ok)} classified LAS + voxel grids + finds in "
         f"{args.out / 'predict_out'} ({found['plazuela']} plazuelas, {found['structure']} "
-        "structures found: finds.csv)"
+        "structures found: finds.csv, outlined in finds.geojson)"
     )
     print(f"pictures:    {ev['report']} (the test tiles: truth, prediction, errors)")
     print(f"total time:  {res['seconds'] / 60:.1f} min")

@@ -5,16 +5,18 @@ An archaeologist counts mounds and platforms, not points. The points' classes ar
 raster (:func:`~uxbseg.report.class_raster`: each cell the most frequent class of its points,
 small gaps filled), cells of one class that touch (8-connected) form an object, and objects
 smaller than :data:`FIND_MIN_AREA` are dropped as specks. ``predict`` lists each file's finds in
-``pred_<id>.finds.csv``; ``evaluate`` counts the true objects found and the predicted objects
+``pred_<id>.finds.csv``, and those of the whole run in ``finds.csv`` and ``finds.geojson`` (each
+find's outline, for a GIS); ``evaluate`` counts the true objects found and the predicted objects
 that are real (:func:`object_counts`).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,9 @@ __all__ = [
     "find_objects",
     "merge_finds",
     "object_counts",
+    "outline",
     "write_finds",
+    "write_finds_geojson",
 ]
 
 FIND_MIN_AREA = {"plazuela": 25.0, "structure": 4.0}
@@ -51,10 +55,17 @@ _MIN_CELL = 0.5  # CRS units: no finer, however dense the points
 _CHUNK = 1 << 21  # points read at a time
 
 
+Polygon = tuple[tuple[tuple[float, float], ...], ...]
+"""Rings of (x, y) vertices, each closed (its first vertex repeated last): the exterior
+anticlockwise, then its holes clockwise (GeoJSON's order, RFC 7946)."""
+
+
 @dataclass(frozen=True)
 class Find:
     """One object: its class, the centre of its cells, its area, the points of its class in
-    it, and its bounding box (CRS units)."""
+    it, and its bounding box (CRS units); ``outline``: the outline of its cells, one polygon a
+    part (the parts of an object that touch only at a corner, or that a seam cut), empty when
+    not traced."""
 
     kind: str
     x: float
@@ -65,6 +76,10 @@ class Find:
     ymin: float
     xmax: float
     ymax: float
+    outline: tuple[Polygon, ...] = field(default=(), repr=False, compare=False)
+
+
+_COLUMNS = [f.name for f in fields(Find) if f.name != "outline"]  # of finds.csv
 
 
 @dataclass(frozen=True)
@@ -131,6 +146,8 @@ def find_objects(x, y, classes: np.ndarray, cell: float | None = None) -> list[F
             pts += np.bincount(labels[row, col], minlength=n + 1)
         pts = pts[1:]
         for k in range(n):
+            box = labels[lo_r[k] : hi_r[k] + 1, lo_c[k] : hi_c[k] + 1] == k + 1
+            corner = (x0 + lo_c[k] * cx, y1 - lo_r[k] * cy)
             finds.append(
                 Find(
                     c.name,
@@ -142,6 +159,7 @@ def find_objects(x, y, classes: np.ndarray, cell: float | None = None) -> list[F
                     float(y1 - (hi_r[k] + 1) * cy),
                     float(x0 + (hi_c[k] + 1) * cx),
                     float(y1 - lo_r[k] * cy),
+                    outline(box, corner, (cx, cy)),
                 )
             )
     return finds
@@ -234,22 +252,177 @@ def merge_finds(
             min(f.ymin for f in fs),
             max(f.xmax for f in fs),
             max(f.ymax for f in fs),
+            tuple(p for f in fs for p in f.outline),
         )
         out.append((merged, sorted({rows[k][0] for k in ks})))
     return out
 
 
 def write_finds(path: str | Path, finds: list[Find], files: list[list[str]] | None = None) -> Path:
-    """``finds`` as CSV (one row each, a header row of :class:`Find`'s fields, and with
-    ``files`` a last column naming the files each lies in, ``;`` between them), written under a
-    temporary name and renamed."""
+    """``finds`` as CSV (one row each, a header row of :class:`Find`'s fields but the outline,
+    and with ``files`` a last column naming the files each lies in, ``;`` between them), written
+    under a temporary name and renamed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow([fl.name for fl in fields(Find)] + (["files"] if files is not None else []))
+        out.writerow(_COLUMNS + (["files"] if files is not None else []))
         for i, find in enumerate(finds):
-            row = [v if isinstance(v, (str, int)) else f"{v:.2f}" for v in astuple(find)]
+            values = [getattr(find, name) for name in _COLUMNS]
+            row = [v if isinstance(v, (str, int)) else f"{v:.2f}" for v in values]
             out.writerow(row + ([";".join(files[i])] if files is not None else []))
     os.replace(tmp, path)
     return path
+
+
+def write_finds_geojson(
+    path: str | Path,
+    finds: list[Find],
+    files: list[list[str]] | None = None,
+    epsg: int | None = None,
+) -> Path:
+    """``finds`` as a GeoJSON FeatureCollection for a GIS: each a MultiPolygon of its outline
+    (its box where it has none), with the CSV's columns as properties; coordinates in the
+    files' CRS, named by ``epsg`` (the ``crs`` member QGIS and GDAL read; RFC 7946 itself knows
+    only longitude and latitude), to the centimetre. Written under a temporary name and
+    renamed."""
+    path = Path(path)
+    features = []
+    for i, find in enumerate(finds):
+        polygons = find.outline or (
+            (
+                (
+                    (find.xmin, find.ymin),
+                    (find.xmax, find.ymin),
+                    (find.xmax, find.ymax),
+                    (find.xmin, find.ymax),
+                    (find.xmin, find.ymin),
+                ),
+            ),
+        )
+        coords = [[[[round(x, 2), round(y, 2)] for x, y in ring] for ring in p] for p in polygons]
+        props = {
+            name: round(v, 2) if isinstance(v, float) else v
+            for name in _COLUMNS
+            for v in [getattr(find, name)]
+        }
+        if files is not None:
+            props["files"] = ";".join(files[i])
+        geometry = {"type": "MultiPolygon", "coordinates": coords}
+        features.append({"type": "Feature", "properties": props, "geometry": geometry})
+    doc: dict = {"type": "FeatureCollection", "name": path.stem}
+    if epsg is not None:
+        doc["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
+    doc["features"] = features
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+_RIGHT = {(0, 1): (1, 0), (1, 0): (0, -1), (0, -1): (-1, 0), (-1, 0): (0, 1)}
+"""A (row, col) heading turned right (rows growing downwards)."""
+_SIDES = (  # (neighbour, start corner, end corner) of a cell's side, clockwise from the top
+    ((-1, 0), (0, 0), (0, 1)),
+    ((0, 1), (0, 1), (1, 1)),
+    ((1, 0), (1, 1), (1, 0)),
+    ((0, -1), (1, 0), (0, 0)),
+)
+
+
+def _cycles(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """The boundary of the cells of ``mask`` (H, W) as cycles of cell-corner (row, col)
+    vertices. Each side between a cell and a non-cell runs with the cell on its right
+    (clockwise round an object, rows growing downwards); at a corner where two cells touch only
+    diagonally a cycle turns right, so that each 4-connected part gets an outline of its own."""
+    m = np.pad(mask.astype(bool), 1)
+    h, w = mask.shape
+    sides: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    for (dr, dc), (sr, sc), (er, ec) in _SIDES:
+        r, c = np.nonzero(m[1:-1, 1:-1] & ~m[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w])
+        starts = zip((r + sr).tolist(), (c + sc).tolist())
+        sides += zip(starts, zip((r + er).tolist(), (c + ec).tolist()))
+    leaving: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for a, b in sides:
+        leaving.setdefault(a, []).append(b)
+    todo, cycles = set(sides), []
+    while todo:
+        first = todo.pop()
+        cycle, (a, b) = [first[0]], first
+        while True:
+            ends = leaving[b]
+            nxt = ends[0]
+            if len(ends) > 1:  # two cells meet at this corner only: turn right
+                turn = _RIGHT[(b[0] - a[0], b[1] - a[1])]
+                nxt = next(e for e in ends if (e[0] - b[0], e[1] - b[1]) == turn)
+            if (b, nxt) == first:
+                break
+            todo.discard((b, nxt))
+            cycle.append(b)
+            a, b = b, nxt
+        cycles.append(cycle)
+    return cycles
+
+
+def _simple_rings(cycle: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """A cycle cut at each vertex it passes twice into simple rings (a cycle round a hole that
+    touches the outside at a corner becomes the outside's ring and the hole's)."""
+    rings, stack, seen = [], [], {}
+    for v in cycle:
+        if v in seen:
+            at = seen[v]
+            rings.append(stack[at:])
+            for u in stack[at + 1 :]:
+                del seen[u]
+            del stack[at + 1 :]
+        else:
+            seen[v] = len(stack)
+            stack.append(v)
+    rings.append(stack)
+    return rings
+
+
+def _turns(ring: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The vertices of a closed ring where its direction changes."""
+    out = []
+    for i, (r, c) in enumerate(ring):
+        (pr, pc), (nr, nc) = ring[i - 1], ring[(i + 1) % len(ring)]
+        if (r - pr, c - pc) != (nr - r, nc - c):
+            out.append((r, c))
+    return out
+
+
+def _area(ring: list[tuple[int, int]]) -> float:
+    """Signed area in cells (shoelace over (col, row)): positive for a ring with the cells on
+    its right (an outside outline of :func:`_cycles`), negative round a hole."""
+    rc = np.asarray(ring, dtype=np.float64)
+    r, c = rc[:, 0], rc[:, 1]
+    return 0.5 * float(np.sum(c * np.roll(r, -1) - np.roll(c, -1) * r))
+
+
+def outline(
+    mask: np.ndarray, corner: tuple[float, float], cell: tuple[float, float]
+) -> tuple[Polygon, ...]:
+    """The outline of the cells of ``mask`` (H, W; row 0 at the top) on a map whose cell
+    (0, 0)'s top-left corner is at ``corner`` (x, y) and whose cells are ``cell`` (x, y) in
+    size: one polygon for each 4-connected part, its exterior and then its holes; vertices
+    only where the outline turns."""
+    x0, y0 = corner
+    cx, cy = cell
+    parts, _ = ndimage.label(mask)  # 4-connected
+    polygons = []
+    for k, (rows, cols) in enumerate(ndimage.find_objects(parts), start=1):
+        rings = [
+            _turns(ring)
+            for cycle in _cycles(parts[rows, cols] == k)
+            for ring in _simple_rings(cycle)
+        ]
+        rings.sort(key=_area, reverse=True)  # a part's one outside outline, then its holes
+
+        def xy(ring, r0=rows.start, c0=cols.start) -> tuple[tuple[float, float], ...]:
+            # reversed: the cells on the left, anticlockwise round the part on the map
+            pts = [(x0 + (c0 + c) * cx, y0 - (r0 + r) * cy) for r, c in reversed(ring)]
+            return tuple(pts + pts[:1])
+
+        polygons.append(tuple(xy(ring) for ring in rings))
+    return tuple(polygons)

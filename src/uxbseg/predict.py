@@ -19,9 +19,16 @@ from .data.voxelize import GridSpec, raw_xy_limits, voxelize
 from .decision import decide
 from .domain import DomainCheck
 from .errors import BadDataError, UXBError
-from .finds import Find, find_objects, merge_finds, write_finds
+from .finds import Find, find_objects, merge_finds, write_finds, write_finds_geojson
 from .inference import infer_tile, render_tpi_image
-from .io.las import POINT_FIELDS, PointArrays, is_compressed, read_las, write_classified
+from .io.las import (
+    POINT_FIELDS,
+    PointArrays,
+    crs_epsg,
+    is_compressed,
+    read_las,
+    write_classified,
+)
 from .io.raster import TPI_RADIUS_M, load_image
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
@@ -68,6 +75,7 @@ class PredictResult:
     survey: int = 0  # files of the survey whose windows it was predicted in (0: on its own)
     found: list[Find] | None = None  # plazuelas and structures found (pred_<id>.finds.csv)
     bounds: tuple[float, float, float, float] | None = None  # the points' XY box (CRS units)
+    epsg: int | None = None  # EPSG code of the file's horizontal CRS, where it names one
 
     @property
     def finds(self) -> dict[str, int] | None:
@@ -86,6 +94,8 @@ def output_paths(job: PredictJob, out_dir: Path) -> tuple[Path, Path]:
 
 SURVEY_FINDS = "finds.csv"
 """The finds of every file a predict run wrote, in one list (``files`` names where each is)."""
+SURVEY_OUTLINES = "finds.geojson"
+"""The same finds with their outlines, for a GIS."""
 
 
 def finds_path(job: PredictJob, out_dir: Path) -> Path:
@@ -254,6 +264,7 @@ def predict_one(
         survey=0 if context is None else len(survey.files),
         found=finds,
         bounds=crs_bounds(las, limits),
+        epsg=crs_epsg(las),
     )
 
 
@@ -403,5 +414,29 @@ def predict_files(
     done = [r for r in results if r.error is None]
     if done:  # every file's finds in one list, those cut by a seam between two files joined
         merged = merge_finds([(r.las.name, r.bounds, r.found) for r in done])
-        write_finds(Path(out_dir) / SURVEY_FINDS, [m for m, _ in merged], [f for _, f in merged])
+        finds, files = [m for m, _ in merged], [f for _, f in merged]
+        write_finds(Path(out_dir) / SURVEY_FINDS, finds, files)
+        write_finds_geojson(Path(out_dir) / SURVEY_OUTLINES, finds, files, _one_epsg(done))
     return results
+
+
+def _one_epsg(results: list[PredictResult]) -> int | None:
+    """The EPSG code of the files' CRS for ``finds.geojson``: None (with a note of what to do)
+    where a file names none or the files name several (a warning: their finds do not belong in
+    one layer)."""
+    codes = {r.epsg for r in results}
+    if len(codes) == 1 and None not in codes:
+        return codes.pop()
+    level, why = logging.INFO, "the files name no EPSG code for their CRS"
+    if None in codes and len(codes) > 1:
+        why = "some files name no EPSG code for their CRS"
+    elif None not in codes:
+        level = logging.WARNING
+        why = f"the files are in several CRSs (EPSG {', '.join(map(str, sorted(codes)))})"
+    log.log(
+        level,
+        "%s: %s, so it names none: set the layer's CRS in your GIS to the files' own",
+        SURVEY_OUTLINES,
+        why,
+    )
+    return None

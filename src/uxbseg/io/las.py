@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "POINT_FIELDS",
     "PointArrays",
+    "crs_epsg",
     "crs_units",
     "is_compressed",
     "max_classification",
@@ -283,6 +284,48 @@ def crs_units(las: laspy.LasData) -> tuple[tuple[str, float] | None, tuple[str, 
             h = DEGREES if keys.get(1024) == 2 else _EPSG_UNITS.get(keys.get(3076))
             return h, _EPSG_UNITS.get(keys.get(4099))
     return None, None
+
+
+_HORIZONTAL = _PROJECTED | {"GEOGCS", "GEOGCRS", "GEOGRAPHICCRS", "BASEGEOGCRS"}
+_EPSG_ARGS = re.compile(r'\s*"EPSG"\s*,\s*"?(\d+)"?', re.IGNORECASE)
+
+
+def _wkt_epsg(wkt: str) -> int | None:
+    """EPSG code of a WKT 1 or 2 CRS's horizontal part: the AUTHORITY (or ID) of its projected
+    CRS, else of its geographic CRS; never of a datum, unit, axis or vertical CRS."""
+    stack: list[str] = []
+    for m in _WKT_TOKEN.finditer(wkt):
+        if m.group(0) == "]":
+            if stack:
+                stack.pop()
+            continue
+        word = m.group(1).upper()
+        if word in ("AUTHORITY", "ID") and stack and stack[-1] in _HORIZONTAL:
+            outer = [w for w in stack[:-1] if w in _HORIZONTAL]
+            args = _EPSG_ARGS.match(wkt, m.end())
+            if args and not outer:  # the outermost horizontal CRS (not a projection's base)
+                return int(args.group(1))
+        stack.append(word)
+    return None
+
+
+def crs_epsg(las) -> int | None:
+    """EPSG code of a file's horizontal CRS (projected, else geographic), or None when it gives
+    none: from its WKT (VLR or EVLR), else its GeoTIFF keys. ``las``: a file or its header."""
+    header = getattr(las, "header", las)
+    records = [*header.vlrs, *(getattr(las, "evlrs", None) or header.evlrs or [])]
+    for rec in records:
+        if rec.user_id == "LASF_Projection" and hasattr(rec, "string"):
+            code = _wkt_epsg(rec.string)
+            if code is not None:
+                return code
+    for rec in records:
+        if rec.user_id == "LASF_Projection" and hasattr(rec, "geo_keys"):
+            keys = {k.id: k.value_offset for k in rec.geo_keys if k.tiff_tag_location == 0}
+            for key in (3072, 2048):  # ProjectedCSTypeGeoKey, GeographicTypeGeoKey
+                if keys.get(key) not in (None, 0, 32767):  # 32767: user-defined
+                    return int(keys[key])
+    return None
 
 
 def units_warning(las: laspy.LasData) -> str | None:
