@@ -13,7 +13,7 @@ The mask is never made per window of the batch. Unshifted blocks broadcast the (
 over the windows (a stride-0 view). Shifted blocks give SDPA the windows of a sample as heads:
 (batch, windows x heads, n, d), with a (1, windows x heads, n, n) mask broadcast over the batch,
 so the mask is the same size whatever the batch (at the seed's grid and batch 4 a per-window mask
-would be 3 GiB a block). The mask's rows are stored padded to a multiple of 16 elements: the
+would be 3 GB a block). The mask's rows are stored padded to a multiple of 16 elements: the
 memory-efficient kernel needs aligned rows, and SDPA would otherwise pad a copy at every call.
 """
 
