@@ -250,6 +250,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch=args.batch,
         grids=not args.no_grids,
         survey=not args.no_survey,
+        report=args.report,
     )
     failed = [r for r in results if r.error]
     for r in results:
@@ -271,6 +272,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 + f"){grids}; finds: {finds}"
             )
     print(f"{len(results) - len(failed)} of {len(results)} files written to {out}")
+    if args.report is not None:
+        print(f"pictures: {args.report / 'report.html'}")
     return 1 if failed else 0
 
 
@@ -422,6 +425,13 @@ def add_prediction_commands(sub) -> None:
         action="store_true",
         help="write the classified LAS/LAZ (and finds) without the voxel grids (pred_<id>.npy, or "
         "pred_<id>.windows/: 2 MB a window at the seed's grid)",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="also write a picture of each classified file (its TPI, its classes, its finds "
+        "outlined) and DIR/report.html listing them, the most finds first",
     )
     p.add_argument(
         "--no-survey",

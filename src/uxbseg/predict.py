@@ -30,6 +30,7 @@ from .io.las import (
     write_classified,
 )
 from .io.raster import TPI_RADIUS_M, load_image
+from .predict_report import PredictReport
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
 from .survey import PointStore, Survey, SurveyContext, find_surveys
@@ -183,6 +184,7 @@ def predict_one(
     overlap: float = WINDOW_OVERLAP,
     domain: DomainCheck | None = None,
     survey: Survey | None = None,
+    report: PredictReport | None = None,
 ) -> PredictResult:
     """Predict one point cloud; raises :class:`UXBError` for bad inputs (nothing written).
 
@@ -192,7 +194,7 @@ def predict_one(
     tile. A file of a ``survey`` (:mod:`uxbseg.survey`) larger than that is predicted in the
     survey's windows, which read its neighbours' points too. ``grids=False`` writes the LAS/LAZ
     alone. ``domain`` logs how unlike the training tiles the file is (default: a
-    :class:`~uxbseg.domain.DomainCheck` of its own).
+    :class:`~uxbseg.domain.DomainCheck` of its own). ``report`` pictures the classified file.
     """
     las = read_las(job.las)
     n = len(las.points)
@@ -251,6 +253,8 @@ def predict_one(
             stale.unlink()
         elif stale.is_dir() and (stale / "windows.json").is_file():
             shutil.rmtree(stale)
+    if report is not None:  # everything else is written
+        report.add(las_out.name, las.x, las.y, las.z, point_class, finds, job.image)
     counts = np.bincount(point_class, minlength=len(CLASSES))
     return PredictResult(
         job,
@@ -348,6 +352,7 @@ def predict_files(
     grids: bool = True,
     overlap: float = WINDOW_OVERLAP,
     survey: bool = True,
+    report: str | Path | None = None,
 ) -> list[PredictResult]:
     """Predict every job; a bad input is reported and skipped while the others go on. Jobs that
     conflict (:func:`check_jobs`) are refused before any work. ``window``: see
@@ -356,10 +361,12 @@ def predict_files(
     training batch, ``data.batch_size``, which fits). ``grids=False`` writes the classified
     LAS/LAZ alone, without voxel grids. ``survey``: files that lie side by side are predicted
     as one survey (:mod:`uxbseg.survey`), each reading its neighbours' points near its edges;
-    False predicts each on its own."""
+    False predicts each on its own. ``report``: a folder for a picture of each classified file
+    and ``report.html`` (:mod:`uxbseg.predict_report`)."""
     from tqdm.auto import tqdm
 
     check_jobs(jobs, out_dir)
+    pictures = PredictReport(report) if report is not None else None
     side = resolve_window(window, cfg)
     batch = window_batch(batch, overlap, cfg)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -400,6 +407,7 @@ def predict_files(
                         overlap,
                         domain,
                         surveys.get(job.las),
+                        pictures,
                     )
                 )
             except UXBError as exc:
@@ -417,6 +425,13 @@ def predict_files(
         finds, files = [m for m, _ in merged], [f for _, f in merged]
         write_finds(Path(out_dir) / SURVEY_FINDS, finds, files)
         write_finds_geojson(Path(out_dir) / SURVEY_OUTLINES, finds, files, _one_epsg(done))
+    if pictures is not None:
+        kinds = {c.name: sum(r.finds[c.name] for r in done) for c in CLASSES[1:]}
+        pictures.close(
+            f"{len(done)} of {len(jobs)} files classified into {out_dir}; finds: "
+            + ", ".join(f"{v} {k}" for k, v in kinds.items())
+            + " (each file's own count: a find cut by a seam between two files counts in each)"
+        )
     return results
 
 

@@ -24,7 +24,14 @@ from .io.raster import open_image
 from .metrics import metrics_from_confusion
 from .run_dirs import require_folder
 
-__all__ = ["ERROR_COLOURS", "TileReport", "cell_of", "class_raster"]
+__all__ = [
+    "ERROR_COLOURS",
+    "TileReport",
+    "cell_of",
+    "class_colours",
+    "class_raster",
+    "compose",
+]
 
 # apart from the classes' own colours (ground brown, plazuela blue, structure red)
 ERROR_COLOURS = {
@@ -81,7 +88,8 @@ def cell_of(
     return row, col
 
 
-def _colour(classes: np.ndarray) -> np.ndarray:
+def class_colours(classes: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) of a :func:`class_raster` raster: each class its colour, -1 white."""
     lut = np.array([c.colour for c in CLASSES] + [_NO_DATA], dtype=np.uint8)
     return lut[classes]  # -1 picks the last entry: no data
 
@@ -143,9 +151,9 @@ class TileReport:
         p = class_raster(x, y, pred, bounds, hw)
         tpi = open_image(image, "RGB").resize(hw[::-1], Image.Resampling.BILINEAR)
         grey = (np.asarray(tpi.convert("L"), dtype=np.float32) * 0.5 + 100).astype(np.uint8)
-        panels = [np.asarray(tpi), _colour(t), _colour(p), _errors(t, p, grey)]
+        panels = [np.asarray(tpi), class_colours(t), class_colours(p), _errors(t, p, grey)]
         titles = ["TPI image", "truth (LAS classes)", "prediction", "errors"]
-        picture = _compose(panels, titles, pair_id)
+        picture = compose(panels, titles, pair_id)
         name = f"{pair_id}.png"
         tmp = self.folder / f".{name}.partial"
         picture.save(tmp, format="PNG")
@@ -197,7 +205,8 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}" if np.isfinite(v) else "-"
 
 
-def _compose(panels: list[np.ndarray], titles: list[str], heading: str) -> Image.Image:
+def compose(panels: list[np.ndarray], titles: list[str], heading: str) -> Image.Image:
+    """Panels of one size side by side, each under its title, under a heading."""
     gap, top, caption = 8, 22, 18
     h, w = panels[0].shape[:2]
     out = Image.new("RGB", (len(panels) * (w + gap) + gap, top + caption + h + gap), "white")

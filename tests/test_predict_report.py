@@ -1,0 +1,58 @@
+"""predict --report: a picture of each classified file, its finds outlined, and report.html."""
+
+import re
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from uxbseg.classes import CLASSES
+from uxbseg.cli import main
+from uxbseg.finds import find_objects
+from uxbseg.io.raster import colourise_tpi
+from uxbseg.predict_report import PredictReport
+
+from .test_finds import _scene
+
+
+def _colour(name: str) -> tuple[int, int, int]:
+    return next(tuple(c.colour) for c in CLASSES if c.name == name)
+
+
+def test_report_pictures_files_and_lists_the_most_finds_first(tmp_path):
+    x, y, cls = _scene()  # 60 x 40 m: a structure, a plazuela, a speck
+    z = 0.02 * x + np.where(cls > 0, 1.5, 0.0)
+    finds = find_objects(x, y, cls)
+    image = tmp_path / "tpi.png"
+    Image.fromarray(colourise_tpi(np.tile(np.linspace(-4, 4, 60), (40, 1)), size=None)).save(image)
+    report = PredictReport(tmp_path / "rep", panel=300)
+    a = report.add("a.las", x, y, z, cls, finds)  # TPI rendered from the points
+    b = report.add("b.las", x, y, z, np.zeros_like(cls), [], image)  # the given image
+    page = report.close("2 files").read_text()
+    pic = np.asarray(Image.open(a).convert("RGB"))
+    assert Image.open(b).size == Image.open(a).size
+    assert pic.shape[1] > 3 * 300  # three panels of 300 x 200 side by side
+    third = pic[:, 2 * pic.shape[1] // 3 :]
+    for kind in ("plazuela", "structure"):  # each find outlined in its class's colour
+        assert (third == _colour(kind)).all(axis=2).sum() > 50, kind
+    middle = pic[:, pic.shape[1] // 3 : 2 * pic.shape[1] // 3]
+    plazuela = (middle == _colour("plazuela")).all(axis=2).sum()
+    assert 0.5 * 20 * 20 / (60 * 40) < plazuela / (300 * 200) < 2 * 20 * 20 / (60 * 40)
+    assert re.findall(r'<img src="([^"]+)"', page) == ["a.las.png", "b.las.png"]
+    assert "a.las: 1 plazuela, 1 structure found" in page and "2 files" in page
+    assert not list((tmp_path / "rep").glob(".*partial"))
+
+
+def test_predict_report_option(trained_run, tiny_dataset, tmp_path, capsys):
+    weights = trained_run[0].best_weights
+    root = tmp_path / "d"
+    shutil.copytree(tiny_dataset / "predict", root / "predict")
+    args = ["predict", "--weights", str(weights), "--data", str(root), "--no-grids"]
+    assert main([*args, "--report", str(tmp_path / "rep")]) == 0
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [
+        "pred_0000.las.png",
+        "pred_0001.las.png",
+        "report.html",
+    ]
+    assert f"pictures: {tmp_path / 'rep' / 'report.html'}" in capsys.readouterr().out
+    assert "report" not in {p.name for p in (root / "predict_out").iterdir()}
