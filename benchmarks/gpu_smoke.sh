@@ -13,7 +13,8 @@
 # 4. evaluate --window 50 --report on the GPU: the test tiles scored in windows as predict
 #    classifies them, with a picture of each.
 # 5. a predict tile cut into 2 x 2 files and predicted as a survey in 50 m windows on the GPU
-#    (neighbours' points, windows shared across files, the store), with each file's finds.
+#    (neighbours' points, windows shared across files, the store), with each file's finds, the
+#    run's finds.geojson and a picture of each file (--report).
 # Runs on a CPU-only machine too (both predictions on the CPU: agreement 1, difference 0).
 # Usage on the device: bash benchmarks/gpu_smoke.sh   (uxbseg importable, as for gpu_check.sh).
 # Writes everything to $OUT/smoke.log; exit status 1 if a step failed.
@@ -46,8 +47,9 @@ run() {
 from benchmarks.bench_survey import _cut; \
 _cut(sorted(Path('$WORK/data/predict').glob('*/*.las'))[0], 2, Path('$WORK/pieces'))"
   run python3 -m uxbseg predict --weights "$WEIGHTS" --input "$WORK/pieces" --window 50 \
-    --batch 4 --out "$WORK/pred_survey"
-  ls "$WORK/pred_survey"
+    --batch 4 --out "$WORK/pred_survey" --report "$WORK/pred_survey/report"
+  ls "$WORK/pred_survey" "$WORK/pred_survey/report"
+  head -c 300 "$WORK/pred_survey/finds.geojson"; echo
   run python3 - "$WORK" <<'EOF'
 import sys
 from pathlib import Path

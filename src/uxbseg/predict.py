@@ -197,6 +197,7 @@ def predict_one(
     :class:`~uxbseg.domain.DomainCheck` of its own). ``report`` pictures the classified file.
     """
     las = read_las(job.las)
+    epsg = crs_epsg(las)  # before the write: laspy rebuilds the VLRs as it adds extra bytes
     n = len(las.points)
     if n == 0:
         raise BadDataError(f"{job.las}: the point cloud is empty; nothing to classify")
@@ -268,7 +269,7 @@ def predict_one(
         survey=0 if context is None else len(survey.files),
         found=finds,
         bounds=crs_bounds(las, limits),
-        epsg=crs_epsg(las),
+        epsg=epsg,
     )
 
 
