@@ -244,26 +244,33 @@ def _metres_per(name: str, factor: float) -> float:
     return factor
 
 
-def _wkt_units(wkt: str) -> tuple[tuple[str, float] | None, tuple[str, float] | None]:
-    """(horizontal, vertical) length units of a WKT 1 or 2 CRS: the UNIT of the projected CRS
-    itself (or of one of its axes), not of its datum, base CRS or conversion parameters."""
+def _wkt_walk(wkt: str):
+    """Each keyword of a WKT string with the keywords it lies inside (outermost first; a list
+    that changes as the walk goes on) and the position its arguments start at."""
     stack: list[str] = []
-    found: dict[str, tuple[str, float]] = {}
     for m in _WKT_TOKEN.finditer(wkt):
         if m.group(0) == "]":
             if stack:
                 stack.pop()
             continue
         word = m.group(1).upper()
+        yield word, stack, m.end()
+        stack.append(word)
+
+
+def _wkt_units(wkt: str) -> tuple[tuple[str, float] | None, tuple[str, float] | None]:
+    """(horizontal, vertical) length units of a WKT 1 or 2 CRS: the UNIT of the projected CRS
+    itself (or of one of its axes), not of its datum, base CRS or conversion parameters."""
+    found: dict[str, tuple[str, float]] = {}
+    for word, stack, end in _wkt_walk(wkt):
         if word in _UNIT and stack:
             for kind, owners in (("h", _PROJECTED), ("v", _VERTICAL)):
                 at = max((i for i, w in enumerate(stack) if w in owners), default=None)
                 if at is not None and all(w == "AXIS" for w in stack[at + 1 :]):
-                    args = _UNIT_ARGS.match(wkt, m.end())
+                    args = _UNIT_ARGS.match(wkt, end)
                     if args and kind not in found:
                         name = args.group(1)
                         found[kind] = (name, _metres_per(name, float(args.group(2))))
-        stack.append(word)
     if "h" not in found and _GEOGRAPHIC.match(wkt):
         found["h"] = DEGREES
     return found.get("h"), found.get("v")
@@ -293,19 +300,12 @@ _EPSG_ARGS = re.compile(r'\s*"EPSG"\s*,\s*"?(\d+)"?', re.IGNORECASE)
 def _wkt_epsg(wkt: str) -> int | None:
     """EPSG code of a WKT 1 or 2 CRS's horizontal part: the AUTHORITY (or ID) of its projected
     CRS, else of its geographic CRS; never of a datum, unit, axis or vertical CRS."""
-    stack: list[str] = []
-    for m in _WKT_TOKEN.finditer(wkt):
-        if m.group(0) == "]":
-            if stack:
-                stack.pop()
-            continue
-        word = m.group(1).upper()
+    for word, stack, end in _wkt_walk(wkt):
         if word in ("AUTHORITY", "ID") and stack and stack[-1] in _HORIZONTAL:
             outer = [w for w in stack[:-1] if w in _HORIZONTAL]
-            args = _EPSG_ARGS.match(wkt, m.end())
+            args = _EPSG_ARGS.match(wkt, end)
             if args and not outer:  # the outermost horizontal CRS (not a projection's base)
                 return int(args.group(1))
-        stack.append(word)
     return None
 
 
