@@ -55,4 +55,11 @@ def test_predict_report_option(trained_run, tiny_dataset, tmp_path, capsys):
         "report.html",
     ]
     assert f"pictures: {tmp_path / 'rep' / 'report.html'}" in capsys.readouterr().out
+    rows = (root / "predict_out" / "finds.csv").read_text().splitlines()[1:]
+    kinds = [r.split(",")[0] for r in rows]
+    page = (tmp_path / "rep" / "report.html").read_text()
+    said = f"2 of 2 files classified into {root / 'predict_out'}; finds: "
+    assert (
+        said + f"{kinds.count('plazuela')} plazuela, {kinds.count('structure')} structure" in page
+    )
     assert "report" not in {p.name for p in (root / "predict_out").iterdir()}

@@ -421,17 +421,19 @@ def predict_files(
         store.close()
     domain.summary(len(jobs))
     done = [r for r in results if r.error is None]
+    finds: list[Find] = []
     if done:  # every file's finds in one list, those cut by a seam between two files joined
         merged = merge_finds([(r.las.name, r.bounds, r.found) for r in done])
         finds, files = [m for m, _ in merged], [f for _, f in merged]
         write_finds(Path(out_dir) / SURVEY_FINDS, finds, files)
         write_finds_geojson(Path(out_dir) / SURVEY_OUTLINES, finds, files, _one_epsg(done))
     if pictures is not None:
-        kinds = {c.name: sum(r.finds[c.name] for r in done) for c in CLASSES[1:]}
+        kinds = {c.name: sum(f.kind == c.name for f in finds) for c in CLASSES[1:]}
         pictures.close(
             f"{len(done)} of {len(jobs)} files classified into {out_dir}; finds: "
             + ", ".join(f"{v} {k}" for k, v in kinds.items())
-            + " (each file's own count: a find cut by a seam between two files counts in each)"
+            + f" ({SURVEY_FINDS}, {SURVEY_OUTLINES}; one cut by a seam between two files counted "
+            "once here, and in each file's picture)"
         )
     return results
 
