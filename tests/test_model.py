@@ -242,8 +242,15 @@ def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch):
         torch.testing.assert_close(pa[name].grad, pb[name].grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_compile_branches_compiles_each_branch_in_place_and_says_what_it_costs(tiny_cfg, caplog):
-    """Only the wiring (compiling itself takes minutes: BENCHMARKS); keys stay the same."""
+def test_compile_branches_compiles_each_branch_in_place_and_says_what_it_costs(
+    tiny_cfg, caplog, monkeypatch, tmp_path
+):
+    """Only the wiring (compiling itself takes minutes: BENCHMARKS); keys stay the same; the
+    Inductor cache goes to the user's cache folder (torch's default is under /tmp)."""
+    import os
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     model = UXBFusionModel.from_config(tiny_cfg)
     keys = list(model.state_dict())
     branches = [model.image_branch, model.voxel_branch, model.surface_branch, model.fusion]
@@ -253,6 +260,11 @@ def test_compile_branches_compiles_each_branch_in_place_and_says_what_it_costs(t
     assert all(b._compiled_call_impl is not None for b in branches if b is not None)
     assert list(model.state_dict()) == keys
     assert "model.compile=false" in caplog.text and "cache" in caplog.text
+    cache = str(tmp_path / "uxbseg" / "inductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == cache and cache in caplog.text
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's own
+    UXBFusionModel.from_config(tiny_cfg).compile_branches()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
 def test_fast_voxel_branch_traces_without_a_graph_break_of_ours(tiny_cfg):

@@ -1,4 +1,5 @@
-"""Process settings for CPU work: glibc's allocator keeps the memory a training step frees.
+"""Process settings: glibc's allocator keeps the memory a training step frees; caches live under
+the user's cache folder.
 
 PyTorch has no caching allocator on the CPU, so every activation of a step is a fresh
 ``malloc``. glibc serves large blocks with ``mmap`` and gives freed heap back to the kernel above
@@ -9,6 +10,12 @@ for reuse; one arena (instead of one per thread) keeps the voxeliser's two threa
 growing and trimming a heap of their own, which alone made it 2x slower. Measured
 (BENCHMARKS.md): tiny training step 6-9 % faster, voxelisation 10-20 % faster. Set
 ``UXBSEG_MALLOC=default`` to leave glibc's defaults; nothing happens off glibc.
+
+``torch.compile`` keeps what it compiled (Inductor's graphs and kernels) in
+``TORCHINDUCTOR_CACHE_DIR``, by default a folder under /tmp, which many machines clear at a
+reboot or after each job: the next run then compiles for minutes again (the seed model on an
+H200: 276 s + ~80 s). :func:`persistent_compile_cache` points it at the user's cache folder
+unless it is set.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ import ctypes.util
 import logging
 import os
 import sys
+from pathlib import Path
 
-__all__ = ["tune_cpu_allocator"]
+__all__ = ["persistent_compile_cache", "tune_cpu_allocator", "user_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +55,15 @@ def tune_cpu_allocator() -> bool:
     ok = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1 and ok
     log.debug("glibc malloc thresholds %s", "raised" if ok else "left (mallopt refused)")
     return ok
+
+
+def user_cache_dir(kind: str) -> Path:
+    """``$XDG_CACHE_HOME/uxbseg/<kind>`` (``~/.cache/uxbseg/<kind>``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "uxbseg" / kind
+
+
+def persistent_compile_cache() -> str:
+    """Set ``TORCHINDUCTOR_CACHE_DIR`` to :func:`user_cache_dir` ``("inductor")`` unless it is
+    set already; returns the folder Inductor caches in."""
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache_dir("inductor")))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime import user_cache_dir
 from .voxelize import GridSpec
 
 __all__ = ["VoxelCache", "default_cache_dir", "file_digest"]
@@ -27,8 +28,7 @@ FORMAT_VERSION = 3  # bump when the voxeliser's output changes for the same sett
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/uxbseg/voxels`` (``~/.cache/uxbseg/voxels``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "uxbseg" / "voxels"
+    return user_cache_dir("voxels")
 
 
 def file_digest(path: str | Path) -> str:

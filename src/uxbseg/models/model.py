@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
@@ -12,6 +11,7 @@ from torch.nn import functional as F
 from ..classes import NUM_CLASSES
 from ..config import Config, ModelConfig
 from ..errors import ConfigError
+from ..runtime import persistent_compile_cache
 from .convs import onednn_conv3d, unfold_small_convs
 from .fusion import FusionHead, FusionMode
 from .image_branch import ImageBranch
@@ -146,9 +146,10 @@ class UXBFusionModel(nn.Module):
         """``torch.compile`` each branch in place (weights and state_dict keys are unchanged).
 
         The first step then takes minutes; Inductor keeps its artefacts in
-        ``TORCHINDUCTOR_CACHE_DIR`` (default under /tmp), so later runs start faster.
+        ``TORCHINDUCTOR_CACHE_DIR``, which this sets to ``~/.cache/uxbseg/inductor`` unless it
+        is set (torch's default lies under /tmp, often cleared), so later runs start faster.
         """
-        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default under /tmp")
+        cache = persistent_compile_cache()
         logger.info(
             "torch.compile: the first training step and the first evaluation compile for minutes "
             "(seed model on an H200: 276 s + ~80 s; tiny model on 2 CPU cores: ~350 s); the "
