@@ -8,7 +8,7 @@ from PIL import Image
 
 from uxbseg.classes import CLASSES
 from uxbseg.cli import main
-from uxbseg.finds import find_objects
+from uxbseg.finds import Find, find_objects
 from uxbseg.io.raster import colourise_tpi
 from uxbseg.predict_report import PredictReport
 
@@ -50,6 +50,7 @@ def test_predict_report_option(trained_run, tiny_dataset, tmp_path, capsys):
     args = ["predict", "--weights", str(weights), "--data", str(root), "--no-grids"]
     assert main([*args, "--report", str(tmp_path / "rep")]) == 0
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [
+        "overview.png",  # two files in one CRS: a map of both
         "pred_0000.las.png",
         "pred_0001.las.png",
         "report.html",
@@ -63,3 +64,33 @@ def test_predict_report_option(trained_run, tiny_dataset, tmp_path, capsys):
         said + f"{kinds.count('plazuela')} plazuela, {kinds.count('structure')} structure" in page
     )
     assert "report" not in {p.name for p in (root / "predict_out").iterdir()}
+
+
+def test_overview_maps_every_file_and_outlines_their_finds(tmp_path):
+    x, y, cls = _scene()  # 60 x 40 m; a second file beside it, 60 m east
+    z = np.zeros_like(x)
+    finds = find_objects(x, y, cls)
+    east = [
+        Find(f.kind, f.x + 60, f.y, f.area, f.points, f.xmin + 60, f.ymin, f.xmax + 60,
+                f.ymax, tuple(tuple(tuple((a + 60, b) for a, b in r) for r in p)
+                              for p in f.outline))
+        for f in finds
+    ]  # fmt: skip
+    box = (float(x.min()), float(y.min()), float(x.max()) + 60, float(y.max()))
+    report = PredictReport(tmp_path / "rep", panel=100, overview=box, overview_points=2 * len(x))
+    report.add("west.las", x, y, z, cls, finds)
+    report.add("east.las", x + 60, y, z, cls, east)
+    page = report.close("2 files").read_text()
+    over = np.asarray(Image.open(tmp_path / "rep" / "overview.png").convert("RGB"))
+    # 12 points a m2: pixels of 0.58 m (4 points each), 208 x 69, enlarged 3x to 600 at least
+    assert over.shape[:2] == (69 * 3, 208 * 3)
+    half = over.shape[1] // 2
+    for side in (over[:, :half], over[:, half:]):  # each file's plazuela, outlined in black
+        assert (side == _colour("plazuela")).all(axis=2).sum() > 0.05 * side.shape[0] * half
+        assert (side == (0, 0, 0)).all(axis=2).sum() > 200
+    assert page.index("overview.png") < page.index("west.las.png")
+    report.close("files in two CRSs", overview=False)  # no common map: no picture is made
+    report2 = PredictReport(tmp_path / "rep2", panel=100, overview=box, overview_points=len(x))
+    report2.add("west.las", x, y, z, cls, finds)
+    assert "overview.png" not in report2.close("two CRSs", overview=False).read_text()
+    assert not (tmp_path / "rep2" / "overview.png").exists()

@@ -431,7 +431,8 @@ def add_prediction_commands(sub) -> None:
         type=Path,
         metavar="DIR",
         help="also write a picture of each classified file (its TPI, its classes, its finds "
-        "outlined) and DIR/report.html listing them, the most finds first",
+        "outlined), a map of them all (overview.png) and DIR/report.html listing them, the most "
+        "finds first",
     )
     p.add_argument(
         "--no-survey",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import laspy
 import numpy as np
 import torch
 
@@ -367,7 +368,11 @@ def predict_files(
     from tqdm.auto import tqdm
 
     check_jobs(jobs, out_dir)
-    pictures = PredictReport(report) if report is not None else None
+    pictures = None
+    if report is not None:  # an overview of the run where it has several files
+        extent = _run_extent(jobs) if len(jobs) > 1 else None
+        box, points = extent if extent is not None else (None, 0)
+        pictures = PredictReport(report, overview=box, overview_points=points)
     side = resolve_window(window, cfg)
     batch = window_batch(batch, overlap, cfg)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -433,9 +438,28 @@ def predict_files(
             f"{len(done)} of {len(jobs)} files classified into {out_dir}; finds: "
             + ", ".join(f"{v} {k}" for k, v in kinds.items())
             + f" ({SURVEY_FINDS}, {SURVEY_OUTLINES}; one cut by a seam between two files counted "
-            "once here, and in each file's picture)"
+            "once here, and in each file's picture)",
+            overview=len({r.epsg for r in done}) == 1,  # one CRS, one map
         )
     return results
+
+
+def _run_extent(jobs: list[PredictJob]) -> tuple[tuple[float, float, float, float], int] | None:
+    """The XY box of the jobs' files (CRS units) and their points, from their headers; None
+    where none can be read (each file's own turn says what is wrong with it)."""
+    boxes, points = [], 0
+    for job in jobs:
+        try:
+            with laspy.open(job.las) as reader:
+                h = reader.header
+                boxes.append((*h.mins[:2], *h.maxs[:2]))
+                points += h.point_count
+        except Exception:  # laspy raises several types for a bad file
+            continue
+    if not boxes:
+        return None
+    b = np.asarray(boxes, dtype=np.float64)
+    return (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()), points
 
 
 def _one_epsg(results: list[PredictResult]) -> int | None:

@@ -4,12 +4,15 @@ through a survey's results without a GIS.
 Each file's picture holds three panels over its XY box, north up: its TPI (the given image, or
 rendered from its points at the picture's scale), the classes ``predict`` gave its points, and
 its finds (:mod:`uxbseg.finds`) outlined in their class's colour over the TPI in grey.
-``report.html`` lists the files with the most finds first.
+``report.html`` lists the files with the most finds first, under an overview of the whole run
+(``overview.png``, given the run's XY box): every file's classes on one map, its finds outlined,
+so that a survey delivered as many tiles is seen at once.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +20,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .classes import CLASSES
+from .classes import CLASSES, NUM_CLASSES
 from .finds import Find
 from .io.raster import TPI_CLIP_M, colourise_tpi, open_image, window_tpi
-from .report import class_colours, class_raster, compose
+from .report import class_colours, class_counts, class_raster, compose, majority
 from .run_dirs import require_folder
 
 __all__ = ["PredictReport"]
 
 _TPI_POINTS = 2_000_000  # at most this many points (every k-th) render the picture's TPI
+_OVERVIEW = 1200  # pixels on the longer side of the run's overview, at most ...
+_OVERVIEW_POINTS = 4.0  # ... and about this many points a pixel at least (a class's majority)
+_OVERVIEW_MIN = 600  # a coarser overview is enlarged (nearest pixel) to this side at least
+_GROUND_GREY = (215, 215, 215)  # the overview's ground: the finds stand out in their colours
 
 
 @dataclass
@@ -45,15 +52,60 @@ def _pixels(bounds, panel: int) -> tuple[tuple[int, int], float]:
     return (max(1, round(span_y * scale)), max(1, round(span_x * scale))), scale
 
 
+class _Overview:
+    """Every file's classes on one raster over the run's box (``points`` in it), and their
+    finds: at most :data:`_OVERVIEW` pixels a side, about four points a pixel at least."""
+
+    def __init__(self, bounds: tuple[float, float, float, float], points: int) -> None:
+        self.bounds = bounds
+        area = max(bounds[2] - bounds[0], 1e-9) * max(bounds[3] - bounds[1], 1e-9)
+        spacing = math.sqrt(_OVERVIEW_POINTS * area / max(points, 1))
+        side = min(
+            _OVERVIEW, max(1, round(max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / spacing))
+        )
+        self.hw, self.scale = _pixels(bounds, side)
+        self.counts = np.zeros((*self.hw, NUM_CLASSES), np.int64)
+        self.finds: list[Find] = []
+
+    def add(self, x, y, classes, finds: list[Find]) -> None:
+        self.counts += class_counts(x, y, classes, self.bounds, self.hw)
+        self.finds += finds
+
+    def picture(self) -> Image.Image:
+        """Ground grey, plazuelas and structures in their colours, no points white; each find
+        outlined in black."""
+        classes = majority(self.counts)
+        rgb = class_colours(classes)
+        rgb[classes == 0] = _GROUND_GREY
+        grow = max(1, math.ceil(_OVERVIEW_MIN / max(self.hw)))  # enlarged, then outlined
+        picture = Image.fromarray(rgb)
+        picture = picture.resize((self.hw[1] * grow, self.hw[0] * grow), Image.Resampling.NEAREST)
+        draw = ImageDraw.Draw(picture)
+        x0, y1, scale = self.bounds[0], self.bounds[3], self.scale * grow
+        for find in self.finds:
+            for polygon in find.outline:
+                pts = [((px - x0) * scale, (y1 - py) * scale) for px, py in polygon[0]]
+                draw.line(pts, fill=(0, 0, 0), width=1)
+        return picture
+
+
 class PredictReport:
     """Writes ``<name>.png`` for each file :meth:`add`-ed into ``folder`` and ``report.html`` at
-    :meth:`close`."""
+    :meth:`close`; with ``overview`` (the run's XY box, CRS units, and ``overview_points``, the
+    points in it) also ``overview.png``."""
 
-    def __init__(self, folder: str | Path, panel: int = 400) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        panel: int = 400,
+        overview: tuple[float, float, float, float] | None = None,
+        overview_points: int = 0,
+    ) -> None:
         self.folder = require_folder(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.panel = panel
         self.files: list[_File] = []
+        self.overview = _Overview(overview, overview_points) if overview is not None else None
 
     def add(
         self,
@@ -100,16 +152,28 @@ class PredictReport:
         tmp = self.folder / f".{png}.partial"
         picture.save(tmp, format="PNG")
         os.replace(tmp, self.folder / png)
+        if self.overview is not None:
+            self.overview.add(x, y, classes, finds)
         counts = np.bincount(np.asarray(classes, dtype=np.int64), minlength=len(CLASSES))
         self.files.append(
             _File(name, png, n, {c.name: int(counts[c.index]) for c in CLASSES}, kinds)
         )
         return self.folder / png
 
-    def close(self, summary: str) -> Path:
-        """Write ``report.html``: ``summary``, a legend, and the files with the most finds first
-        (then by name)."""
+    def close(self, summary: str, overview: bool = True) -> Path:
+        """Write ``report.html``: ``summary``, a legend, the overview (unless ``overview`` is
+        False: files in several CRSs have no common map) and the files with the most finds
+        first (then by name)."""
         files = sorted(self.files, key=lambda f: (-sum(f.finds.values()), f.name))
+        top = ""
+        if overview and self.overview is not None and self.files:
+            tmp = self.folder / ".overview.png.partial"
+            self.overview.picture().save(tmp, format="PNG")
+            os.replace(tmp, self.folder / "overview.png")
+            top = (
+                "<h2>overview: every file, ground grey, finds outlined in black</h2>\n"
+                '<img src="overview.png" alt="overview">\n'
+            )
         swatch = "".join(
             f'<span style="background:rgb{tuple(c.colour)}">&nbsp;&nbsp;&nbsp;</span> '
             f"{html.escape(c.name)} "
@@ -128,7 +192,7 @@ class PredictReport:
             "</head><body style='font-family:sans-serif'>\n<h1>uxbseg predictions</h1>\n"
             f"<pre>{html.escape(summary)}</pre>\n<p>{swatch}; white: no points; finds outlined "
             "in their class's colour over the TPI in grey</p>\n"
-            f"<h2>{len(files)} files, the most finds first</h2>\n{rows}\n</body></html>\n"
+            f"{top}<h2>{len(files)} files, the most finds first</h2>\n{rows}\n</body></html>\n"
         )
         out = self.folder / "report.html"
         tmp = self.folder / ".report.html.partial"

@@ -29,8 +29,10 @@ __all__ = [
     "TileReport",
     "cell_of",
     "class_colours",
+    "class_counts",
     "class_raster",
     "compose",
+    "majority",
 ]
 
 # apart from the classes' own colours (ground brown, plazuela blue, structure red)
@@ -56,6 +58,19 @@ def class_raster(
     points take the class of the nearest pixel with some within a few pixels, else -1.
     ``x``, ``y`` (CRS units; arrays or laspy's scaled views) and ``cls`` are read ``chunk``
     points at a time, so a survey file of many millions costs no copy of its coordinates."""
+    return majority(class_counts(x, y, cls, bounds, hw, chunk))
+
+
+def class_counts(
+    x,
+    y,
+    cls,
+    bounds: tuple[float, float, float, float],
+    hw: tuple[int, int],
+    chunk: int = 1 << 21,
+) -> np.ndarray:
+    """(H, W, classes) counts of the points of each class in each pixel of :func:`class_raster`'s
+    raster (IGNORE ones left out; points beyond ``bounds`` in its edge pixels)."""
     h, w = hw
     counts = np.zeros(h * w * NUM_CLASSES, np.int64)
     for a in range(0, len(cls), chunk):
@@ -65,7 +80,12 @@ def class_raster(
         counts += np.bincount(
             (rows[ok] * w + cols[ok]) * NUM_CLASSES + c[ok], minlength=h * w * NUM_CLASSES
         )
-    counts = counts.reshape(h, w, NUM_CLASSES)
+    return counts.reshape(h, w, NUM_CLASSES)
+
+
+def majority(counts: np.ndarray) -> np.ndarray:
+    """:func:`class_raster` from :func:`class_counts`: each pixel's most frequent class; pixels
+    without points that of the nearest pixel with some within a few pixels, else -1."""
     out = counts.argmax(axis=2)
     empty = counts.sum(axis=2) == 0
     out[empty] = -1
