@@ -26,8 +26,9 @@ def test_report_pictures_files_and_lists_the_most_finds_first(tmp_path):
     image = tmp_path / "tpi.png"
     Image.fromarray(colourise_tpi(np.tile(np.linspace(-4, 4, 60), (40, 1)), size=None)).save(image)
     report = PredictReport(tmp_path / "rep", panel=300)
-    a = report.add("a.las", x, y, z, cls, finds)  # TPI rendered from the points
-    b = report.add("b.las", x, y, z, np.zeros_like(cls), [], image)  # the given image
+    box = (x.min(), y.min(), x.max(), y.max())
+    a = report.add("a.las", box, x, y, z, cls, finds)  # TPI rendered from the points
+    b = report.add("b.las", box, x, y, z, np.zeros_like(cls), [], image)  # the given image
     page = report.close("2 files").read_text()
     pic = np.asarray(Image.open(a).convert("RGB"))
     assert Image.open(b).size == Image.open(a).size
@@ -78,8 +79,12 @@ def test_overview_maps_every_file_and_outlines_their_finds(tmp_path):
     ]  # fmt: skip
     box = (float(x.min()), float(y.min()), float(x.max()) + 60, float(y.max()))
     report = PredictReport(tmp_path / "rep", panel=100, overview=box, overview_points=2 * len(x))
-    report.add("west.las", x, y, z, cls, finds)
-    report.add("east.las", x + 60, y, z, cls, east)
+    west_box, east_box = (
+        (x.min(), y.min(), x.max(), y.max()),
+        (x.min() + 60, y.min(), x.max() + 60, y.max()),
+    )
+    report.add("west.las", west_box, x, y, z, cls, finds)
+    report.add("east.las", east_box, x + 60, y, z, cls, east)
     page = report.close("2 files").read_text()
     over = np.asarray(Image.open(tmp_path / "rep" / "overview.png").convert("RGB"))
     # 12 points a m2: pixels of 0.58 m (4 points each), 208 x 69, enlarged 3x to 600 at least
@@ -91,6 +96,6 @@ def test_overview_maps_every_file_and_outlines_their_finds(tmp_path):
     assert page.index("overview.png") < page.index("west.las.png")
     report.close("files in two CRSs", overview=False)  # no common map: no picture is made
     report2 = PredictReport(tmp_path / "rep2", panel=100, overview=box, overview_points=len(x))
-    report2.add("west.las", x, y, z, cls, finds)
+    report2.add("west.las", west_box, x, y, z, cls, finds)
     assert "overview.png" not in report2.close("two CRSs", overview=False).read_text()
     assert not (tmp_path / "rep2" / "overview.png").exists()

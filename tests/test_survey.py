@@ -15,7 +15,7 @@ from uxbseg.io.las import read_point_fields
 from uxbseg.io.raster import image_window, mosaic_window
 from uxbseg.io.weights import load_model
 from uxbseg.predict import PredictJob, predict_files
-from uxbseg.survey import PointStore, find_surveys, points_in_box
+from uxbseg.survey import PointStore, find_surveys, points_in_box, read_headers
 
 
 def _write(path, x, y, z=None, offsets=(0.0, 0.0, 0.0), scales=(0.01, 0.01, 0.01)):
@@ -44,7 +44,7 @@ def test_files_side_by_side_form_a_survey_and_others_do_not(tmp_path, caplog):
     broken.write_bytes(b"not a las file")
     files = [(p, None) for p in (a, b, c, far, strip, broken)]
     with caplog.at_level(logging.INFO, logger="uxbseg.survey"):
-        surveys = find_surveys(files, 100.0, PointStore(tmp_path / "store"))
+        surveys = find_surveys(read_headers(files), 100.0, PointStore(tmp_path / "store"))
     assert set(surveys) == {a, b, c}
     survey = surveys[a]
     assert surveys[b] is survey and surveys[c] is survey
@@ -52,7 +52,10 @@ def test_files_side_by_side_form_a_survey_and_others_do_not(tmp_path, caplog):
     assert survey.bounds == pytest.approx((0.0, 0.0, 350.0, 100.0))
     assert "far.las and strip.las overlap by more than 1%" in caplog.text
     # a narrower reach splits them: c is 50 m from b
-    assert set(find_surveys(files, 40.0, PointStore(tmp_path / "store"))) == {a, b}
+    assert set(find_surveys(read_headers(files), 40.0, PointStore(tmp_path / "store"))) == {
+        a,
+        b,
+    }
 
 
 def test_points_in_box_keeps_the_box_and_converts_the_frame(tmp_path):
@@ -83,7 +86,7 @@ def test_points_in_box_keeps_the_box_and_converts_the_frame(tmp_path):
 def test_the_store_keeps_a_files_points_while_a_file_to_come_reads_them(tmp_path):
     paths = [_square(tmp_path / f"{k}.las", 100.0 * i, 0) for i, k in enumerate("abc")]
     store = PointStore(tmp_path / "out")
-    surveys = find_surveys([(p, None) for p in paths], 100.0, store)
+    surveys = find_surveys(read_headers([(p, None) for p in paths]), 100.0, store)
     row = surveys[paths[0]]
     row.reach = 50.0  # a reads b, b reads a and c, c reads b
     for f in row.files:

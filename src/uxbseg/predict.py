@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import laspy
 import numpy as np
 import torch
 
@@ -34,7 +33,7 @@ from .io.raster import TPI_RADIUS_M, load_image
 from .predict_report import PredictReport
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
-from .survey import PointStore, Survey, SurveyContext, find_surveys
+from .survey import PointStore, Survey, SurveyContext, SurveyFile, find_surveys, read_headers
 from .windows import WINDOW_OVERLAP, WindowPlan, crs_bounds, plan_for
 
 __all__ = [
@@ -255,8 +254,9 @@ def predict_one(
             stale.unlink()
         elif stale.is_dir() and (stale / "windows.json").is_file():
             shutil.rmtree(stale)
+    bounds = crs_bounds(las, limits)  # the points' XY box
     if report is not None:  # everything else is written
-        report.add(las_out.name, las.x, las.y, las.z, point_class, finds, job.image)
+        report.add(las_out.name, bounds, las.x, las.y, las.z, point_class, finds, job.image)
     counts = np.bincount(point_class, minlength=len(CLASSES))
     return PredictResult(
         job,
@@ -269,7 +269,7 @@ def predict_one(
         overlap=None if plan is None else overlap,
         survey=0 if context is None else len(survey.files),
         found=finds,
-        bounds=crs_bounds(las, limits),
+        bounds=bounds,
         epsg=epsg,
     )
 
@@ -368,12 +368,15 @@ def predict_files(
     from tqdm.auto import tqdm
 
     check_jobs(jobs, out_dir)
+    side = resolve_window(window, cfg)
+    headers = []  # read once, for the surveys and the report's overview
+    if (survey and side is not None) or (report is not None and len(jobs) > 1):
+        headers = read_headers([(job.las, job.image) for job in jobs])
     pictures = None
     if report is not None:  # an overview of the run where it has several files
-        extent = _run_extent(jobs) if len(jobs) > 1 else None
-        box, points = extent if extent is not None else (None, 0)
+        box = _run_box(headers) if len(jobs) > 1 else None
+        points = sum(h.points for h in headers)
         pictures = PredictReport(report, overview=box, overview_points=points)
-    side = resolve_window(window, cfg)
     batch = window_batch(batch, overlap, cfg)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
@@ -382,7 +385,7 @@ def predict_files(
     surveys = {}
     store = PointStore(Path(out_dir))  # the points files read of each other, while needed
     if survey and side is not None:
-        surveys = find_surveys([(job.las, job.image) for job in jobs], side, store)
+        surveys = find_surveys(headers, side, store)
         if surveys:
             count = len({id(s) for s in surveys.values()})
             log.info(
@@ -444,22 +447,13 @@ def predict_files(
     return results
 
 
-def _run_extent(jobs: list[PredictJob]) -> tuple[tuple[float, float, float, float], int] | None:
-    """The XY box of the jobs' files (CRS units) and their points, from their headers; None
-    where none can be read (each file's own turn says what is wrong with it)."""
-    boxes, points = [], 0
-    for job in jobs:
-        try:
-            with laspy.open(job.las) as reader:
-                h = reader.header
-                boxes.append((*h.mins[:2], *h.maxs[:2]))
-                points += h.point_count
-        except Exception:  # laspy raises several types for a bad file
-            continue
-    if not boxes:
+def _run_box(headers: list[SurveyFile]) -> tuple[float, float, float, float] | None:
+    """The XY box of the files' headers (CRS units); None where none could be read (each file's
+    own turn says what is wrong with it)."""
+    if not headers:
         return None
-    b = np.asarray(boxes, dtype=np.float64)
-    return (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()), points
+    b = np.asarray([h.bounds for h in headers], dtype=np.float64)
+    return (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
 
 
 def _one_epsg(results: list[PredictResult]) -> int | None:

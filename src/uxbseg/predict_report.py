@@ -110,6 +110,7 @@ class PredictReport:
     def add(
         self,
         name: str,
+        bounds: tuple[float, float, float, float],
         x,
         y,
         z,
@@ -118,12 +119,12 @@ class PredictReport:
         image: str | Path | None = None,
     ) -> Path:
         """Picture one classified file: its points ``x``, ``y``, ``z`` (CRS units; arrays or
-        laspy's scaled views) with their class indices ``classes``, its ``finds`` outlined, over
-        its TPI ``image`` (default: rendered from every k-th point, at most two million)."""
+        laspy's scaled views) within ``bounds`` (their XY box) with their class indices
+        ``classes``, its ``finds`` outlined, over its TPI ``image`` (default: rendered from
+        every k-th point, at most two million)."""
         n = len(classes)
         if n == 0:
             raise ValueError(f"{name}: no points to picture")
-        bounds = (float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y)))
         hw, scale = _pixels(bounds, self.panel)
         if image is not None:
             tpi = np.asarray(open_image(image, "RGB").resize(hw[::-1], Image.Resampling.BILINEAR))

@@ -45,6 +45,7 @@ __all__ = [
     "WindowDone",
     "find_surveys",
     "points_in_box",
+    "read_headers",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class SurveyFile:
     bounds: Box
     scales: tuple[float, float, float]
     offsets: tuple[float, float, float]
+    points: int
 
     @classmethod
     def from_header(cls, path: Path, image: Path | None) -> SurveyFile | None:
@@ -82,6 +84,7 @@ class SurveyFile:
                     (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])),
                     tuple(float(s) for s in h.scales),
                     tuple(float(o) for o in h.offsets),
+                    int(h.point_count),
                 )
         except Exception:  # unreadable: predict names it when it reads the file
             return None
@@ -313,13 +316,18 @@ def _intersects(a: Box, b: Box) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
+def read_headers(files: Sequence[tuple[Path, Path | None]]) -> list[SurveyFile]:
+    """:class:`SurveyFile` of each of ``files`` ((point cloud, image or None)) whose header can
+    be read and counts points, in their order."""
+    return [f for f in (SurveyFile.from_header(p, i) for p, i in files) if f is not None]
+
+
 def find_surveys(
-    files: Sequence[tuple[Path, Path | None]], side: float, store: PointStore
+    entries: Sequence[SurveyFile], side: float, store: PointStore
 ) -> dict[Path, Survey]:
-    """The survey of each of ``files`` ((point cloud, image or None)) that has neighbours
-    within ``side`` (CRS units, the windows' side); files alone, or unreadable, are not in it.
-    The surveys keep the points their files read of each other in ``store``."""
-    entries = [f for f in (SurveyFile.from_header(p, i) for p, i in files) if f is not None]
+    """The survey of each file of ``entries`` (:func:`read_headers`) that has neighbours within
+    ``side`` (CRS units, the windows' side); files alone are not in it. The surveys keep the
+    points their files read of each other in ``store``."""
     if len(entries) < 2:
         return {}
     b = np.array([f.bounds for f in entries])
