@@ -31,7 +31,7 @@ from uxbseg.metrics import metrics_from_confusion
 from uxbseg.predict import PredictJob, predict_files
 from uxbseg.tiling import tile_dataset
 
-from .bench_windows import survey_tiles
+from .bench_windows import survey_arguments, survey_tiles
 
 K = len(CLASSES)
 
@@ -113,13 +113,9 @@ def _real_file(args: argparse.Namespace, model, cfg) -> None:
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks survey", description=__doc__)
-    ap.add_argument("--weights", type=Path, required=True, help="weights trained on 100 m tiles")
-    ap.add_argument("--tiles", type=int, default=4, help="survey tiles (default 4)")
-    ap.add_argument("--size", type=float, default=300.0, help="their side in metres")
+    survey_arguments(ap)
     ap.add_argument("--pieces", type=int, default=2, help="files per side of a tile (default 2)")
     ap.add_argument("--seam", type=float, default=15.0, help="metres either side of a cut line")
-    ap.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
-    ap.add_argument("--data", type=Path, default=Path("/tmp/uxbseg-bench-windows"))
     ap.add_argument("--las", type=Path, help="time a real LAS/LAZ file cut into pieces instead")
     ap.add_argument("--window", type=float, help="window side with --las (default: training)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds with --las (default 3)")

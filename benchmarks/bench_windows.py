@@ -57,13 +57,18 @@ def survey_tiles(data: Path, seed: int, size: float, tiles: int) -> Path:
     return root
 
 
-def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks windows", description=__doc__)
+def survey_arguments(ap: argparse.ArgumentParser) -> None:
+    """The weights and the :func:`survey_tiles` options the windows and survey benchmarks share."""
     ap.add_argument("--weights", type=Path, required=True, help="weights trained on 100 m tiles")
     ap.add_argument("--tiles", type=int, default=4, help="survey tiles to score (default 4)")
     ap.add_argument("--size", type=float, default=300.0, help="their side in metres")
     ap.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
     ap.add_argument("--data", type=Path, default=Path("/tmp/uxbseg-bench-windows"))
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks windows", description=__doc__)
+    survey_arguments(ap)
     ap.add_argument(
         "--overlaps", type=float, nargs="+", default=[0.0, 0.25, 0.5], help="overlaps to score"
     )
