@@ -9,6 +9,7 @@ import pytest
 from uxbseg.classes import IGNORE
 from uxbseg.finds import (
     Find,
+    count_finds,
     find_objects,
     merge_finds,
     object_counts,
@@ -110,6 +111,10 @@ def test_write_finds_names_the_files(tmp_path):
     with open(path) as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["files"] == "a.las;b.las" and row["kind"] == "plazuela"
+    s = Find("structure", 1.0, 2.0, 30.0, 12, 0.0, 0.0, 3.0, 4.0)
+    path = write_finds(tmp_path / "three.csv", [s, f, s], [["a.las"]] * 3)
+    assert count_finds(path) == {"plazuela": 1, "structure": 2}
+    assert count_finds(write_finds(tmp_path / "none.csv", [])) == {"plazuela": 0, "structure": 0}
 
 
 def _area(ring) -> float:
@@ -200,3 +205,56 @@ def test_merged_find_keeps_the_outlines_of_its_parts():
     ]
     ((f, files),) = merge_finds([("w", west, halves[:1]), ("e", east, halves[1:])])
     assert files == ["e", "w"] and f.outline == a + b
+
+
+def _split_scene(cut: float, seed: int = 1):
+    """Points every ~0.3 m over 60 x 40 m: a 4 x 1.5 m structure (6 m²) at (cut, 20) and a
+    1 x 1 m speck of structure at the west file's edge (0.5, 5), cut at x = ``cut`` into a
+    west and an east file."""
+    rng = np.random.default_rng(seed)
+    n = 60 * 40 * 12
+    x, y = rng.uniform(0, 60, n), rng.uniform(0, 40, n)
+    cls = np.zeros(n, np.int64)
+    cls[(np.abs(x - cut) < 2) & (np.abs(y - 20) < 0.75)] = 2
+    cls[(np.abs(x - 0.5) < 0.5) & (np.abs(y - 5) < 0.5)] = 2
+    west = x < cut
+    return [(x[m], y[m], cls[m]) for m in (west, ~west)]
+
+
+def test_a_structure_cut_into_pieces_each_too_small_is_not_lost():
+    """A seam cuts a 6 m² structure into two 3 m² halves, each below the 4 m² least area:
+    each file's own list drops them, the run's list joins them into one find of 6 m²."""
+    files = []
+    for name, (x, y, cls) in zip(("w", "e"), _split_scene(30.0), strict=True):
+        assert find_objects(x, y, cls) == []  # each half alone is a speck
+        found = find_objects(x, y, cls, seam=3.0)
+        assert all(f.edge_part for f in found) and len(found) == (2 if name == "w" else 1)
+        files.append((name, (float(x.min()), float(y.min()), float(x.max()), float(y.max())),
+                      found))  # fmt: skip
+    ((f, names),) = merge_finds(files)  # the speck at the west edge has no other part: dropped
+    assert names == ["e", "w"] and not f.edge_part
+    assert (f.kind, f.x, f.y) == (
+        "structure",
+        pytest.approx(30, abs=0.3),
+        pytest.approx(20, abs=0.3),
+    )
+    assert f.area == pytest.approx(6.0, rel=0.35) and len(f.outline) == 2
+
+
+def test_seam_keeps_only_small_objects_at_the_edge():
+    x, y, cls = _scene()
+    cls[(np.abs(x - 30) < 0.5) & (np.abs(y - 39.5) < 0.5)] = 2  # a speck at the north edge
+    whole = find_objects(x, y, cls)
+    found = find_objects(x, y, cls, seam=3.0)
+    assert [f for f in found if not f.edge_part] == whole  # the speck at (5, 5) is 4.5 m in
+    (speck,) = [f for f in found if f.edge_part]
+    assert speck.area < 4.0 and speck.y == pytest.approx(39.5, abs=0.6)
+    # alone it is no find, nor with pieces too small together (1 + 1.5 m² < 4 m²)
+    assert merge_finds([("a", (0.0, 0.0, 60.0, 40.0), found)]) == [(f, ["a"]) for f in whole]
+    w = Find("structure", 99.5, 50.0, 1.0, 9, 99.0, 49.5, 100.0, 50.5, edge_part=True)
+    e = Find("structure", 100.7, 50.0, 1.5, 12, 100.2, 49.5, 101.2, 50.5, edge_part=True)
+    west, east = (0.0, 0.0, 100.0, 100.0), (100.2, 0.0, 200.0, 100.0)
+    assert merge_finds([("w", west, [w]), ("e", east, [e])]) == []
+    big = Find("structure", 102.0, 50.0, 3.5, 30, 100.2, 49.0, 103.0, 51.0, edge_part=True)
+    ((joined, _),) = merge_finds([("w", west, [w]), ("e", east, [big])])  # 4.5 m² together
+    assert joined.area == 4.5 and joined.points == 39

@@ -8,6 +8,7 @@ import pytest
 
 from uxbseg.cli import main
 from uxbseg.errors import BadDataError
+from uxbseg.finds import count_finds
 from uxbseg.io.las import read_raw_vlrs
 from uxbseg.io.weights import load_model
 from uxbseg.predict import PredictJob, predict_files
@@ -154,7 +155,11 @@ def test_predict_split_by_pair_id_without_masks(weights, tiny_dataset, tmp_path,
         "pred_0001.las",
         "pred_0001.npy",
     ]
-    assert "2 of 2 files written" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 of 2 files written" in printed
+    run = count_finds(out / "finds.csv")
+    kinds = ", ".join(f"{v} {k}" for k, v in run.items())
+    assert f"finds of the run: {kinds} (" in printed and str(out / "finds.geojson") in printed
 
 
 def test_bad_inputs_are_reported_and_others_written(weights, tiny_dataset, tmp_path, capsys):
@@ -394,7 +399,11 @@ def test_an_input_folder_stands_for_its_las_files(weights, tiny_dataset, tmp_pat
             *(f"pred_{s}.{ext}" for s in stems for ext in ("finds.csv", "las", "npy")),
         ]
     )
-    assert "2 of 2 files written" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 of 2 files written" in printed
+    run = count_finds(out / "finds.csv")
+    kinds = ", ".join(f"{v} {k}" for k, v in run.items())
+    assert f"finds of the run: {kinds} (" in printed and str(out / "finds.geojson") in printed
 
 
 def _predict_fails(weights, args, out, capsys) -> str:

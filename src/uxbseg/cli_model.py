@@ -228,8 +228,9 @@ def _codes(text: str) -> list[int]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .finds import count_finds
     from .io.weights import load_model, weights_config
-    from .predict import check_jobs, predict_files
+    from .predict import SURVEY_FINDS, SURVEY_OUTLINES, check_jobs, predict_files
 
     jobs = _predict_jobs(args, weights_config(args.weights))
     out = args.out or (args.data / "predict_out" if args.data else Path("predict_out"))
@@ -272,6 +273,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 + f"){grids}; finds: {finds}"
             )
     print(f"{len(results) - len(failed)} of {len(results)} files written to {out}")
+    if len(results) > len(failed) and len(results) > 1:
+        run = count_finds(out / SURVEY_FINDS)
+        print(
+            "finds of the run: "
+            + ", ".join(f"{v} {k}" for k, v in run.items())
+            + f" (one cut by a seam between two files counted once): {out / SURVEY_FINDS}, "
+            f"outlines for a GIS: {out / SURVEY_OUTLINES}"
+        )
     if args.report is not None:
         print(f"pictures: {args.report / 'report.html'}")
     return 1 if failed else 0

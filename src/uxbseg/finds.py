@@ -4,7 +4,8 @@ the real ones a prediction found.
 An archaeologist counts mounds and platforms, not points. The points' classes are drawn on a
 raster (:func:`~uxbseg.report.class_raster`: each cell the most frequent class of its points,
 small gaps filled), cells of one class that touch (8-connected) form an object, and objects
-smaller than :data:`FIND_MIN_AREA` are dropped as specks. ``predict`` lists each file's finds in
+smaller than :data:`FIND_MIN_AREA` are dropped as specks (in a survey, after the pieces a seam
+between two files cut are joined). ``predict`` lists each file's finds in
 ``pred_<id>.finds.csv``, and those of the whole run in ``finds.csv`` and ``finds.geojson`` (each
 find's outline, for a GIS); ``evaluate`` counts the true objects found and the predicted objects
 that are real (:func:`object_counts`).
@@ -32,6 +33,7 @@ __all__ = [
     "FOUND_COVER",
     "SEAM_TOLERANCE",
     "Find",
+    "count_finds",
     "find_objects",
     "merge_finds",
     "object_counts",
@@ -65,7 +67,9 @@ class Find:
     """One object: its class, the centre of its cells, its area, the points of its class in
     it, and its bounding box (CRS units); ``outline``: the outline of its cells, one polygon a
     part (the parts of an object that touch only at a corner, or that a seam cut), empty when
-    not traced."""
+    not traced; ``edge_part``: smaller than :data:`FIND_MIN_AREA`, kept only because it lies at
+    its file's edge, where a seam may have cut a larger object (:func:`merge_finds` joins it to
+    the other parts, or drops it)."""
 
     kind: str
     x: float
@@ -77,9 +81,10 @@ class Find:
     xmax: float
     ymax: float
     outline: tuple[Polygon, ...] = field(default=(), repr=False, compare=False)
+    edge_part: bool = field(default=False, compare=False)
 
 
-_COLUMNS = [f.name for f in fields(Find) if f.name != "outline"]  # of finds.csv
+_COLUMNS = [f.name for f in fields(Find) if f.name not in ("outline", "edge_part")]  # finds.csv
 
 
 @dataclass(frozen=True)
@@ -102,32 +107,46 @@ def _grid(x, y, cell: float | None) -> _Grid:
     return _Grid(bounds, (h, w), size)
 
 
-def _objects(raster: np.ndarray, index: int, cell_area: float) -> tuple[np.ndarray, int]:
+def _objects(
+    raster: np.ndarray, index: int, cell_area: float, edge: int | None = None
+) -> tuple[np.ndarray, int]:
     """Labels (1..n, 0 elsewhere) of the 8-connected objects of class ``index`` at least
-    :data:`FIND_MIN_AREA` of their class large."""
+    :data:`FIND_MIN_AREA` of their class large, and, with ``edge``, the smaller ones that come
+    within ``edge`` cells of the raster's border."""
     labels, n = ndimage.label(raster == index, structure=np.ones((3, 3), bool))
     if n == 0:
         return labels, 0
     size = np.bincount(labels.ravel(), minlength=n + 1)
     keep = size * cell_area >= FIND_MIN_AREA[CLASSES[index].name]
+    if edge is not None:
+        e = max(edge, 1)
+        rim = np.ones(raster.shape, bool)
+        rim[e:-e, e:-e] = False
+        keep[np.unique(labels[rim])] = True
     keep[0] = False
     renumber = np.zeros(n + 1, np.int64)
     renumber[keep] = np.arange(1, keep.sum() + 1)
     return renumber[labels], int(keep.sum())
 
 
-def find_objects(x, y, classes: np.ndarray, cell: float | None = None) -> list[Find]:
+def find_objects(
+    x, y, classes: np.ndarray, cell: float | None = None, seam: float | None = None
+) -> list[Find]:
     """The plazuelas and structures among points at ``x``, ``y`` (CRS units; arrays or laspy's
     scaled views, read in chunks) with class indices ``classes``, on a raster of ``cell``
-    (default: about four points a cell, at least 0.5)."""
+    (default: about four points a cell, at least 0.5). With ``seam`` (CRS units, e.g.
+    :data:`SEAM_TOLERANCE`), objects smaller than :data:`FIND_MIN_AREA` within ``seam`` of the
+    points' box are kept too, marked ``edge_part``: a seam between two files may have cut a
+    larger object into them (:func:`merge_finds`)."""
     if len(classes) == 0:
         return []
     g = _grid(x, y, cell)
     raster = class_raster(x, y, classes, g.bounds, g.hw, _CHUNK)
     (cx, cy), (x0, _, _, y1) = g.cell, g.bounds
+    edge = None if seam is None else math.ceil(seam / min(cx, cy))
     finds = []
     for c in CLASSES[1:]:
-        labels, n = _objects(raster, c.index, cx * cy)
+        labels, n = _objects(raster, c.index, cx * cy, edge)
         if n == 0:
             continue
         rr, cc = np.nonzero(labels)
@@ -160,6 +179,7 @@ def find_objects(x, y, classes: np.ndarray, cell: float | None = None) -> list[F
                     float(x0 + (hi_c[k] + 1) * cx),
                     float(y1 - lo_r[k] * cy),
                     outline(box, corner, (cx, cy)),
+                    edge_part=bool(cells[k] * (cx * cy) < FIND_MIN_AREA[c.name]),
                 )
             )
     return finds
@@ -203,7 +223,9 @@ def merge_finds(
     """The finds of several files ((name, the file's XY bounds, its finds)) as one list, each
     with the names of the files it lies in: a plazuela or structure cut by the seam between
     two files (both parts at their file's edge, boxes touching) is one find, its area and
-    points summed, its centre their area-weighted mean, its box their union."""
+    points summed, its centre their area-weighted mean, its box their union. Parts marked
+    ``edge_part`` (:func:`find_objects` with ``seam``) count where, joined, they reach
+    :data:`FIND_MIN_AREA`: an object the seam cut into pieces each below it is not lost."""
     rows = [(name, b, f) for name, b, finds in files for f in finds]
     if not rows:
         return []
@@ -242,6 +264,8 @@ def merge_finds(
     for ks in parts.values():
         fs = [rows[k][2] for k in ks]
         area = sum(f.area for f in fs)
+        if all(f.edge_part for f in fs) and area < FIND_MIN_AREA[fs[0].kind] * (1 - 1e-9):
+            continue  # a speck at an edge, or pieces too small even together
         merged = Find(
             fs[0].kind,
             sum(f.x * f.area for f in fs) / area,
@@ -273,6 +297,13 @@ def write_finds(path: str | Path, finds: list[Find], files: list[list[str]] | No
             out.writerow(row + ([";".join(files[i])] if files is not None else []))
     os.replace(tmp, path)
     return path
+
+
+def count_finds(path: str | Path) -> dict[str, int]:
+    """How many plazuelas and structures a CSV of :func:`write_finds` lists."""
+    with open(path, newline="", encoding="utf-8") as f:
+        kinds = [row["kind"] for row in csv.DictReader(f)]
+    return {c.name: kinds.count(c.name) for c in CLASSES[1:]}
 
 
 def write_finds_geojson(

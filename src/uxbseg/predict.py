@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,14 @@ from .data.voxelize import GridSpec, raw_xy_limits, voxelize
 from .decision import decide
 from .domain import DomainCheck
 from .errors import BadDataError, UXBError
-from .finds import Find, find_objects, merge_finds, write_finds, write_finds_geojson
+from .finds import (
+    SEAM_TOLERANCE,
+    Find,
+    find_objects,
+    merge_finds,
+    write_finds,
+    write_finds_geojson,
+)
 from .inference import infer_tile, render_tpi_image
 from .io.las import (
     POINT_FIELDS,
@@ -75,6 +82,7 @@ class PredictResult:
     overlap: float | None = None  # their least overlap (a fraction of the side)
     survey: int = 0  # files of the survey whose windows it was predicted in (0: on its own)
     found: list[Find] | None = None  # plazuelas and structures found (pred_<id>.finds.csv)
+    edge_parts: list[Find] = field(default_factory=list)  # smaller ones at its edge (merge_finds)
     bounds: tuple[float, float, float, float] | None = None  # the points' XY box (CRS units)
     epsg: int | None = None  # EPSG code of the file's horizontal CRS, where it names one
 
@@ -237,7 +245,9 @@ def predict_one(
             extra["entropy"] = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
         compress = is_compressed(job.las)
         write_classified(las, point_codes, las_out, compress, job.las, keep_classification, extra)
-        finds = find_objects(las.x, las.y, point_class)  # read in chunks: no copy of x, y
+        # read in chunks: no copy of x, y; with the small parts at the edges, for the run's list
+        found = find_objects(las.x, las.y, point_class, seam=SEAM_TOLERANCE)
+        finds = [f for f in found if not f.edge_part]
         write_finds(finds_path(job, out_dir), finds)
         if folder is not None:
             folder.close()
@@ -269,6 +279,7 @@ def predict_one(
         overlap=None if plan is None else overlap,
         survey=0 if context is None else len(survey.files),
         found=finds,
+        edge_parts=[f for f in found if f.edge_part],
         bounds=bounds,
         epsg=epsg,
     )
@@ -431,7 +442,7 @@ def predict_files(
     done = [r for r in results if r.error is None]
     finds: list[Find] = []
     if done:  # every file's finds in one list, those cut by a seam between two files joined
-        merged = merge_finds([(r.las.name, r.bounds, r.found) for r in done])
+        merged = merge_finds([(r.las.name, r.bounds, r.found + r.edge_parts) for r in done])
         finds, files = [m for m, _ in merged], [f for _, f in merged]
         write_finds(Path(out_dir) / SURVEY_FINDS, finds, files)
         write_finds_geojson(Path(out_dir) / SURVEY_OUTLINES, finds, files, _one_epsg(done))
