@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from uxbseg.config import config_from_dict
-from uxbseg.decision import decide
+from uxbseg.decision import decide, first_max
 from uxbseg.errors import ConfigError
 
 W = (0.05, 0.45, 0.50)
@@ -42,3 +42,14 @@ def test_weights_must_be_positive_and_one_per_class():
         config_from_dict(
             {"model": {"logit_adjustment": 1.0}, "loss": {"class_weights": [0.0, 0.5, 0.5]}}
         )
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_first_max_is_torchs_argmax_with_ties_and_nans(dim):
+    torch.manual_seed(1)
+    x = torch.randint(0, 4, (5, 3, 6, 7)).float()  # many ties
+    x[torch.rand(x.shape) < 0.05] = float("nan")
+    for scores in (x, x.to(torch.bfloat16), x.movedim(1, -1).contiguous().movedim(-1, 1)):
+        got = first_max(scores, dim)
+        assert got.dtype == torch.int64 and torch.equal(got, scores.argmax(dim))
+    assert first_max(torch.tensor([[0.2, 0.7, 0.1]]), 1).tolist() == [1]
