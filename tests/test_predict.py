@@ -353,7 +353,7 @@ def test_tta_is_mirror_equivariant(weights):
     prediction (each flip mapped back correctly), and it differs from the plain one."""
     import torch
 
-    from uxbseg.inference import infer_tile
+    from uxbseg.inference import infer_tile, infer_tiles
 
     model, cfg = load_model(weights)
     model.eval()
@@ -376,6 +376,10 @@ def test_tta_is_mirror_equivariant(weights):
     assert plain.shape == p.shape == (3, d, h, w)
     torch.testing.assert_close(p.sum(0), torch.ones(d, h, w), atol=1e-5, rtol=0)
     assert (plain - p).abs().max() > 1e-4
+    # left on the device (predict decides the classes there), the same averaged probabilities
+    kept, kept2d = infer_tiles(model, image[None], vox[None], cpu, tta=True, on_device=True)
+    torch.testing.assert_close(kept[0], p, atol=0, rtol=0)
+    assert kept2d is not None and kept2d.shape == (1, 3, h, w)  # the 2D head at grid size
 
 
 def test_an_input_folder_stands_for_its_las_files(weights, tiny_dataset, tmp_path, capsys):

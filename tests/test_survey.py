@@ -151,9 +151,12 @@ def test_tiles_of_a_survey_are_classified_as_the_whole_file(
     jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
     run, decoded = [], []  # windows through the model, files decoded for their neighbours
     infer, decode = predict_windows.infer_tiles, survey.read_point_fields
-    monkeypatch.setattr(
-        predict_windows, "infer_tiles", lambda m, i, *a: run.append(len(i)) or infer(m, i, *a)
-    )
+
+    def counted(m, i, *a, **k):
+        run.append(len(i))
+        return infer(m, i, *a, **k)
+
+    monkeypatch.setattr(predict_windows, "infer_tiles", counted)
     monkeypatch.setattr(survey, "read_point_fields", lambda p: decoded.append(p) or decode(p))
     tiles = predict_files(model, cfg, jobs, tmp_path / "survey", **kw)
     monkeypatch.undo()

@@ -62,9 +62,12 @@ def infer_tiles(
     voxels: np.ndarray,
     device: torch.device,
     tta: bool = False,
+    on_device: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class probabilities (B, K, D, H, W) of a batch of tiles and those of the 2D head
-    (B, K, H, W; None without one), float32 on the CPU.
+    (B, K, H, W; None without one), float32 on the CPU, or with ``on_device`` left on
+    ``device`` (to decide the classes there: a GPU's argmax, and one byte a voxel to copy back
+    instead of 4 x K).
 
     With ``tta`` the probabilities are averaged over the four mirror images of each tile
     (:data:`MIRRORS`), each mapped back (4x the inference time).
@@ -85,7 +88,11 @@ def infer_tiles(
             p2 = flip(F.softmax(out["logits2d"].float(), dim=1))
             probs2d = p2 if probs2d is None else probs2d + p2
     n = len(MIRRORS) if tta else 1
-    return probs.cpu() / n, None if probs2d is None else probs2d.cpu() / n
+    probs = probs / n if n > 1 else probs
+    probs2d = probs2d / n if probs2d is not None and n > 1 else probs2d
+    if on_device:
+        return probs, probs2d
+    return probs.cpu(), None if probs2d is None else probs2d.cpu()
 
 
 def infer_tile(

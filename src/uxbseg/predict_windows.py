@@ -285,15 +285,18 @@ def predict_windows(
     def run() -> None:
         images = np.stack([w.image for w in pending])
         features = np.stack([w.features for w in pending])
-        probs, probs2d = infer_tiles(model, images, features, device, tta)
-        grid_b = decide(probs, weights, tau, dim=1).numpy().astype(np.uint8)
+        # classes decided where the model ran: only they (a byte a voxel) come back, and the
+        # probabilities only when asked for
+        probs, probs2d = infer_tiles(model, images, features, device, tta, on_device=True)
+        grid_b = decide(probs, weights, tau, dim=1).to(torch.uint8).cpu().numpy()
         pred2d_b = [None] * len(pending)
         if on_window is not None and probs2d is not None:
-            pred2d_b = decide(probs2d, weights, tau, dim=1).numpy()
-        for w, p, grid, pred2d in zip(pending, probs, grid_b, pred2d_b):
+            pred2d_b = decide(probs2d, weights, tau, dim=1).cpu().numpy()
+        probs_b = [None] * len(pending) if point_probs is None else probs.cpu()
+        for w, p, grid, pred2d in zip(pending, probs_b, grid_b, pred2d_b):
             taken, voxel = w.taken - start, w.voxel
             point_class[taken] = grid.ravel()[voxel]
-            flat = None if point_probs is None else p.reshape(len(CLASSES), -1).numpy()
+            flat = None if p is None else p.reshape(len(CLASSES), -1).numpy()
             if flat is not None:
                 point_probs[:, taken] = flat[:, voxel]
             if on_window is not None:
