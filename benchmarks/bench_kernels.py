@@ -10,8 +10,10 @@ train``). Window attention of the first two stages: MONAI's materialised scores 
 without gradients (validation, evaluate, predict: ``model.sdpa_inference``) and with them
 (training: ``model.use_flash_attention``). The convs on the voxel features (few input channels),
 forward + weight gradient: torch's ``conv3d`` (cuDNN on a GPU) against the unfolded matrix product
-(``model.unfold_convs``). Ratios are the seed's time over each contender's; medians of interleaved
-rounds.
+(``model.unfold_convs``). The classes of a batch of windows' probabilities (predict, evaluate,
+validation): torch's ``argmax`` over the class dimension (the seed's) against
+``uxbseg.decision.first_max``. Ratios are the seed's time over each contender's; medians of
+interleaved rounds.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from uxbseg.config import load_config
+from uxbseg.decision import first_max
 from uxbseg.demo import packaged_config
 from uxbseg.models.attention import SDPAWindowAttention
 from uxbseg.models.convs import unfold_small_convs
@@ -208,6 +211,32 @@ def bench_convs(convs, device, dtype, repeats: int) -> None:
         )
 
 
+def decide_row(shape: tuple, device, repeats: int) -> dict[str, float]:
+    """Seconds for the classes of probabilities of ``shape`` (B, K, D, H, W): torch's argmax
+    over K, and :func:`~uxbseg.decision.first_max`; each checked against the other first."""
+    probs = torch.rand(shape, device=device).softmax(1)
+    if not torch.equal(probs.argmax(1), first_max(probs, 1)):
+        raise AssertionError("first_max disagrees with argmax")
+
+    def timed(fn):
+        def run() -> None:
+            fn(probs, 1)
+            sync(device)
+
+        return run
+
+    return timeit_interleaved({"argmax": timed(torch.argmax), "first_max": timed(first_max)},
+                              repeats)  # fmt: skip
+
+
+def bench_decide(shape: tuple, device, repeats: int) -> None:
+    t = decide_row(shape, device, repeats)
+    print(
+        f"classes of probabilities {shape!s}: argmax {t['argmax'] * 1e3:8.2f} ms, first_max "
+        f"{t['first_max'] * 1e3:8.2f} ms ({t['argmax'] / t['first_max']:5.2f}x)"
+    )
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", choices=["tiny", "seed"], default="tiny")
@@ -226,6 +255,7 @@ def main(argv=None) -> None:
     bench_norms(norm_levels(grid, f, batch), device, dtype, a.repeats)
     stages = attention_stages(grid, f, cfg.model.window_size, batch)
     bench_attention(stages, batch, device, dtype, a.repeats)
+    bench_decide((batch, 3, *grid), device, a.repeats)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from benchmarks.bench_kernels import (
     _conv_row,
     _norm_row,
     attention_stages,
+    decide_row,
     input_convs,
     norm_levels,
 )
@@ -58,3 +59,5 @@ def test_rows_time_every_contender():
     assert all(set(r) == {"conv3d", "unfolded"} and min(r.values()) > 0 for r in rows)
     _, wide, shape = input_convs((4, 4, 8), 12, 5, 2)[0]  # 135 columns: not unfolded
     assert _conv_row(wide, shape, torch.device("cpu"), False, repeats=1) == {}
+    decide = decide_row((2, 3, 4, 8, 8), torch.device("cpu"), repeats=1)
+    assert set(decide) == {"argmax", "first_max"} and min(decide.values()) > 0
