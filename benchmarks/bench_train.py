@@ -208,7 +208,8 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks train``."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", choices=["tiny", "seed"], default="tiny")
     p.add_argument("--steps", type=int, default=3)
@@ -248,10 +249,15 @@ def main(argv=None) -> None:
         help="on the CPU, time each variant's steps together (default: interleaved; on a GPU "
         "always sequential, for the per-variant peak memory)",
     )
-    a = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = load_config(packaged_config(a.config), ["model.pretrained_2d=null"])
-    gpu = device.type == "cuda"
+    return p
+
+
+Variant = tuple[str, int, dict]  # label, batch, options of _Run
+
+
+def plan_variants(a: argparse.Namespace, gpu: bool) -> tuple[list[Variant], str, dict]:
+    """The variants the command line ``a`` times on a GPU or the CPU, as (label, batch, options
+    of :class:`_Run`), the reference first, and the best fast path's (label, options)."""
     prec = "bf16" if gpu else "fp32"
     fast = dict(naive=False, bf16=gpu, fused_attention=a.fused_attention)
     variants = [("seed as written (fp32, broadcast fusion)", 1, dict(naive=True, bf16=False))]
@@ -278,13 +284,27 @@ def main(argv=None) -> None:
         if a.compile:
             variants.append((name + " + compile", batch, {**best, "compile_": True}))
     name, best = bests[-1]
+    return variants, name, best
+
+
+def select(variants: list[Variant], only: list[str] | None) -> list[Variant]:
+    """The variants whose label contains one of ``only`` (all without it)."""
+    return [v for v in variants if not only or any(t in v[0] for t in only)]
+
+
+def main(argv=None) -> None:
+    a = parser().parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = load_config(packaged_config(a.config), ["model.pretrained_2d=null"])
+    gpu = device.type == "cuda"
+    variants, name, best = plan_variants(a, gpu)
     dev = torch.cuda.get_device_name() if gpu else "CPU"
     print(f"{a.config} config, grid {cfg.grid.shape}, {dev}, torch {torch.__version__}")
     if a.check:
         err = agreement(cfg, device, best)
         print(f"  fast path ({name}) vs fp32 plain path, same weights: rel. L2 error {err:.2e}")
         _free()
-    chosen = [v for v in variants if not a.only or any(t in v[0] for t in a.only)]
+    chosen = select(variants, a.only)
     interleave = not gpu and not a.sequential and not a.profile
     how = "one step of each variant in turn, " if interleave else ""
     print(f"  median of {a.steps} steps ({how}after one warm-up step each); peak = GPU memory")
