@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -48,6 +49,25 @@ def test_find_objects_gives_each_object_its_place_size_and_points():
     assert find_objects(x, y, np.zeros_like(cls)) == []
 
 
+def test_a_finds_score_is_the_mean_probability_of_its_points_class():
+    x, y, cls = _scene()
+    scores = np.where(cls == 1, 0.6, np.where(cls == 2, 0.9, 0.99))
+    scores[(cls == 2) & (x < 15)] = 0.7  # the structure's west half less sure
+    pl, st = sorted(find_objects(x, y, cls, scores=scores.astype(np.float16)), key=lambda f: f.kind)
+    assert pl.score == pytest.approx(0.6, abs=1e-3)  # float16 storage
+    west = ((cls == 2) & (x < 15) & (np.abs(x - 15) < 5)).sum() / ((cls == 2) & (x > 9)).sum()
+    assert st.score == pytest.approx(0.7 * west + 0.9 * (1 - west), abs=0.01)
+    assert all(f.score is None for f in find_objects(x, y, cls))
+    # joined across a seam: weighted by the parts' points
+    w = Find("structure", 99.0, 50.0, 10.0, 30, 98.0, 49.0, 100.0, 51.0, score=0.5)
+    e = Find("structure", 101.0, 50.0, 10.0, 10, 100.2, 49.0, 102.0, 51.0, score=0.9)
+    west_box, east_box = (0.0, 0.0, 100.0, 100.0), (100.2, 0.0, 200.0, 100.0)
+    ((f, _),) = merge_finds([("w", west_box, [w]), ("e", east_box, [e])])
+    assert f.score == pytest.approx((0.5 * 30 + 0.9 * 10) / 40)
+    ((f, _),) = merge_finds([("w", west_box, [w]), ("e", east_box, [replace(e, score=None)])])
+    assert f.score is None
+
+
 def test_object_counts_found_and_real():
     x, y, truth = _scene()
     pred = truth.copy()
@@ -62,14 +82,18 @@ def test_object_counts_found_and_real():
 
 
 def test_write_finds_is_a_csv_with_a_header(tmp_path):
-    finds = [Find("structure", 1.0, 2.0, 30.0, 12, 0.0, 0.0, 3.0, 4.0)]
+    finds = [
+        Find("structure", 1.0, 2.0, 30.0, 12, 0.0, 0.0, 3.0, 4.0, score=0.8734),
+        Find("plazuela", 1.0, 2.0, 30.0, 12, 0.0, 0.0, 3.0, 4.0),  # no score known
+    ]
     path = write_finds(tmp_path / "f.csv", finds)
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    assert rows == [
-        {"kind": "structure", "x": "1.00", "y": "2.00", "area": "30.00", "points": "12",
-         "xmin": "0.00", "ymin": "0.00", "xmax": "3.00", "ymax": "4.00"}
-    ]  # fmt: skip
+    assert rows[0] == {
+        "kind": "structure", "x": "1.00", "y": "2.00", "area": "30.00", "points": "12",
+        "xmin": "0.00", "ymin": "0.00", "xmax": "3.00", "ymax": "4.00", "score": "0.87",
+    }  # fmt: skip
+    assert rows[1]["kind"] == "plazuela" and rows[1]["score"] == ""
     assert not list(tmp_path.glob(".*partial"))
 
 
@@ -188,7 +212,7 @@ def test_write_finds_geojson_outlines_crs_and_files(tmp_path):
     assert box["geometry"]["coordinates"] == [[[[0, 0], [3, 0], [3, 4], [0, 4], [0, 0]]]]
     assert box["properties"] == {
         "kind": "structure", "x": 1.0, "y": 2.0, "area": 30.0, "points": 12,
-        "xmin": 0.0, "ymin": 0.0, "xmax": 3.0, "ymax": 4.0, "files": "a.las;b.las",
+        "xmin": 0.0, "ymin": 0.0, "xmax": 3.0, "ymax": 4.0, "score": None, "files": "a.las;b.las",
     }  # fmt: skip
     unnamed = json.loads(write_finds_geojson(tmp_path / "n.geojson", finds).read_text())
     assert "crs" not in unnamed and "files" not in unnamed["features"][0]["properties"]

@@ -3,6 +3,7 @@
 import json
 import logging
 import struct
+from dataclasses import replace
 
 import laspy
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 from PIL import Image
 
 from uxbseg import predict_windows, survey
+from uxbseg.classes import CLASSES, las_code_to_class
 from uxbseg.cli import main
+from uxbseg.finds import SEAM_TOLERANCE, find_objects
 from uxbseg.io.las import read_point_fields
 from uxbseg.io.raster import image_window, mosaic_window
 from uxbseg.io.weights import load_model
@@ -325,7 +328,7 @@ def test_the_runs_finds_join_the_parts_a_seam_cut(trained_run, tiny_dataset, tmp
     data = config_to_dict(cfg)
     data["model"]["logit_adjustment"] = -3.0
     cfg = config_from_dict(data)
-    kw = dict(window=100.0, progress=False)
+    kw = dict(window=100.0, progress=False, probabilities=True)
     (whole,) = predict_files(model, cfg, [PredictJob(tmp_path / "whole.las", None, "w")],
                              tmp_path / "whole", **kw)  # fmt: skip
     jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
@@ -335,3 +338,23 @@ def test_the_runs_finds_join_the_parts_a_seam_cut(trained_run, tiny_dataset, tmp
     per_file = sum(sum(r.finds.values()) for r in res)
     assert len(rows) == sum(whole.finds.values()) < per_file  # measured: 1 find, 2 parts
     assert "pred_east.las;pred_west.las" in {r["files"] for r in rows}
+    # each find's score is the mean probability of its class over its points, as the written
+    # probabilities give it: in windows, in a survey's windows (some run for the other file),
+    # and predicted as one tile
+    alone = predict_files(model, cfg, jobs, tmp_path / "alone", survey=False,
+                          **{**kw, "window": None})  # fmt: skip
+    scored = 0
+    for r in [whole, *res, *alone]:
+        las = laspy.read(r.las)
+        classes = las_code_to_class(np.asarray(las.classification))
+        probs = np.stack([np.asarray(las[f"prob_{c.name}"]) for c in CLASSES])
+        scores = np.take_along_axis(probs, classes[None], 0)[0]
+        want = find_objects(las.x, las.y, classes, seam=SEAM_TOLERANCE, scores=scores)
+        got = r.found + r.edge_parts
+        assert [replace(f, score=None) for f in got] == [replace(f, score=None) for f in want]
+        for g, w in zip(got, want, strict=True):
+            assert g.score == pytest.approx(w.score, abs=2e-3)  # stored as float16
+            assert 0.0 < g.score <= 1.0
+        scored += len(got)
+    assert scored >= 4
+    assert all(row["score"] for row in rows)

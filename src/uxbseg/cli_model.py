@@ -382,19 +382,16 @@ def add_prediction_commands(sub) -> None:
         help="classify LAS/LAZ files",
         description="Write pred_<id>.las/.laz (same points, same order, every other field, VLR "
         "and EVLR unchanged), pred_<id>.npy (uint8 voxel grid) and pred_<id>.finds.csv (each "
-        "plazuela and structure found: centre, area, points, box; CRS units), and OUT/finds.csv "
-        "with the finds of all of them (one cut by the seam between two files joined), outlined "
-        "for a GIS in OUT/finds.geojson (in the files' CRS). Inputs "
-        "come from "
-        "a dataset's "
-        "predict/ split (--data) or are given directly (--input, with --image or a TPI image "
-        "rendered from the points). A file more than 1.25x the training tiles' side is cut "
-        "into windows of that side (--window), each point classified by the nearest window's "
-        "centre; its grids go to pred_<id>.windows/. Files that lie side by side are "
-        "predicted as one survey (--no-survey). "
-        "A bad input is reported and skipped; exit 1 if any failed. "
-        "Inputs that would write the same pred_<id>, or write over an input, are refused "
-        "before any work.",
+        "plazuela and structure found: centre, area, points, box, score; CRS units), and "
+        "OUT/finds.csv with the finds of all of them (one cut by the seam between two files "
+        "joined), outlined for a GIS in OUT/finds.geojson (in the files' CRS). Inputs come from "
+        "a dataset's predict/ split (--data) or are given directly (--input, with --image or a "
+        "TPI image rendered from the points). A file more than 1.25x the training tiles' side "
+        "is cut into windows of that side (--window), each point classified by the nearest "
+        "window's centre; its grids go to pred_<id>.windows/. Files that lie side by side are "
+        "predicted as one survey (--no-survey). A bad input is reported and skipped; exit 1 if "
+        "any failed. Inputs that would write the same pred_<id>, or write over an input, are "
+        "refused before any work.",
     )
     p.add_argument("--weights", type=Path, required=True, help="trained weights (.safetensors)")
     src = p.add_mutually_exclusive_group(required=True)

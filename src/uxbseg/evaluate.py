@@ -245,7 +245,7 @@ def _window_scores(
             mask = mask_window(values, file_bounds, win.bounds, (h, w))
             parts["pixels"].append((mask[own], pred2d[own]))
 
-    point_class, _ = predict_windows(
+    point_class, _, _ = predict_windows(
         model, cfg, pair.image, las, pts, plan, device, tta, False, score, False, batch
     )
     scores = {"points": (point_truth, point_class.astype(np.int64))}

@@ -65,11 +65,15 @@ anticlockwise, then its holes clockwise (GeoJSON's order, RFC 7946)."""
 @dataclass(frozen=True)
 class Find:
     """One object: its class, the centre of its cells, its area, the points of its class in
-    it, and its bounding box (CRS units); ``outline``: the outline of its cells, one polygon a
-    part (the parts of an object that touch only at a corner, or that a seam cut), empty when
-    not traced; ``edge_part``: smaller than :data:`FIND_MIN_AREA`, kept only because it lies at
-    its file's edge, where a seam may have cut a larger object (:func:`merge_finds` joins it to
-    the other parts, or drops it)."""
+    it, and its bounding box (CRS units).
+
+    ``outline``: the outline of its cells, one polygon a part (the parts of an object that
+    touch only at a corner, or that a seam cut), empty when not traced. ``edge_part``: smaller
+    than :data:`FIND_MIN_AREA`, kept only because it lies at its file's edge, where a seam may
+    have cut a larger object (:func:`merge_finds` joins it to the other parts, or drops it).
+    ``score``: the mean, over its points, of the probability the model gave their class (the
+    softmax, before any logit adjustment; None where not known): for ranking finds to check,
+    not a calibrated chance."""
 
     kind: str
     x: float
@@ -82,6 +86,7 @@ class Find:
     ymax: float
     outline: tuple[Polygon, ...] = field(default=(), repr=False, compare=False)
     edge_part: bool = field(default=False, compare=False)
+    score: float | None = None
 
 
 _COLUMNS = [f.name for f in fields(Find) if f.name not in ("outline", "edge_part")]  # finds.csv
@@ -130,14 +135,20 @@ def _objects(
 
 
 def find_objects(
-    x, y, classes: np.ndarray, cell: float | None = None, seam: float | None = None
+    x,
+    y,
+    classes: np.ndarray,
+    cell: float | None = None,
+    seam: float | None = None,
+    scores: np.ndarray | None = None,
 ) -> list[Find]:
     """The plazuelas and structures among points at ``x``, ``y`` (CRS units; arrays or laspy's
     scaled views, read in chunks) with class indices ``classes``, on a raster of ``cell``
     (default: about four points a cell, at least 0.5). With ``seam`` (CRS units, e.g.
     :data:`SEAM_TOLERANCE`), objects smaller than :data:`FIND_MIN_AREA` within ``seam`` of the
     points' box are kept too, marked ``edge_part``: a seam between two files may have cut a
-    larger object into them (:func:`merge_finds`)."""
+    larger object into them (:func:`merge_finds`). ``scores``: each point's probability of its
+    class, averaged over a find's points into its ``score``."""
     if len(classes) == 0:
         return []
     g = _grid(x, y, cell)
@@ -158,12 +169,16 @@ def find_objects(
         lo_r, hi_r = ndimage.minimum(rr, lab, ids), ndimage.maximum(rr, lab, ids)
         lo_c, hi_c = ndimage.minimum(cc, lab, ids), ndimage.maximum(cc, lab, ids)
         pts = np.zeros(n + 1, np.int64)  # the points of its class in its cells
+        total = np.zeros(n + 1)  # and the sum of their scores
         for a in range(0, len(classes), _CHUNK):
             mine = np.asarray(classes[a : a + _CHUNK]) == c.index
             part = slice(a, a + _CHUNK)
             row, col = cell_of(np.asarray(x[part])[mine], np.asarray(y[part])[mine], g.bounds, g.hw)
             pts += np.bincount(labels[row, col], minlength=n + 1)
-        pts = pts[1:]
+            if scores is not None:
+                weights = np.asarray(scores[part], dtype=np.float64)[mine]
+                total += np.bincount(labels[row, col], weights, minlength=n + 1)
+        pts, total = pts[1:], total[1:]
         for k in range(n):
             box = labels[lo_r[k] : hi_r[k] + 1, lo_c[k] : hi_c[k] + 1] == k + 1
             corner = (x0 + lo_c[k] * cx, y1 - lo_r[k] * cy)
@@ -180,6 +195,7 @@ def find_objects(
                     float(y1 - lo_r[k] * cy),
                     outline(box, corner, (cx, cy)),
                     edge_part=bool(cells[k] * (cx * cy) < FIND_MIN_AREA[c.name]),
+                    score=None if scores is None else float(total[k] / max(pts[k], 1)),
                 )
             )
     return finds
@@ -277,13 +293,31 @@ def merge_finds(
             max(f.xmax for f in fs),
             max(f.ymax for f in fs),
             tuple(p for f in fs for p in f.outline),
+            score=_mean_score(fs),
         )
         out.append((merged, sorted({rows[k][0] for k in ks})))
     return out
 
 
+def _mean_score(parts: list[Find]) -> float | None:
+    """The score of finds joined into one: their scores weighted by their points."""
+    if any(f.score is None for f in parts):
+        return None
+    points = sum(f.points for f in parts)
+    if points == 0:
+        return sum(f.score for f in parts) / len(parts)
+    return sum(f.score * f.points for f in parts) / points
+
+
+def _value(v) -> str | int:
+    """A CSV cell: text and counts as they are, numbers to the hundredth, None empty."""
+    if v is None:
+        return ""
+    return v if isinstance(v, (str, int)) else f"{v:.2f}"
+
+
 def write_finds(path: str | Path, finds: list[Find], files: list[list[str]] | None = None) -> Path:
-    """``finds`` as CSV (one row each, a header row of :class:`Find`'s fields but the outline,
+    """``finds`` as CSV (one row each, a header row of :class:`Find`'s columns (no outline),
     and with ``files`` a last column naming the files each lies in, ``;`` between them), written
     under a temporary name and renamed."""
     path = Path(path)
@@ -292,8 +326,7 @@ def write_finds(path: str | Path, finds: list[Find], files: list[list[str]] | No
         out = csv.writer(f)
         out.writerow(_COLUMNS + (["files"] if files is not None else []))
         for i, find in enumerate(finds):
-            values = [getattr(find, name) for name in _COLUMNS]
-            row = [v if isinstance(v, (str, int)) else f"{v:.2f}" for v in values]
+            row = [_value(getattr(find, name)) for name in _COLUMNS]
             out.writerow(row + ([";".join(files[i])] if files is not None else []))
     os.replace(tmp, path)
     return path

@@ -226,11 +226,11 @@ def predict_one(
     written = None
     try:
         if plan is None:
-            point_class, point_probs, grid = _predict_tile(
+            point_class, point_probs, point_score, grid = _predict_tile(
                 model, cfg, job, las, points, device, tta, probabilities
             )
         else:
-            point_class, point_probs = predict_windows(
+            point_class, point_probs, point_score = predict_windows(
                 model, cfg, job.image, las, points, plan, device, tta, probabilities, folder,
                 progress, batch, context=context,
             )  # fmt: skip
@@ -246,7 +246,7 @@ def predict_one(
         compress = is_compressed(job.las)
         write_classified(las, point_codes, las_out, compress, job.las, keep_classification, extra)
         # read in chunks: no copy of x, y; with the small parts at the edges, for the run's list
-        found = find_objects(las.x, las.y, point_class, seam=SEAM_TOLERANCE)
+        found = find_objects(las.x, las.y, point_class, seam=SEAM_TOLERANCE, scores=point_score)
         finds = [f for f in found if not f.edge_part]
         write_finds(finds_path(job, out_dir), finds)
         if folder is not None:
@@ -327,8 +327,8 @@ def _in_survey(
 def _predict_tile(
     model, cfg: Config, job: PredictJob, las, points: PointArrays, device, tta, probabilities
 ):
-    """Classes (N,), with ``probabilities`` class probabilities (K, N), and the voxel grid of a
-    file predicted as one tile."""
+    """Classes (N,), with ``probabilities`` class probabilities (K, N), the probability of its
+    class (N, float16), and the voxel grid of a file predicted as one tile."""
     spec = GridSpec.from_config(cfg.grid)
     vox = voxelize(points, spec, with_labels=False)
     if job.image is not None:
@@ -341,12 +341,14 @@ def _predict_tile(
         )
         image = render_tpi_image(las, cfg.data.image_size)
     probs, _ = infer_tile(model, image, vox.features, device, tta)
-    grid = decide(probs, cfg.loss.class_weights, cfg.model.logit_adjustment)
-    grid = grid.numpy().astype(np.uint8)
+    classes = decide(probs, cfg.loss.class_weights, cfg.model.logit_adjustment)
+    score = probs.gather(0, classes[None])[0].half().numpy().ravel()
+    grid = classes.numpy().astype(np.uint8)
     point_probs = None
     if probabilities:
         point_probs = probs.reshape(len(CLASSES), -1).numpy()[:, vox.point_voxel]
-    return grid.ravel()[vox.point_voxel], point_probs, grid
+    pv = vox.point_voxel
+    return grid.ravel()[pv], point_probs, score[pv], grid
 
 
 def predict_files(

@@ -262,8 +262,9 @@ def predict_windows(
     batch: int = 1,
     prefetch: int = 2,
     context: SurveyContext | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Classes (N,) and, with ``probabilities``, class probabilities (K, N) of every point of a
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Classes (N,), with ``probabilities`` class probabilities (K, N), and the probability of
+    its class (N, float16: :func:`~uxbseg.finds.find_objects`' scores) of every point of a
     file cut into windows, ``batch`` windows at a time through the model while the next
     ``prefetch`` batches are prepared. ``on_window(window, grid, classes2d)`` is called with
     each window's voxel classes (D, H, W) and 2D head's classes (H, W; None without one).
@@ -279,6 +280,7 @@ def predict_windows(
     n, start = len(points), context.own.start
     point_class = np.zeros(n, dtype=np.uint8)
     point_probs = np.zeros((len(CLASSES), n), dtype=np.float32) if probabilities else None
+    point_score = np.zeros(n, dtype=np.float16)
     pending: list[WindowInput] = []
     weights, tau = cfg.loss.class_weights, cfg.model.logit_adjustment
 
@@ -288,14 +290,17 @@ def predict_windows(
         # classes decided where the model ran: only they (a byte a voxel) come back, and the
         # probabilities only when asked for
         probs, probs2d = infer_tiles(model, images, features, device, tta, on_device=True)
-        grid_b = decide(probs, weights, tau, dim=1).to(torch.uint8).cpu().numpy()
+        classes = decide(probs, weights, tau, dim=1)
+        score_b = probs.gather(1, classes[:, None])[:, 0].half().cpu().numpy()
+        grid_b = classes.to(torch.uint8).cpu().numpy()
         pred2d_b = [None] * len(pending)
         if on_window is not None and probs2d is not None:
             pred2d_b = decide(probs2d, weights, tau, dim=1).cpu().numpy()
         probs_b = [None] * len(pending) if point_probs is None else probs.cpu()
-        for w, p, grid, pred2d in zip(pending, probs_b, grid_b, pred2d_b):
+        for w, p, grid, score, pred2d in zip(pending, probs_b, grid_b, score_b, pred2d_b):
             taken, voxel = w.taken - start, w.voxel
             point_class[taken] = grid.ravel()[voxel]
+            point_score[taken] = score.ravel()[voxel]
             flat = None if p is None else p.reshape(len(CLASSES), -1).numpy()
             if flat is not None:
                 point_probs[:, taken] = flat[:, voxel]
@@ -311,12 +316,14 @@ def predict_windows(
                         grid.ravel()[voxel],
                         None if flat is None else flat[:, voxel],
                         grid,
+                        score.ravel()[voxel],
                     )
         pending.clear()
 
     def reuse(w: WindowInput) -> None:
         done = context.done[(w.row, w.col)]
         point_class[done.index] = done.classes
+        point_score[done.index] = done.scores
         if point_probs is not None:
             point_probs[:, done.index] = done.probs
         if on_window is not None:
@@ -337,4 +344,4 @@ def predict_windows(
     if pending:
         run()
     bar.close()
-    return point_class, point_probs
+    return point_class, point_probs, point_score

@@ -100,6 +100,7 @@ class WindowDone:
     classes: np.ndarray  # their classes
     probs: np.ndarray | None  # their class probabilities (K, n), when asked for
     grid: np.ndarray  # the window's voxel classes
+    scores: np.ndarray  # the probability of each point's class
 
 
 @dataclass(eq=False)
