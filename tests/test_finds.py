@@ -15,6 +15,7 @@ from uxbseg.finds import (
     merge_finds,
     object_counts,
     outline,
+    score_auc,
     write_finds,
     write_finds_geojson,
 )
@@ -79,6 +80,25 @@ def test_object_counts_found_and_real():
     # truths that are IGNORE are no objects
     ignored = np.where(truth == 2, IGNORE, truth)
     assert object_counts(x, y, ignored, pred)["structure"]["true"] == 0
+
+
+def test_object_counts_give_each_predicted_objects_score_and_whether_it_is_real():
+    x, y, truth = _scene()
+    pred = truth.copy()
+    false = (np.abs(x - 30) < 3) & (np.abs(y - 35) < 3)
+    pred[false] = 2  # a false structure, less sure than the real one
+    scores = np.where(false, 0.55, np.where(pred == 2, 0.9, 0.7))
+    scored: dict = {}
+    counts = object_counts(x, y, truth, pred, scores=scores, scored=scored)
+    assert counts["structure"] == {"true": 1, "found": 1, "predicted": 2, "real": 1}
+    assert sorted(scored["structure"]) == [(pytest.approx(0.55), False), (pytest.approx(0.9), True)]
+    assert scored["plazuela"] == [(pytest.approx(0.7), True)]
+    assert score_auc(scored["structure"]) == 1.0  # the real one first
+    assert score_auc([(0.2, True), (0.6, False), (0.4, True), (0.1, False)]) == 0.5
+    assert score_auc([(0.3, True), (0.6, False)]) == 0.0
+    assert score_auc(scored["plazuela"]) is None  # nothing false to rank below
+    assert score_auc([]) is None
+    assert object_counts(x, y, truth, pred) == counts  # the same counts without scores
 
 
 def test_write_finds_is_a_csv_with_a_header(tmp_path):
@@ -282,3 +302,16 @@ def test_seam_keeps_only_small_objects_at_the_edge():
     big = Find("structure", 102.0, 50.0, 3.5, 30, 100.2, 49.0, 103.0, 51.0, edge_part=True)
     ((joined, _),) = merge_finds([("w", west, [w]), ("e", east, [big])])  # 4.5 m² together
     assert joined.area == 4.5 and joined.points == 39
+
+
+def test_evaluate_says_how_well_the_scores_rank_the_finds():
+    from uxbseg.evaluate import format_result
+
+    o = {"true": 3, "found": 2, "predicted": 4, "real": 2, "recall": 2 / 3, "precision": 0.5}
+    objects = {"plazuela": {**o, "score_auc": None}, "structure": {**o, "score_auc": 0.754}}
+    text = format_result({"split": "test", "tiles": 2, "objects": objects})
+    assert (
+        "structure found 2 of 3 (recall 0.67), 4 predicted, 2 real (precision 0.50; their "
+        "scores rank the real above the false with AUC 0.75)"
+    ) in text
+    assert "plazuela found 2 of 3 (recall 0.67), 4 predicted, 2 real (precision 0.50);" in text

@@ -267,6 +267,10 @@ def test_evaluate_reports_three_levels_and_baseline(weights, tiny_dataset, capsy
     for name, o in res["objects"].items():
         assert o["true"] == truth[name] and 0 <= o["found"] <= o["true"]
         assert 0 <= o["real"] <= o["predicted"]
+        if 0 < o["real"] < o["predicted"]:  # real and false finds: their scores ranked
+            assert 0.0 <= o["score_auc"] <= 1.0
+        else:
+            assert o["score_auc"] is None
     assert main(["evaluate", "--weights", str(weights), "--data", str(tiny_dataset)]) == 0
     text = capsys.readouterr().out
     assert "points (all-ground)" in text

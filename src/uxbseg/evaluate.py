@@ -14,7 +14,7 @@ from .data.voxelize import GridSpec, raw_xy_limits, voxel_labels, voxelize
 from .decision import decide
 from .domain import DomainCheck
 from .errors import BadDataError
-from .finds import FIND_MIN_AREA, FOUND_COVER, object_counts
+from .finds import FIND_MIN_AREA, FOUND_COVER, object_counts, score_auc
 from .inference import infer_tile
 from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask, mask_window, read_mask_values
@@ -86,6 +86,7 @@ def evaluate(
     cut = 0
     counted = ("true", "found", "predicted", "real")
     objects = {c.name: dict.fromkeys(counted, 0) for c in CLASSES[1:]}
+    scored: dict[str, list[tuple[float, bool]]] = {}  # (score, real) of each predicted object
     domain = DomainCheck(cfg)
     pictures = TileReport(report) if report is not None else None
     for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
@@ -96,10 +97,10 @@ def evaluate(
         domain(pair.las, las, len(pts), limits)
         plan = plan_for(las, limits, side, overlap)
         if plan is None:
-            scores = _tile_scores(model, cfg, pair, pts, point_truth, device, tta)
+            scores, point_score = _tile_scores(model, cfg, pair, pts, point_truth, device, tta)
         else:
             cut += 1
-            scores = _window_scores(
+            scores, point_score = _window_scores(
                 model, cfg, pair, las, pts, plan, point_truth, device, tta, batch
             )
         for lvl, (t, p) in scores.items():
@@ -107,7 +108,7 @@ def evaluate(
             base[lvl] += confusion(t, np.zeros_like(t))
         truth, pred = scores["points"]
         x, y = np.asarray(las.x), np.asarray(las.y)
-        tile_objects = object_counts(x, y, truth, pred)
+        tile_objects = object_counts(x, y, truth, pred, scores=point_score, scored=scored)
         for name, counts in tile_objects.items():
             for k, v in counts.items():
                 objects[name][k] += v
@@ -131,9 +132,10 @@ def evaluate(
             "confusion": cm.tolist(),
             "iou_interval": iou_interval(tiles),
         }
-    for o in objects.values():  # None where there is nothing to divide by
+    for name, o in objects.items():  # None where there is nothing to divide by
         o["recall"] = o["found"] / o["true"] if o["true"] else None
         o["precision"] = o["real"] / o["predicted"] if o["predicted"] else None
+        o["score_auc"] = score_auc(scored.get(name, []))
     result["objects"] = objects
     if pictures is not None:
         result["report"] = str(pictures.close(format_result(result)))
@@ -193,7 +195,13 @@ def format_result(result: dict) -> str:
             + "; ".join(
                 f"{name} found {o['found']} of {o['true']} (recall {_ratio(o['recall'])}), "
                 f"{o['predicted']} predicted, {o['real']} real (precision "
-                f"{_ratio(o['precision'])})"
+                f"{_ratio(o['precision'])}"
+                + (
+                    f"; their scores rank the real above the false with AUC {o['score_auc']:.2f}"
+                    if o.get("score_auc") is not None
+                    else ""
+                )
+                + ")"
                 for name, o in result["objects"].items()
             )
         )
@@ -206,28 +214,34 @@ def _ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def _tile_scores(model, cfg: Config, pair, pts: PointArrays, point_truth, device, tta) -> dict:
-    """(truth, prediction) of each level for a tile predicted whole."""
+def _tile_scores(
+    model, cfg: Config, pair, pts: PointArrays, point_truth, device, tta
+) -> tuple[dict, np.ndarray]:
+    """(truth, prediction) of each level for a tile predicted whole, and each point's
+    probability of its predicted class."""
     spec = GridSpec.from_config(cfg.grid)
     vox = voxelize(pts, spec, with_labels=False)
     vox_truth = voxel_labels(vox.point_voxel, point_truth, spec.num_voxels, spec.empty_label)
     image = load_image(pair.image, cfg.data.image_size)
     weights, tau = cfg.loss.class_weights, cfg.model.logit_adjustment
     probs, pred2d = infer_tile(model, image, vox.features, device, tta, weights, tau)
-    grid = decide(probs, weights, tau).numpy().ravel()
+    classes = decide(probs, weights, tau)
+    score = probs.gather(0, classes[None]).numpy().ravel()
+    grid = classes.numpy().ravel()
     scores = {"voxels": (vox_truth, grid), "points": (point_truth, grid[vox.point_voxel])}
     if pair.mask is not None and pred2d is not None:
         scores["pixels"] = (load_mask(pair.mask, spec.shape[1:]).ravel(), pred2d.ravel())
-    return scores
+    return scores, score[vox.point_voxel]
 
 
 def _window_scores(
     model, cfg: Config, pair, las, pts: PointArrays, plan: WindowPlan, point_truth, device, tta,
     batch: int,
-) -> dict:  # fmt: skip
+) -> tuple[dict, np.ndarray]:  # fmt: skip
     """(truth, prediction) of each level for a tile cut into windows: every point once; each
     window's own voxels and pixels (:meth:`~uxbseg.windows.WindowPlan.owned_cells`), with the
-    mask cut to the window. Windows that classify no point (empty corners) are not scored."""
+    mask cut to the window. Windows that classify no point (empty corners) are not scored.
+    And each point's probability of its predicted class."""
     spec = GridSpec.from_config(cfg.grid)
     d, h, w = spec.shape
     file_bounds = crs_bounds(las, (plan.x_limits, plan.y_limits))
@@ -245,11 +259,11 @@ def _window_scores(
             mask = mask_window(values, file_bounds, win.bounds, (h, w))
             parts["pixels"].append((mask[own], pred2d[own]))
 
-    point_class, _, _ = predict_windows(
+    point_class, _, point_score = predict_windows(
         model, cfg, pair.image, las, pts, plan, device, tta, False, score, False, batch
     )
     scores = {"points": (point_truth, point_class.astype(np.int64))}
     for lvl, pieces in parts.items():
         if pieces:
             scores[lvl] = tuple(np.concatenate(p) for p in zip(*pieces))
-    return scores
+    return scores, point_score

@@ -38,6 +38,7 @@ __all__ = [
     "merge_finds",
     "object_counts",
     "outline",
+    "score_auc",
     "write_finds",
     "write_finds_geojson",
 ]
@@ -168,17 +169,7 @@ def find_objects(
         mean_c = np.bincount(lab, cc, n + 1)[1:] / cells
         lo_r, hi_r = ndimage.minimum(rr, lab, ids), ndimage.maximum(rr, lab, ids)
         lo_c, hi_c = ndimage.minimum(cc, lab, ids), ndimage.maximum(cc, lab, ids)
-        pts = np.zeros(n + 1, np.int64)  # the points of its class in its cells
-        total = np.zeros(n + 1)  # and the sum of their scores
-        for a in range(0, len(classes), _CHUNK):
-            mine = np.asarray(classes[a : a + _CHUNK]) == c.index
-            part = slice(a, a + _CHUNK)
-            row, col = cell_of(np.asarray(x[part])[mine], np.asarray(y[part])[mine], g.bounds, g.hw)
-            pts += np.bincount(labels[row, col], minlength=n + 1)
-            if scores is not None:
-                weights = np.asarray(scores[part], dtype=np.float64)[mine]
-                total += np.bincount(labels[row, col], weights, minlength=n + 1)
-        pts, total = pts[1:], total[1:]
+        pts, total = _point_sums(x, y, classes, c.index, labels, n, g, scores)
         for k in range(n):
             box = labels[lo_r[k] : hi_r[k] + 1, lo_c[k] : hi_c[k] + 1] == k + 1
             corner = (x0 + lo_c[k] * cx, y1 - lo_r[k] * cy)
@@ -195,19 +186,29 @@ def find_objects(
                     float(y1 - lo_r[k] * cy),
                     outline(box, corner, (cx, cy)),
                     edge_part=bool(cells[k] * (cx * cy) < FIND_MIN_AREA[c.name]),
-                    score=None if scores is None else float(total[k] / max(pts[k], 1)),
+                    score=None if total is None else float(total[k] / max(pts[k], 1)),
                 )
             )
     return finds
 
 
 def object_counts(
-    x, y, truth: np.ndarray, pred: np.ndarray, cell: float | None = None
+    x,
+    y,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    cell: float | None = None,
+    scores: np.ndarray | None = None,
+    scored: dict[str, list[tuple[float, bool]]] | None = None,
 ) -> dict[str, dict[str, int]]:
     """For plazuela and structure: ``true`` objects in ``truth`` and how many were ``found``
     (at least :data:`FOUND_COVER` of their cells predicted their class); ``predicted`` objects
     and how many are ``real`` (at least that share of their cells truly their class). Points
-    whose truth is IGNORE are left out of the truth."""
+    whose truth is IGNORE are left out of the truth.
+
+    With ``scores`` (each point's probability of its predicted class) and ``scored`` (a list
+    per class name), each predicted object's (score, real) is appended to its class's list:
+    its score as :func:`find_objects` gives it, for :func:`score_auc`."""
     g = _grid(x, y, cell)
     t, p = (class_raster(x, y, v, g.bounds, g.hw, _CHUNK) for v in (truth, pred))
     area = g.cell[0] * g.cell[1]
@@ -221,10 +222,47 @@ def object_counts(
             labels, n = _objects(objects, c.index, area)
             cells = np.bincount(labels.ravel(), minlength=n + 1)[1:]
             agree = np.bincount(labels.ravel(), (other == c.index).ravel(), n + 1)[1:]
+            ok = agree >= FOUND_COVER * cells
             counts[hit] = n
-            counts[name] = int((agree >= FOUND_COVER * cells).sum()) if n else 0
+            counts[name] = int(ok.sum()) if n else 0
+            if name == "real" and n and scores is not None and scored is not None:
+                pts, total = _point_sums(x, y, pred, c.index, labels, n, g, scores)
+                mean = total / np.maximum(pts, 1)
+                scored.setdefault(c.name, []).extend(zip(mean.tolist(), ok.tolist(), strict=True))
         out[c.name] = {k: counts[k] for k in ("true", "found", "predicted", "real")}
     return out
+
+
+def _point_sums(
+    x, y, classes, index: int, labels: np.ndarray, n: int, g: _Grid, scores=None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """For each of the ``n`` objects ``labels`` marks on ``g``: its points of class ``index``
+    (those in its cells), and with ``scores`` the sum of theirs (read in chunks)."""
+    pts = np.zeros(n + 1, np.int64)
+    total = None if scores is None else np.zeros(n + 1)
+    for a in range(0, len(classes), _CHUNK):
+        mine = np.asarray(classes[a : a + _CHUNK]) == index
+        part = slice(a, a + _CHUNK)
+        row, col = cell_of(np.asarray(x[part])[mine], np.asarray(y[part])[mine], g.bounds, g.hw)
+        pts += np.bincount(labels[row, col], minlength=n + 1)
+        if total is not None:
+            weights = np.asarray(scores[part], dtype=np.float64)[mine]
+            total += np.bincount(labels[row, col], weights, minlength=n + 1)
+    return pts[1:], None if total is None else total[1:]
+
+
+def score_auc(pairs: list[tuple[float, bool]]) -> float | None:
+    """How well the finds' scores rank the real above the false: the area under the ROC curve
+    of (score, real) pairs (0.5: no better than chance, 1: every real find first); None
+    without both a real and a false find."""
+    real = [r for _, r in pairs]
+    if all(real) or not any(real):
+        return None
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    s = torch.tensor([v for v, _ in pairs], dtype=torch.float64)
+    return float(binary_auroc(s, torch.tensor(real, dtype=torch.long)))
 
 
 SEAM_TOLERANCE = 3.0
