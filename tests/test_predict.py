@@ -146,6 +146,7 @@ def test_predict_split_by_pair_id_without_masks(weights, tiny_dataset, tmp_path,
     assert main(["predict", "--weights", str(weights), "--data", str(root)]) == 0
     out = root / "predict_out"
     assert sorted(p.name for p in out.iterdir()) == [
+        ".uxbseg-predict.jsonl",  # the run's record (--resume)
         "finds.csv",
         "finds.geojson",
         "pred_0000.finds.csv",
@@ -192,6 +193,7 @@ def test_bad_inputs_are_reported_and_others_written(weights, tiny_dataset, tmp_p
     assert f"FAILED {corrupt}" in text and f"FAILED {truncated}" in text
     assert f"FAILED {empty}" in text and "empty" in text
     assert sorted(p.name for p in out.iterdir()) == [
+        ".uxbseg-predict.jsonl",  # the run's record (--resume)
         "finds.csv",
         "finds.geojson",
         f"pred_{good.stem}.finds.csv",
@@ -402,6 +404,7 @@ def test_an_input_folder_stands_for_its_las_files(weights, tiny_dataset, tmp_pat
     stems = sorted(p.stem for p in folder.glob("*.LAS"))
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
+            ".uxbseg-predict.jsonl",
             "finds.csv",
             "finds.geojson",
             *(f"pred_{s}.{ext}" for s in stems for ext in ("finds.csv", "las", "npy")),

@@ -369,6 +369,7 @@ def test_window_outputs_replace_the_other_kind_and_failures_leave_none(tiny_data
         (res,) = predict_files(model, cfg, [job], tmp_path, window=window, grids=False)
         assert res.npy is None and res.windows == (4 if window else 0)
         assert sorted(p.name for p in tmp_path.iterdir()) == [
+            ".uxbseg-predict.jsonl",
             "finds.csv",
             "finds.geojson",
             "pred_a.finds.csv",
@@ -381,6 +382,7 @@ def test_window_outputs_replace_the_other_kind_and_failures_leave_none(tiny_data
     (res,) = predict_files(model, cfg, [job], tmp_path, codes=codes, window=60.0, progress=False)
     assert res.error is not None and "200" in res.error
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".uxbseg-predict.jsonl",
         "finds.csv",
         "finds.geojson",
         "pred_a.finds.csv",

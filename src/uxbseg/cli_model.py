@@ -252,6 +252,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         grids=not args.no_grids,
         survey=not args.no_survey,
         report=args.report,
+        resume=args.resume,
     )
     failed = [r for r in results if r.error]
     for r in results:
@@ -271,8 +272,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 f"{r.job.las.name} -> {r.las} ({r.points} points: "
                 + ", ".join(f"{k} {v}" for k, v in r.counts.items())
                 + f"){grids}; finds: {finds}"
+                + ("; kept from the earlier run" if r.kept else "")
             )
-    print(f"{len(results) - len(failed)} of {len(results)} files written to {out}")
+    kept = sum(r.kept for r in results)
+    print(
+        f"{len(results) - len(failed)} of {len(results)} files written to {out}"
+        + (f" ({kept} kept from the earlier run)" if kept else "")
+    )
     if len(results) > len(failed) and len(results) > 1:
         run = count_finds(out / SURVEY_FINDS)
         print(
@@ -449,6 +455,14 @@ def add_prediction_commands(sub) -> None:
         "two files is seen whole and gets one class. Each file also reads the files it "
         "touches (up to 8 in a grid of tiles), keeping only their points near its edges. "
         "Files that overlap by more than 1%% of their area are never merged",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with a run into the same --out that was cut short: inputs it finished "
+        "(same weights and options, input unchanged, outputs all there) are kept, the others "
+        "predicted; its neighbours' points still reach a survey's files. Every run records "
+        "what it finishes in OUT/.uxbseg-predict.jsonl",
     )
     _window_args(p)
     _decision_args(p)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from .classes import CLASSES, class_to_las_code
-from .config import Config
+from .config import Config, config_to_dict
 from .data.voxelize import GridSpec, raw_xy_limits, voxelize
 from .decision import decide
 from .domain import DomainCheck
@@ -38,6 +40,7 @@ from .io.las import (
 )
 from .io.raster import TPI_RADIUS_M, load_image
 from .predict_report import PredictReport
+from .predict_resume import RunRecord, model_fingerprint
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
 from .survey import PointStore, Survey, SurveyContext, SurveyFile, find_surveys, read_headers
@@ -85,6 +88,7 @@ class PredictResult:
     edge_parts: list[Find] = field(default_factory=list)  # smaller ones at its edge (merge_finds)
     bounds: tuple[float, float, float, float] | None = None  # the points' XY box (CRS units)
     epsg: int | None = None  # EPSG code of the file's horizontal CRS, where it names one
+    kept: bool = False  # its outputs were an earlier run's, kept (predict --resume)
 
     @property
     def finds(self) -> dict[str, int] | None:
@@ -368,6 +372,7 @@ def predict_files(
     overlap: float = WINDOW_OVERLAP,
     survey: bool = True,
     report: str | Path | None = None,
+    resume: bool = False,
 ) -> list[PredictResult]:
     """Predict every job; a bad input is reported and skipped while the others go on. Jobs that
     conflict (:func:`check_jobs`) are refused before any work. ``window``: see
@@ -377,11 +382,28 @@ def predict_files(
     LAS/LAZ alone, without voxel grids. ``survey``: files that lie side by side are predicted
     as one survey (:mod:`uxbseg.survey`), each reading its neighbours' points near its edges;
     False predicts each on its own. ``report``: a folder for a picture of each classified file
-    and ``report.html`` (:mod:`uxbseg.predict_report`)."""
+    and ``report.html`` (:mod:`uxbseg.predict_report`). ``resume``: keep the outputs an earlier
+    run into ``out_dir`` finished with the same weights and settings (:mod:`uxbseg.predict_resume`;
+    every run records what it finishes)."""
     from tqdm.auto import tqdm
 
     check_jobs(jobs, out_dir)
     side = resolve_window(window, cfg)
+    settings = {
+        "model": model_fingerprint(model),
+        "config": hashlib.sha256(
+            json.dumps(config_to_dict(cfg), sort_keys=True).encode()
+        ).hexdigest(),
+        "window": side,
+        "overlap": overlap,
+        "tta": tta,
+        "probabilities": probabilities,
+        "keep_classification": keep_classification,
+        "codes": None if codes is None else [int(c) for c in codes],
+        "grids": grids,
+        "survey": survey,
+    }
+    record = RunRecord.start(out_dir, settings, resume)  # what this run finishes
     headers = []  # read once, for the surveys and the report's overview
     if (survey and side is not None) or (report is not None and len(jobs) > 1):
         headers = read_headers([(job.las, job.image) for job in jobs])
@@ -411,6 +433,13 @@ def predict_files(
     try:
         for job in tqdm(jobs, desc="predict", unit="file", disable=not progress):
             try:
+                kept = record.kept(job) if resume else None
+                if kept is not None:
+                    log.info("%s: kept from the earlier run (%s)", job.las.name, kept.las.name)
+                    results.append(kept)
+                    if pictures is not None:
+                        _picture_kept(pictures, kept, codes, keep_classification)
+                    continue
                 results.append(
                     predict_one(
                         model,
@@ -432,6 +461,7 @@ def predict_files(
                         pictures,
                     )
                 )
+                record.add(results[-1])
             except UXBError as exc:
                 log.error("%s", exc)
                 results.append(PredictResult(job, error=str(exc)))
@@ -458,6 +488,25 @@ def predict_files(
             overview=len({r.epsg for r in done}) == 1,  # one CRS, one map
         )
     return results
+
+
+def _picture_kept(
+    pictures: PredictReport,
+    result: PredictResult,
+    codes: Sequence[int] | None,
+    keep_classification: bool,
+) -> None:
+    """The report's picture of a file whose outputs an earlier run wrote: its classes read back
+    from its classified LAS/LAZ."""
+    las = read_las(result.las)
+    written = np.asarray(las.uxb_class if keep_classification else las.classification)
+    table = np.zeros(256, np.int64)  # LAS code -> class index (codes of no class: ground)
+    for c in CLASSES:
+        table[c.las_code if codes is None else codes[c.index]] = c.index
+    classes = table[written]
+    bounds = result.bounds
+    pictures.add(result.las.name, bounds, las.x, las.y, las.z, classes, result.found,
+                 result.job.image)  # fmt: skip
 
 
 def _run_box(headers: list[SurveyFile]) -> tuple[float, float, float, float] | None:
