@@ -3,6 +3,7 @@ uninterrupted run writes."""
 
 import json
 import os
+import shutil
 
 import laspy
 import numpy as np
@@ -81,6 +82,12 @@ def test_a_run_cut_short_goes_on_where_it_stopped(
     run.clear()
     res = predict_files(model, cfg, jobs, out, resume=True, **kw)
     assert [r.kept for r in res] == [True, True] and not run
+    # on its own, the west file is not the survey's west file (its edge would be classified
+    # without the east's points): predicted again (in a copy, which the rest does not use)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (alone,) = predict_files(model, cfg, jobs[:1], copy, resume=True, **kw)
+    assert not alone.kept and alone.survey == 0
     # an input changed since, or an output gone: predicted again
     os.utime(jobs[0].las)
     (out / "pred_east.finds.csv").unlink()

@@ -432,8 +432,10 @@ def predict_files(
             )
     try:
         for job in tqdm(jobs, desc="predict", unit="file", disable=not progress):
+            together = surveys.get(job.las)  # the files its windows may read
+            together = [] if together is None else [str(f.path.resolve()) for f in together.files]
             try:
-                kept = record.kept(job) if resume else None
+                kept = record.kept(job, together) if resume else None
                 if kept is not None:
                     log.info("%s: kept from the earlier run (%s)", job.las.name, kept.las.name)
                     results.append(kept)
@@ -461,7 +463,7 @@ def predict_files(
                         pictures,
                     )
                 )
-                record.add(results[-1])
+                record.add(results[-1], together)
             except UXBError as exc:
                 log.error("%s", exc)
                 results.append(PredictResult(job, error=str(exc)))

@@ -134,13 +134,19 @@ class RunRecord:
         record._begin(record.files.values())  # again whole: no line cut short, one an input
         return record
 
-    def kept(self, job: PredictJob) -> PredictResult | None:
-        """The earlier run's result for ``job``, when it finished it, the input is unchanged
-        and its outputs are all there; else None (it is predicted)."""
+    def kept(self, job: PredictJob, survey: list[str]) -> PredictResult | None:
+        """The earlier run's result for ``job``, when it finished it, the input is unchanged,
+        it lies in the same ``survey`` (the files predicted together with it, none when on its
+        own: other neighbours would classify its edges otherwise) and its outputs are all
+        there; else None (it is predicted)."""
         from .predict import PredictResult
 
         entry = self.files.get(job.out_id)
-        if entry is None or entry["state"] != _input_state(job.las):
+        if (
+            entry is None
+            or entry.get("state") != _input_state(job.las)
+            or entry.get("survey") != survey
+        ):
             return None
         out = self.path.parent
         r = entry["result"]
@@ -160,15 +166,21 @@ class RunRecord:
             **result,
         )
 
-    def add(self, result: PredictResult) -> None:
-        """Record a finished input: a line appended (after the settings' line, for the first)."""
+    def add(self, result: PredictResult, survey: list[str]) -> None:
+        """Record a finished input and its ``survey`` (:meth:`kept`): a line appended (after
+        the settings' line, for the first)."""
         skip = {"job", "error", "kept", "las", "npy", "found", "edge_parts"}
         r = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in skip}
         r["las"] = result.las.name
         r["npy"] = None if result.npy is None else result.npy.name
         r["found"] = [_find_to_json(f) for f in result.found or []]
         r["edge_parts"] = [_find_to_json(f) for f in result.edge_parts]
-        entry = {"id": result.job.out_id, "state": _input_state(result.job.las), "result": r}
+        entry = {
+            "id": result.job.out_id,
+            "state": _input_state(result.job.las),
+            "survey": survey,
+            "result": r,
+        }
         if not self._started:
             self._begin()
         with open(self.path, "a", encoding="utf-8") as f:
