@@ -460,8 +460,9 @@ def add_prediction_commands(sub) -> None:
         "--resume",
         action="store_true",
         help="go on with a run into the same --out that was cut short: inputs it finished "
-        "(same weights and options, input unchanged, outputs all there) are kept, the others "
-        "predicted; its neighbours' points still reach a survey's files. Every run records "
+        "(same weights and options, input unchanged, in a survey of the same files, outputs "
+        "all there) are kept, the others predicted; a kept file still lends its points to its "
+        "survey's other files. Every run records "
         "what it finishes in OUT/.uxbseg-predict.jsonl",
     )
     _window_args(p)

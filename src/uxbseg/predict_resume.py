@@ -4,9 +4,10 @@ asleep, Ctrl-C, a cluster job's time limit) can go on where it stopped: ``predic
 Every run writes it: the model's fingerprint and the settings that shape the outputs, then, as
 each input is finished, what was written for it (its result, its finds with their outlines).
 A resumed run keeps an input's outputs when the record lists them under the same model and
-settings, the input has not changed since (size and modification time) and the outputs are
-all still there; it predicts the other inputs. A file of a survey that is kept still lends
-its points to its neighbours, which are classified as in an uninterrupted run.
+settings, the input has not changed since (size and modification time), it lies in a survey
+of the same files and the outputs are all still there; it predicts the other inputs. A file
+of a survey that is kept still lends its points to its neighbours, which are classified as in
+an uninterrupted run.
 """
 
 from __future__ import annotations
