@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -16,7 +14,7 @@ import numpy as np
 import torch
 
 from .classes import CLASSES, class_to_las_code
-from .config import Config, config_to_dict
+from .config import Config
 from .data.voxelize import GridSpec, raw_xy_limits, voxelize
 from .decision import decide
 from .domain import DomainCheck
@@ -40,7 +38,7 @@ from .io.las import (
 )
 from .io.raster import TPI_RADIUS_M, load_image
 from .predict_report import PredictReport
-from .predict_resume import RunRecord, model_fingerprint
+from .predict_resume import RunRecord, run_settings
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
 from .survey import PointStore, Survey, SurveyContext, SurveyFile, find_surveys, read_headers
@@ -389,20 +387,19 @@ def predict_files(
 
     check_jobs(jobs, out_dir)
     side = resolve_window(window, cfg)
-    settings = {
-        "model": model_fingerprint(model),
-        "config": hashlib.sha256(
-            json.dumps(config_to_dict(cfg), sort_keys=True).encode()
-        ).hexdigest(),
-        "window": side,
-        "overlap": overlap,
-        "tta": tta,
-        "probabilities": probabilities,
-        "keep_classification": keep_classification,
-        "codes": None if codes is None else [int(c) for c in codes],
-        "grids": grids,
-        "survey": survey,
-    }
+    batch = window_batch(batch, overlap, cfg)
+    settings = run_settings(
+        model,
+        cfg,
+        window=side,
+        overlap=overlap,
+        tta=tta,
+        probabilities=probabilities,
+        keep_classification=keep_classification,
+        codes=None if codes is None else [int(c) for c in codes],
+        grids=grids,
+        survey=survey,
+    )
     record = RunRecord.start(out_dir, settings, resume)  # what this run finishes
     headers = []  # read once, for the surveys and the report's overview
     if (survey and side is not None) or (report is not None and len(jobs) > 1):
@@ -412,7 +409,6 @@ def predict_files(
         box = _run_box(headers) if len(jobs) > 1 else None
         points = sum(h.points for h in headers)
         pictures = PredictReport(report, overview=box, overview_points=points)
-    batch = window_batch(batch, overlap, cfg)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     results = []
@@ -505,10 +501,8 @@ def _picture_kept(
     table = np.zeros(256, np.int64)  # LAS code -> class index (codes of no class: ground)
     for c in CLASSES:
         table[c.las_code if codes is None else codes[c.index]] = c.index
-    classes = table[written]
-    bounds = result.bounds
-    pictures.add(result.las.name, bounds, las.x, las.y, las.z, classes, result.found,
-                 result.job.image)  # fmt: skip
+    pictures.add(result.las.name, result.bounds, las.x, las.y, las.z, table[written],
+                 result.found, result.job.image)  # fmt: skip
 
 
 def _run_box(headers: list[SurveyFile]) -> tuple[float, float, float, float] | None:

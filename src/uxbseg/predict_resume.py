@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .config import Config, config_to_dict
 from .errors import BadDataError
 from .finds import Find
 
 if TYPE_CHECKING:
     from .predict import PredictJob, PredictResult
 
-__all__ = ["RECORD", "RunRecord", "model_fingerprint"]
+__all__ = ["RECORD", "RunRecord", "model_fingerprint", "run_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,14 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(shape)};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def run_settings(model: torch.nn.Module, cfg: Config, **options: Any) -> dict[str, Any]:
+    """What a run's outputs depend on: the model's fingerprint, a hash of its config (the logit
+    adjustment included) and ``options`` (JSON values: the window, overlap, codes, ...)."""
+    config = json.dumps(config_to_dict(cfg), sort_keys=True).encode()
+    return {"model": model_fingerprint(model), "config": hashlib.sha256(config).hexdigest(),
+            **options}  # fmt: skip
 
 
 def _input_state(path: Path) -> dict[str, Any]:
