@@ -41,3 +41,29 @@ def test_tuned_allocator_reuses_freed_memory():
     # (98 k faults here; > 800 even if every fault mapped a 2 MB huge page)
     assert default["faults"] > 500
     assert tuned["faults"] < default["faults"] / 4  # here: 5 k against 98 k
+
+
+def test_progress_bars_into_a_file_redraw_rarely(tmp_path):
+    """On a terminal tqdm and Lightning redraw as they like; into a file (a cluster job's log)
+    a bar is redrawn every 30 s at most (tqdm) or every 20 batches (Lightning)."""
+    import time
+
+    from tqdm import tqdm
+
+    from uxbseg.runtime import LOG_REFRESH_BATCHES, progress_options, training_refresh_rate
+
+    master, replica = os.openpty()
+    with os.fdopen(replica, "w") as terminal:
+        assert progress_options(terminal) == {} and training_refresh_rate(terminal) == 1
+    os.close(master)
+    redraws = {}
+    for name, options in (("default", {}), ("log", None)):
+        with open(tmp_path / f"{name}.log", "w") as log:
+            if options is None:
+                options = progress_options(log)
+                assert options == {"mininterval": 30.0}
+                assert training_refresh_rate(log) == LOG_REFRESH_BATCHES
+            for _ in tqdm(range(30), file=log, **options):
+                time.sleep(0.02)
+        redraws[name] = (tmp_path / f"{name}.log").read_text().count("/30 [")  # each drawing
+    assert redraws["log"] <= 2 < 4 <= redraws["default"]  # the start and the end only

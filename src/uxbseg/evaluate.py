@@ -22,6 +22,7 @@ from .metrics import format_metrics_table, iou_interval, metrics_from_confusion
 from .predict import resolve_window, window_batch
 from .predict_windows import WindowInput, predict_windows
 from .report import TileReport
+from .runtime import progress_options
 from .windows import WINDOW_OVERLAP, WindowPlan, crs_bounds, plan_for
 
 __all__ = ["confusion", "evaluate", "format_result"]
@@ -89,7 +90,8 @@ def evaluate(
     scored: dict[str, list[tuple[float, bool]]] = {}  # (score, real) of each predicted object
     domain = DomainCheck(cfg)
     pictures = TileReport(report) if report is not None else None
-    for pair in tqdm(pairs, desc="evaluate", unit="tile", disable=not progress):
+    bar = tqdm(pairs, desc="evaluate", unit="tile", disable=not progress, **progress_options())
+    for pair in bar:
         las = read_las(pair.las)
         pts = PointArrays.from_las(las)
         point_truth = las_code_to_class(pts.classification)

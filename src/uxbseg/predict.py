@@ -41,6 +41,7 @@ from .predict_report import PredictReport
 from .predict_resume import RunRecord, run_settings
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
+from .runtime import progress_options
 from .survey import PointStore, Survey, SurveyContext, SurveyFile, find_surveys, read_headers
 from .windows import WINDOW_OVERLAP, WindowPlan, crs_bounds, plan_for
 
@@ -427,7 +428,8 @@ def predict_files(
                 count,
             )
     try:
-        for job in tqdm(jobs, desc="predict", unit="file", disable=not progress):
+        bar = tqdm(jobs, desc="predict", unit="file", disable=not progress, **progress_options())
+        for job in bar:
             together = surveys.get(job.las)  # the files its windows may read
             together = [] if together is None else [str(f.path.resolve()) for f in together.files]
             try:

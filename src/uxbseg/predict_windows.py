@@ -33,6 +33,7 @@ from .io.raster import (
     open_image,
     window_tpi,
 )
+from .runtime import progress_options
 from .survey import SurveyContext, WindowDone
 from .windows import WindowPlan, crs_bounds
 
@@ -331,7 +332,8 @@ def predict_windows(
 
     ownership = _ownership(plan, context)
     total = len(ownership[1]) * len(ownership[2])
-    bar = tqdm(total=total, desc="windows", unit="window", leave=False, disable=not progress)
+    bar = tqdm(total=total, desc="windows", unit="window", leave=False, disable=not progress,
+               **progress_options())  # fmt: skip
     inputs = _window_inputs(image_path, las, plan, cfg, context, ownership)
     for w in _prefetched(inputs, prefetch * batch):
         bar.update()

@@ -27,7 +27,14 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["persistent_compile_cache", "tune_cpu_allocator", "user_cache_dir"]
+__all__ = [
+    "LOG_REFRESH_BATCHES",
+    "persistent_compile_cache",
+    "progress_options",
+    "training_refresh_rate",
+    "tune_cpu_allocator",
+    "user_cache_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +74,28 @@ def persistent_compile_cache() -> str:
     """Set ``TORCHINDUCTOR_CACHE_DIR`` to :func:`user_cache_dir` ``("inductor")`` unless it is
     set already; returns the folder Inductor caches in."""
     return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache_dir("inductor")))
+
+
+LOG_REFRESH_BATCHES = 20
+"""Training's progress bar into a file (not a terminal): redrawn every this many batches."""
+
+
+def _terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no such method, or closed
+        return False
+
+
+def progress_options(stream=None) -> dict[str, float]:
+    """tqdm options for a progress bar written to ``stream`` (default stderr, tqdm's): none on
+    a terminal (tqdm redraws up to ten times a second); into a file (a cluster job's log,
+    ``nohup``) a redraw every 30 s at most, so a run of hours leaves a log to read, not
+    megabytes of redrawn bars."""
+    return {} if _terminal(sys.stderr if stream is None else stream) else {"mininterval": 30.0}
+
+
+def training_refresh_rate(stream=None) -> int:
+    """Lightning's progress bar refresh rate (batches) for ``stream`` (default stdout, where
+    Lightning draws): every batch on a terminal, :data:`LOG_REFRESH_BATCHES` into a file."""
+    return 1 if _terminal(sys.stdout if stream is None else stream) else LOG_REFRESH_BATCHES

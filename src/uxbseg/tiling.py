@@ -27,6 +27,7 @@ from .errors import BadDataError
 from .io.las import PointArrays, read_las
 from .io.raster import open_image
 from .run_dirs import require_folder
+from .runtime import progress_options
 from .windows import crs_bounds, plan_for
 
 __all__ = ["TiledPair", "tile_dataset"]
@@ -131,7 +132,9 @@ def tile_dataset(
             f"{taken[0]} (or a tile of it) exists already; write the tiles to a new folder"
         )
     done = []
-    for split, pair in tqdm(pairs, desc="tile", unit="pair", disable=not progress):
+    for split, pair in tqdm(
+        pairs, desc="tile", unit="pair", disable=not progress, **progress_options()
+    ):
         las = read_las(pair.las)
         mins, maxs = las.header.mins, las.header.maxs
         extent = (float(maxs[0] - mins[0]), float(maxs[1] - mins[1]))

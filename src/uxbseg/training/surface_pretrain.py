@@ -23,6 +23,7 @@ from datetime import timedelta
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..config import Config, OptimConfig
@@ -31,6 +32,7 @@ from ..data.dataset import UXBDataset
 from ..losses import weighted_ce
 from ..models import UXBFusionModel
 from ..models.surface_branch import SurfaceBranch
+from ..runtime import training_refresh_rate
 from .optimizer import adamw
 from .schedule import decay_factor
 
@@ -155,6 +157,7 @@ def pretrain_surface(
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
+        callbacks=[TQDMProgressBar(refresh_rate=training_refresh_rate())] if progress else None,
     )
     trainer.fit(task, train_dataloaders=loader)
     model.surface_branch.to("cpu")

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import (
     EMAWeightAveraging,
     ModelCheckpoint,
     Timer,
+    TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
@@ -27,6 +28,7 @@ from ..data.pairs import tile_density, tile_extent
 from ..errors import BadDataError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from ..run_dirs import require_folder
+from ..runtime import training_refresh_rate
 from .surface_pretrain import pretrain_surface
 from .task import UXBSegmentationTask
 
@@ -201,6 +203,7 @@ def train(
         ),
         exporter,
         *([ValidatedEMA(decay=tc.ema_decay)] if tc.ema_decay else []),  # after the exporter
+        *([TQDMProgressBar(refresh_rate=training_refresh_rate())] if progress else []),
         *(extra_callbacks or []),
     ]
     metrics_csv = run_dir / "metrics.csv"
