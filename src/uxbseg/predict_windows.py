@@ -288,8 +288,8 @@ def predict_windows(
     def run() -> None:
         images = np.stack([w.image for w in pending])
         features = np.stack([w.features for w in pending])
-        # classes decided where the model ran: only they (a byte a voxel) come back, and the
-        # probabilities only when asked for
+        # classes decided where the model ran: they (a byte a voxel) and their probability
+        # (float16) come back, all the classes' probabilities only when asked for
         probs, probs2d = infer_tiles(model, images, features, device, tta, on_device=True)
         classes = decide(probs, weights, tau, dim=1)
         score_b = probs.gather(1, classes[:, None])[:, 0].half().cpu().numpy()
