@@ -38,7 +38,7 @@ from .io.las import (
 )
 from .io.raster import TPI_RADIUS_M, load_image
 from .predict_report import PredictReport
-from .predict_resume import RunRecord, run_settings
+from .predict_resume import RunRecord, run_settings, survey_digest
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
 from .runtime import progress_options
@@ -427,11 +427,13 @@ def predict_files(
                 len(jobs),
                 count,
             )
+    unique = {id(s): s for s in surveys.values()}  # a survey is shared by its files' entries
+    digests = {key: survey_digest(s) for key, s in unique.items()}  # once a survey, for --resume
     try:
         bar = tqdm(jobs, desc="predict", unit="file", disable=not progress, **progress_options())
         for job in bar:
-            together = surveys.get(job.las)  # the files its windows may read
-            together = [] if together is None else [str(f.path.resolve()) for f in together.files]
+            mine = surveys.get(job.las)  # the files its windows read, if any
+            together = "" if mine is None else digests[id(mine)]
             try:
                 kept = record.kept(job, together) if resume else None
                 if kept is not None:

@@ -28,8 +28,9 @@ from .finds import Find
 
 if TYPE_CHECKING:
     from .predict import PredictJob, PredictResult
+    from .survey import Survey
 
-__all__ = ["RECORD", "RunRecord", "model_fingerprint", "run_settings"]
+__all__ = ["RECORD", "RunRecord", "model_fingerprint", "run_settings", "survey_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ def run_settings(model: torch.nn.Module, cfg: Config, **options: Any) -> dict[st
     config = json.dumps(config_to_dict(cfg), sort_keys=True).encode()
     return {"model": model_fingerprint(model), "config": hashlib.sha256(config).hexdigest(),
             **options}  # fmt: skip
+
+
+def survey_digest(survey: Survey) -> str:
+    """SHA-256 of a survey's files (resolved paths, in order): a line of the record names the
+    files its input was predicted with in 64 characters, however many there are."""
+    paths = "\n".join(str(f.path.resolve()) for f in survey.files)
+    return hashlib.sha256(paths.encode()).hexdigest()
 
 
 def _input_state(path: Path) -> dict[str, Any]:
@@ -93,7 +101,6 @@ class RunRecord:
         self.path = Path(out_dir) / RECORD
         self.settings = settings
         self.files: dict[str, dict[str, Any]] = {}  # the earlier run's, by output id
-        self._started = False  # the first line written
 
     @classmethod
     def start(cls, out_dir: str | Path, settings: dict[str, Any], resume: bool) -> RunRecord:
@@ -144,11 +151,11 @@ class RunRecord:
         record._begin(record.files.values())  # again whole: no line cut short, one an input
         return record
 
-    def kept(self, job: PredictJob, survey: list[str]) -> PredictResult | None:
+    def kept(self, job: PredictJob, survey: str) -> PredictResult | None:
         """The earlier run's result for ``job``, when it finished it, the input is unchanged,
-        it lies in the same ``survey`` (the files predicted together with it, none when on its
-        own: other neighbours would classify its edges otherwise) and its outputs are all
-        there; else None (it is predicted)."""
+        it lies in the same ``survey`` (:func:`survey_digest` of the files predicted together
+        with it, "" when on its own: other neighbours would classify its edges otherwise) and
+        its outputs are all there; else None (it is predicted)."""
         from .predict import PredictResult
 
         entry = self.files.get(job.out_id)
@@ -176,7 +183,7 @@ class RunRecord:
             **result,
         )
 
-    def add(self, result: PredictResult, survey: list[str]) -> None:
+    def add(self, result: PredictResult, survey: str) -> None:
         """Record a finished input and its ``survey`` (:meth:`kept`): a line appended (after
         the settings' line, for the first)."""
         skip = {"job", "error", "kept", "las", "npy", "found", "edge_parts"}
@@ -191,7 +198,7 @@ class RunRecord:
             "survey": survey,
             "result": r,
         }
-        if not self._started:
+        if not self.path.exists():  # the first input this run finishes
             self._begin()
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry, separators=(",", ":")) + "\n")
@@ -205,4 +212,3 @@ class RunRecord:
         text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.path)
-        self._started = True
