@@ -61,6 +61,24 @@ def test_files_side_by_side_form_a_survey_and_others_do_not(tmp_path, caplog):
     }
 
 
+def test_two_areas_cut_in_one_local_frame_are_no_survey(tmp_path, caplog):
+    """Each area's two pieces touch, and so do pieces of different areas: one set of
+    neighbours, holding the same ground twice; none is a survey. A third area elsewhere is."""
+    pieces = [
+        _square(tmp_path / f"{area}{i}.las", 150.0 * i, 0, side=150.0)
+        for area in "ab"
+        for i in range(2)
+    ]
+    far = [_square(tmp_path / f"c{i}.las", 5000.0 + 150.0 * i, 0, side=150.0) for i in range(2)]
+    files = [(p, None) for p in pieces + far]
+    with caplog.at_level(logging.WARNING, logger="uxbseg.survey"):
+        surveys = find_surveys(read_headers(files), 100.0, PointStore(tmp_path / "store"))
+    assert set(surveys) == set(far)
+    assert "4 files lie side by side, but a0.las and b0.las among them cover the same" in (
+        caplog.text
+    )
+
+
 def test_points_in_box_keeps_the_box_and_converts_the_frame(tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 100, 500), rng.uniform(0, 100, 500)
@@ -358,3 +376,4 @@ def test_the_runs_finds_join_the_parts_a_seam_cut(trained_run, tiny_dataset, tmp
         scored += len(got)
     assert scored >= 4
     assert all(row["score"] for row in rows)
+

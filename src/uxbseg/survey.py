@@ -14,7 +14,9 @@ neighbours' points are decoded once into a store on disk (:class:`PointStore`).
 Files are neighbours when their XY boxes (from their headers) lie within a window side of each
 other and overlap by at most :data:`SURVEY_OVERLAP` of the smaller one's area: files covering
 the same ground (overlapping flight strips, a file and its copy, tiles in local coordinates)
-are not merged, and are predicted each on its own.
+are not merged, and are predicted each on its own; nor are files side by side that include
+two such (the pieces of several areas cut in one local frame), which would read one area's
+points on top of another's.
 """
 
 from __future__ import annotations
@@ -356,8 +358,22 @@ def find_surveys(
     for k, f in zip(group, entries):
         members.setdefault(int(k), []).append(f)
     surveys = {}
-    for fs in members.values():
-        if len(fs) > 1:
-            survey = Survey(tuple(fs), side + TPI_RADIUS_M + 1.0, store)
-            surveys.update({f.path: survey for f in fs})
+    for k, fs in members.items():
+        if len(fs) < 2:
+            continue
+        twice = np.flatnonzero(group == k)
+        shared_ground = same_ground[np.ix_(twice, twice)]
+        if shared_ground.any():  # the area twice over: a window would read both on top
+            i, j = (twice[v[0]] for v in np.nonzero(shared_ground))
+            log.warning(
+                "%d files lie side by side, but %s and %s among them cover the same ground "
+                "(tiles of several areas in one local frame?): they are predicted each on its "
+                "own, not as a survey; give each area's files in a run of their own",
+                len(fs),
+                entries[i].path.name,
+                entries[j].path.name,
+            )
+            continue
+        survey = Survey(tuple(fs), side + TPI_RADIUS_M + 1.0, store)
+        surveys.update({f.path: survey for f in fs})
     return surveys
