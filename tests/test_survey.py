@@ -377,3 +377,90 @@ def test_the_runs_finds_join_the_parts_a_seam_cut(trained_run, tiny_dataset, tmp
     assert scored >= 4
     assert all(row["score"] for row in rows)
 
+
+def _labelled_survey(tiny_dataset, root):
+    """The two test tiles side by side as two labelled pairs of ``root/test`` (west, east):
+    their LAS moved to touch, with their classes, images and masks."""
+    import shutil
+
+    pairs = sorted((tiny_dataset / "test").glob("pair_*"))[:2]
+    out = []
+    for i, pair in enumerate(pairs):
+        dest = root / "test" / f"pair_{i:04d}"
+        dest.mkdir(parents=True)
+        src = laspy.read(next(pair.glob("*.las")))
+        header = laspy.LasHeader(point_format=3, version="1.2")
+        header.scales, header.offsets = [0.01] * 3, [0.0] * 3
+        las = laspy.LasData(header)
+        las.x = np.asarray(src.x) - src.x.min() + 100.0 * i
+        las.y = np.asarray(src.y) - src.y.min()
+        las.z = np.asarray(src.z)
+        las.classification = np.asarray(src.classification)
+        las.write(dest / f"tile_{i}.las")
+        for pattern in ("tpi_100m*.png", "uxb_msk_pl_st*.png"):
+            shutil.copy(next(pair.glob(pattern)), dest)
+        out.append(
+            PredictJob(dest / f"tile_{i}.las", next(dest.glob("tpi_100m*.png")), f"tile_{i}")
+        )
+    return out
+
+
+@pytest.mark.slow
+def test_evaluate_scores_tiles_side_by_side_as_predict_classifies_them(
+    trained_run, tiny_dataset, tmp_path, caplog, capsys, monkeypatch
+):
+    """--survey: the points row and the objects are those of the classes predict writes for
+    the two tiles as a survey (a logit adjustment of -0.2 makes the barely trained model
+    predict structures in some places); the tiles alone are scored as before."""
+    import tempfile
+
+    from uxbseg.config import config_from_dict, config_to_dict
+    from uxbseg.evaluate import confusion, evaluate
+    from uxbseg.finds import object_counts
+
+    jobs = _labelled_survey(tiny_dataset, tmp_path / "data")
+    model, cfg = load_model(trained_run[0].best_weights)
+    data = config_to_dict(cfg)
+    data["model"]["logit_adjustment"] = -0.2
+    cfg = config_from_dict(data)
+    scratch = tmp_path / "scratch"  # where the neighbours' points are kept while needed
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    kw = dict(window=100.0, progress=False)
+    with caplog.at_level(logging.INFO, logger="uxbseg.evaluate"):
+        plain = evaluate(model, cfg, tmp_path / "data", **kw)
+    assert "survey" not in plain
+    assert "2 of 2 tiles lie side by side" in caplog.text  # and --survey is named
+    result = evaluate(model, cfg, tmp_path / "data", survey=True, **kw)
+    assert not list(scratch.iterdir())  # the kept points are gone
+    sv = result["survey"]
+    assert (sv["surveys"], sv["tiles"], sv["side"], sv["overlap"]) == (1, 2, 100.0, 0.25)
+    # the first pass is unchanged by --survey
+    for key in ("voxels", "pixels", "points"):
+        assert result[key]["confusion"] == plain[key]["confusion"], key
+    assert result["objects"] == plain["objects"]
+    res = predict_files(model, cfg, jobs, tmp_path / "pred", grids=False, **kw)
+    assert [r.survey for r in res] == [2, 2]
+    x, y, truth, got = [], [], [], []
+    for r, job in zip(res, jobs, strict=True):
+        src, out = laspy.read(job.las), laspy.read(r.las)
+        x.append(np.asarray(src.x))
+        y.append(np.asarray(src.y))
+        truth.append(las_code_to_class(np.asarray(src.classification)))
+        got.append(las_code_to_class(np.asarray(out.classification)))
+    x, y, truth, got = (np.concatenate(v) for v in (x, y, truth, got))
+    assert sv["points"]["confusion"] == confusion(truth, got).tolist()
+    assert np.asarray(sv["points"]["confusion"])[:, 1:].sum() > 0  # it predicts architecture
+    # alone, each tile is classified otherwise: the comparison above can fail
+    assert sv["points"]["confusion"] != result["points"]["confusion"]
+    assert sv["points"]["baseline"] == result["points"]["baseline"]
+    counts = object_counts(x, y, truth, got)  # over the two tiles as one area
+    for name, c in counts.items():
+        assert {k: sv["objects"][name][k] for k in c} == c, name
+    assert sum(c["predicted"] for c in counts.values()) > 0
+    weights = str(trained_run[0].best_weights)
+    args = ["--weights", weights, "--data", str(tmp_path / "data"), "--window", "100"]
+    assert main(["evaluate", *args, "--logit-adjustment", "-0.2", "--survey"]) == 0
+    out = capsys.readouterr().out
+    assert "points (as surveys)" in out and "2 tiles lie side by side in 1 survey(s)" in out
+    assert "objects as surveys" in out

@@ -110,6 +110,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch=args.batch,
         report=args.report,
+        survey=args.survey,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -378,6 +379,15 @@ def add_prediction_commands(sub) -> None:
         metavar="DIR",
         help="also write a picture of each tile (TPI image, truth, prediction, errors) and "
         "DIR/report.html listing them worst first",
+    )
+    p.add_argument(
+        "--survey",
+        action="store_true",
+        help="tiles that lie side by side (e.g. cut by `uxbseg tile` from one area) are also "
+        "predicted as predict classifies them, as one survey in windows reading each other's "
+        "points: adds a 'points (as surveys)' row with the classes predict writes, and "
+        "objects counted over each survey (one cut by the line between tiles once); those "
+        "tiles go through the model twice",
     )
     _window_args(p)
     _decision_args(p)

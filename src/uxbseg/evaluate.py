@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,12 @@ from .predict import resolve_window, window_batch
 from .predict_windows import WindowInput, predict_windows
 from .report import TileReport
 from .runtime import progress_options
+from .survey import PointStore, Survey, SurveyContext, find_surveys, read_headers, survey_windows
 from .windows import WINDOW_OVERLAP, WindowPlan, crs_bounds, plan_for
 
 __all__ = ["confusion", "evaluate", "format_result"]
+
+log = logging.getLogger(__name__)
 
 LEVELS = ("voxels", "pixels", "points")
 
@@ -48,6 +53,7 @@ def evaluate(
     overlap: float = WINDOW_OVERLAP,
     batch: int | None = None,
     report: str | Path | None = None,
+    survey: bool = False,
 ) -> dict:
     """Metrics of ``model`` on ``root/split``.
 
@@ -65,6 +71,13 @@ def evaluate(
 
     ``report``: a folder for a picture of each tile and ``report.html``
     (:class:`~uxbseg.report.TileReport`); its path is ``result["report"]``.
+
+    ``survey``: tiles that lie side by side (:func:`~uxbseg.survey.find_surveys`, as
+    ``predict`` finds them) are also predicted as ``predict`` classifies them by default: in
+    windows laid over their survey, reading each other's points. ``result["survey"]`` then
+    scores every tile's points with the classes ``predict`` writes (those of a tile alone as
+    above) and counts the objects over each survey as a whole, so that one cut by the line
+    between two tiles is one object; the tiles of a survey go through the model twice.
     """
     from tqdm.auto import tqdm
 
@@ -85,9 +98,11 @@ def evaluate(
     per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
     base = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
     cut = 0
-    counted = ("true", "found", "predicted", "real")
-    objects = {c.name: dict.fromkeys(counted, 0) for c in CLASSES[1:]}
+    objects = _no_objects()
     scored: dict[str, list[tuple[float, bool]]] = {}  # (score, real) of each predicted object
+    store = PointStore(Path(tempfile.gettempdir()))  # the points tiles read of each other
+    surveys = _surveys(pairs, side, store, survey)
+    alone: dict[str, tuple[dict, dict]] = {}  # objects and scored of each tile not in a survey
     domain = DomainCheck(cfg)
     pictures = TileReport(report) if report is not None else None
     bar = tqdm(pairs, desc="evaluate", unit="tile", disable=not progress, **progress_options())
@@ -110,10 +125,11 @@ def evaluate(
             base[lvl] += confusion(t, np.zeros_like(t))
         truth, pred = scores["points"]
         x, y = np.asarray(las.x), np.asarray(las.y)
-        tile_objects = object_counts(x, y, truth, pred, scores=point_score, scored=scored)
-        for name, counts in tile_objects.items():
-            for k, v in counts.items():
-                objects[name][k] += v
+        tile_scored: dict[str, list[tuple[float, bool]]] = {}
+        tile_objects = object_counts(x, y, truth, pred, scores=point_score, scored=tile_scored)
+        _add_objects(objects, scored, tile_objects, tile_scored)
+        if survey and pair.las not in surveys:
+            alone[pair.pair_id] = (tile_objects, tile_scored)
         if pictures is not None:
             cm = per_tile["points"][-1]
             pictures.add(pair.pair_id, pair.image, x, y, truth, pred, cm, tile_objects)
@@ -134,14 +150,126 @@ def evaluate(
             "confusion": cm.tolist(),
             "iou_interval": iou_interval(tiles),
         }
-    for name, o in objects.items():  # None where there is nothing to divide by
-        o["recall"] = o["found"] / o["true"] if o["true"] else None
-        o["precision"] = o["real"] / o["predicted"] if o["predicted"] else None
-        o["score_auc"] = score_auc(scored.get(name, []))
-    result["objects"] = objects
+    result["objects"] = _object_rates(objects, scored)
+    if surveys:
+        try:
+            tiles, found, found_scored = _survey_points(
+                model, cfg, pairs, surveys, side, overlap, batch, device, tta, progress
+            )
+        finally:
+            store.close()
+        for objs, objs_scored in alone.values():
+            _add_objects(found, found_scored, objs, objs_scored)
+        lone = iter(per_tile["points"])  # a tile alone: as in the first pass
+        points = np.stack([tiles.get(p.pair_id, m) for p, m in zip(pairs, lone)])
+        result["survey"] = {
+            "surveys": len({id(s) for s in surveys.values()}),
+            "tiles": len(tiles),
+            "side": side,
+            "overlap": overlap,
+            "points": {
+                "metrics": metrics_from_confusion(points.sum(axis=0)),
+                "baseline": result["points"]["baseline"],
+                "confusion": points.sum(axis=0).tolist(),
+                "iou_interval": iou_interval(points),
+            },
+            "objects": _object_rates(found, found_scored),
+        }
     if pictures is not None:
         result["report"] = str(pictures.close(format_result(result)))
     return result
+
+
+def _no_objects() -> dict[str, dict[str, int]]:
+    counted = ("true", "found", "predicted", "real")
+    return {c.name: dict.fromkeys(counted, 0) for c in CLASSES[1:]}
+
+
+def _add_objects(objects: dict, scored: dict, more: dict, more_scored: dict) -> None:
+    """Add one tile's (or survey's) object counts and scored finds to the totals."""
+    for name, counts in more.items():
+        for k, v in counts.items():
+            objects[name][k] += v
+    for name, pairs in more_scored.items():
+        scored.setdefault(name, []).extend(pairs)
+
+
+def _object_rates(objects: dict, scored: dict) -> dict:
+    """The counts with recall, precision and the scores' AUC (None where there is nothing to
+    divide by)."""
+    for name, o in objects.items():
+        o["recall"] = o["found"] / o["true"] if o["true"] else None
+        o["precision"] = o["real"] / o["predicted"] if o["predicted"] else None
+        o["score_auc"] = score_auc(scored.get(name, []))
+    return objects
+
+
+def _surveys(pairs, side: float | None, store: PointStore, wanted: bool) -> dict[Path, Survey]:
+    """The survey of each tile that lies beside others (as predict finds them), when
+    ``wanted``; otherwise none, with a note when there are some."""
+    if side is None or len(pairs) < 2:
+        return {}
+    surveys = find_surveys(read_headers([(p.las, p.image) for p in pairs]), side, store)
+    if surveys and not wanted:
+        log.info(
+            "%d of %d tiles lie side by side: predict classifies them as a survey, in windows "
+            "laid over it; --survey scores them so too",
+            len(surveys),
+            len(pairs),
+        )
+        return {}
+    if wanted and not surveys:
+        log.info("no tiles of the split lie side by side: each is scored on its own")
+    return surveys
+
+
+def _survey_points(
+    model, cfg: Config, pairs, surveys: dict[Path, Survey], side: float, overlap: float,
+    batch: int, device, tta: bool, progress: bool,
+) -> tuple[dict[str, np.ndarray], dict, dict]:  # fmt: skip
+    """The point confusion of each tile of ``surveys`` with the classes predict writes for it
+    (in windows laid over its survey, reading its neighbours' points), and the objects of each
+    survey counted over all of its points (with the scored predicted ones)."""
+    from tqdm.auto import tqdm
+
+    by_las = {p.las: p for p in pairs}
+    tiles: dict[str, np.ndarray] = {}
+    objects, scored = _no_objects(), {}
+    bar = tqdm(total=len(surveys), desc="evaluate as surveys", unit="tile",
+               disable=not progress, **progress_options())  # fmt: skip
+    for s in {id(s): s for s in surveys.values()}.values():
+        parts = []  # x, y, truth, class, score of each tile: 20 bytes a point
+        for f in s.files:
+            pair = by_las[f.path]
+            try:
+                las = read_las(pair.las)
+                pts = PointArrays.from_las(las)
+                truth = las_code_to_class(pts.classification)
+                limits = raw_xy_limits(pts)
+                own = plan_for(las, limits, side, overlap)
+                plan, context = survey_windows(
+                    s, pair.las, pair.image, las, pts, limits, own, side, overlap
+                )
+                if plan is None:
+                    scores, point_score = _tile_scores(model, cfg, pair, pts, truth, device, tta)
+                else:
+                    scores, point_score = _window_scores(
+                        model, cfg, pair, las, pts, plan, truth, device, tta, batch, context
+                    )
+            finally:
+                s.finish(f.path)
+            t, p = scores["points"]
+            tiles[pair.pair_id] = confusion(t, p)
+            x, y = np.asarray(las.x), np.asarray(las.y)
+            parts.append((x, y, t.astype(np.int8), p.astype(np.int8), point_score))
+            bar.update()
+        x, y, t, p, score = (np.concatenate(k) for k in zip(*parts))
+        del parts
+        more_scored: dict[str, list[tuple[float, bool]]] = {}
+        more = object_counts(x, y, t, p, scores=score, scored=more_scored)
+        _add_objects(objects, scored, more, more_scored)
+    bar.close()
+    return tiles, objects, scored
 
 
 def format_result(result: dict) -> str:
@@ -153,6 +281,8 @@ def format_result(result: dict) -> str:
         if lvl in result:
             rows[lvl] = result[lvl]["metrics"]
             rows[f"{lvl} (all-ground)"] = result[lvl]["baseline"]
+    if "survey" in result:
+        rows["points (as surveys)"] = result["survey"]["points"]["metrics"]
     lines = [f"{result['split']}: {result['tiles']} tiles", format_metrics_table(rows)]
     if "windows" in result:
         win = result["windows"]
@@ -185,6 +315,15 @@ def format_result(result: dict) -> str:
             f"IoU, 95 % interval over the {result['tiles']} tiles (bootstrap; how far another "
             f"split like this one could move it): " + "; ".join(spans)
         )
+    if "survey" in result:
+        sv = result["survey"]
+        lines.append(
+            f"points (as surveys): {sv['tiles']} tiles lie side by side in {sv['surveys']} "
+            f"survey(s) and were also predicted as predict classifies them, in windows of "
+            f"{sv['side']:g} (overlap {sv['overlap']:g}) laid over each survey, reading each "
+            f"other's points; the row scores every tile's points with the classes predict "
+            f"writes (confusion {sv['points']['confusion']})"
+        )
     if "objects" in result:
         lines.append(
             "objects (touching cells of one class, at least "
@@ -193,23 +332,31 @@ def format_result(result: dict) -> str:
             + " / ".join(FIND_MIN_AREA)
             + "; a true one is "
             f"found when {FOUND_COVER:.0%} of it is predicted its class, a predicted one is real "
-            f"when {FOUND_COVER:.0%} of it truly is): "
-            + "; ".join(
-                f"{name} found {o['found']} of {o['true']} (recall {_ratio(o['recall'])}), "
-                f"{o['predicted']} predicted, {o['real']} real (precision "
-                f"{_ratio(o['precision'])}"
-                + (
-                    f"; their scores rank the real above the false with AUC {o['score_auc']:.2f}"
-                    if o.get("score_auc") is not None
-                    else ""
-                )
-                + ")"
-                for name, o in result["objects"].items()
-            )
+            f"when {FOUND_COVER:.0%} of it truly is): " + _objects_text(result["objects"])
+        )
+    if "survey" in result:
+        lines.append(
+            "objects as surveys (each survey's tiles as one area, an object cut by the line "
+            "between two tiles counted once): " + _objects_text(result["survey"]["objects"])
         )
     if "report" in result:
         lines.append(f"pictures of every tile, worst first: {result['report']}")
     return "\n".join(lines)
+
+
+def _objects_text(objects: dict) -> str:
+    """Each class's objects found, predicted and real, with the scores' AUC where known."""
+    return "; ".join(
+        f"{name} found {o['found']} of {o['true']} (recall {_ratio(o['recall'])}), "
+        f"{o['predicted']} predicted, {o['real']} real (precision {_ratio(o['precision'])}"
+        + (
+            f"; their scores rank the real above the false with AUC {o['score_auc']:.2f}"
+            if o.get("score_auc") is not None
+            else ""
+        )
+        + ")"
+        for name, o in objects.items()
+    )
 
 
 def _ratio(v: float | None) -> str:
@@ -238,12 +385,13 @@ def _tile_scores(
 
 def _window_scores(
     model, cfg: Config, pair, las, pts: PointArrays, plan: WindowPlan, point_truth, device, tta,
-    batch: int,
+    batch: int, context: SurveyContext | None = None,
 ) -> tuple[dict, np.ndarray]:  # fmt: skip
     """(truth, prediction) of each level for a tile cut into windows: every point once; each
     window's own voxels and pixels (:meth:`~uxbseg.windows.WindowPlan.owned_cells`), with the
     mask cut to the window. Windows that classify no point (empty corners) are not scored.
-    And each point's probability of its predicted class."""
+    And each point's probability of its predicted class. With ``context`` (the tile among its
+    neighbours in a survey's ``plan``) the points alone."""
     spec = GridSpec.from_config(cfg.grid)
     d, h, w = spec.shape
     file_bounds = crs_bounds(las, (plan.x_limits, plan.y_limits))
@@ -261,9 +409,11 @@ def _window_scores(
             mask = mask_window(values, file_bounds, win.bounds, (h, w))
             parts["pixels"].append((mask[own], pred2d[own]))
 
+    on_window = score if context is None else None
     point_class, _, point_score = predict_windows(
-        model, cfg, pair.image, las, pts, plan, device, tta, False, score, False, batch
-    )
+        model, cfg, pair.image, las, pts, plan, device, tta, False, on_window, False, batch,
+        context=context,
+    )  # fmt: skip
     scores = {"points": (point_truth, point_class.astype(np.int64))}
     for lvl, pieces in parts.items():
         if pieces:

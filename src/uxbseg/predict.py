@@ -29,7 +29,6 @@ from .finds import (
 )
 from .inference import infer_tile, render_tpi_image
 from .io.las import (
-    POINT_FIELDS,
     PointArrays,
     crs_epsg,
     is_compressed,
@@ -42,8 +41,15 @@ from .predict_resume import RunRecord, run_settings, survey_digest
 from .predict_windows import WindowGrids, predict_windows
 from .run_dirs import require_folder
 from .runtime import progress_options
-from .survey import PointStore, Survey, SurveyContext, SurveyFile, find_surveys, read_headers
-from .windows import WINDOW_OVERLAP, WindowPlan, crs_bounds, plan_for
+from .survey import (
+    PointStore,
+    Survey,
+    SurveyFile,
+    find_surveys,
+    read_headers,
+    survey_windows,
+)
+from .windows import WINDOW_OVERLAP, crs_bounds, plan_for
 
 __all__ = [
     "SURVEY_FINDS",
@@ -218,7 +224,9 @@ def predict_one(
     plan = plan_for(las, limits, window, overlap)
     context = None
     if survey is not None and window is not None:
-        plan, context = _in_survey(survey, job, las, points, limits, plan, window, overlap)
+        plan, context = survey_windows(
+            survey, job.las, job.image, las, points, limits, plan, window, overlap
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     las_out, npy_out = output_paths(job, out_dir)
     windows_out = npy_out.with_suffix(".windows")
@@ -286,45 +294,6 @@ def predict_one(
         bounds=bounds,
         epsg=epsg,
     )
-
-
-def _in_survey(
-    survey: Survey,
-    job: PredictJob,
-    las,
-    points: PointArrays,
-    limits,
-    plan: WindowPlan | None,
-    side: float,
-    overlap: float,
-) -> tuple[WindowPlan | None, SurveyContext | None]:
-    """The survey's window plan for this file and the file among its neighbours' points, or
-    (``plan``, None) to predict it on its own: when the survey is no larger than a tile, or the
-    file's points reach beyond the box its header gives (the plan comes from the headers)."""
-    area = survey.limits(las)
-    (x0, x1), (y0, y1) = limits
-    if not (area[0][0] <= x0 and x1 <= area[0][1] and area[1][0] <= y0 and y1 <= area[1][1]):
-        log.warning(
-            "%s: its points reach beyond the bounds in its header, so it is predicted on its "
-            "own, without its neighbours' points; rewrite the header (e.g. re-export the file)",
-            job.las,
-        )
-        return plan, None
-    survey_plan = plan_for(las, area, side, overlap)
-    if survey_plan is None:
-        return plan, None
-    # the windows this file's points take, and (to render their TPI) the radius around them
-    rows, cols = survey_plan.over(limits)
-    nw, se = survey_plan.window(rows[0], cols[0]), survey_plan.window(rows[-1], cols[-1])
-    scales, offsets = las.header.scales, las.header.offsets
-    pad = [1 + (math.ceil(TPI_RADIUS_M / s) if job.image is None else 0) for s in scales[:2]]
-    raw = ((nw.x[0] - pad[0], se.x[1] + pad[0]), (se.y[0] - pad[1], nw.y[1] + pad[1]))
-    frame = tuple(float(s) for s in scales), tuple(float(o) for o in offsets)
-    me = survey.file(job.las)
-    if me.path not in survey.store and survey.needed_later(me):  # read now, so kept now
-        survey.store.keep(me.path, {k: getattr(points, k) for k in POINT_FIELDS})
-    context = SurveyContext.build(survey, me.path, points, limits, crs_bounds(las, raw), frame)
-    return survey_plan, context
 
 
 def _predict_tile(

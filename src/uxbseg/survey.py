@@ -37,6 +37,7 @@ from scipy.sparse.csgraph import connected_components
 from .errors import BadDataError
 from .io.las import POINT_FIELDS, PointArrays, read_point_fields
 from .io.raster import TPI_RADIUS_M
+from .windows import WindowPlan, crs_bounds, plan_for
 
 __all__ = [
     "SURVEY_OVERLAP",
@@ -48,6 +49,7 @@ __all__ = [
     "find_surveys",
     "points_in_box",
     "read_headers",
+    "survey_windows",
 ]
 
 log = logging.getLogger(__name__)
@@ -313,6 +315,48 @@ def points_in_box(
     for k in POINT_FIELDS[3:]:
         out[k] = np.asarray(fields[k][index])
     return PointArrays(**out, scales=tuple(float(v) for v in to_scales)), index
+
+
+def survey_windows(
+    survey: Survey,
+    path: Path,
+    image: Path | None,
+    las,
+    points: PointArrays,
+    limits: tuple[tuple[int, int], tuple[int, int]],
+    plan: WindowPlan | None,
+    side: float,
+    overlap: float,
+) -> tuple[WindowPlan | None, SurveyContext | None]:
+    """The survey's window plan for the file ``path`` (its ``las``, its ``points`` with raw XY
+    ``limits``, its ``image`` or None to render one) and the file among its neighbours' points;
+    or (``plan``, None) to predict it on its own: when the survey is no larger than a tile of
+    ``side``, or the file's points reach beyond the box its header gives (the plan comes from
+    the headers)."""
+    area = survey.limits(las)
+    (x0, x1), (y0, y1) = limits
+    if not (area[0][0] <= x0 and x1 <= area[0][1] and area[1][0] <= y0 and y1 <= area[1][1]):
+        log.warning(
+            "%s: its points reach beyond the bounds in its header, so it is predicted on its "
+            "own, without its neighbours' points; rewrite the header (e.g. re-export the file)",
+            path,
+        )
+        return plan, None
+    survey_plan = plan_for(las, area, side, overlap)
+    if survey_plan is None:
+        return plan, None
+    # the windows this file's points take, and (to render their TPI) the radius around them
+    rows, cols = survey_plan.over(limits)
+    nw, se = survey_plan.window(rows[0], cols[0]), survey_plan.window(rows[-1], cols[-1])
+    scales, offsets = las.header.scales, las.header.offsets
+    pad = [1 + (math.ceil(TPI_RADIUS_M / s) if image is None else 0) for s in scales[:2]]
+    raw = ((nw.x[0] - pad[0], se.x[1] + pad[0]), (se.y[0] - pad[1], nw.y[1] + pad[1]))
+    frame = tuple(float(s) for s in scales), tuple(float(o) for o in offsets)
+    me = survey.file(path)
+    if me.path not in survey.store and survey.needed_later(me):  # read now, so kept now
+        survey.store.keep(me.path, {k: getattr(points, k) for k in POINT_FIELDS})
+    context = SurveyContext.build(survey, me.path, points, limits, crs_bounds(las, raw), frame)
+    return survey_plan, context
 
 
 def _intersects(a: Box, b: Box) -> bool:
