@@ -92,6 +92,18 @@ def test_every_real_file_nothing_lost(weights, tmp_path):
 
 
 @pytest.mark.real
+def test_a_one_point_file_is_classified_and_said_so(weights, tmp_path, capsys):
+    (one,) = [p for p in real_las_files() if p.name == "single-point-cloud.laz"]
+    args = ["predict", "--weights", str(weights), "--input", str(one), "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "pred_single-point-cloud.laz (1 point: ground 1, plazuela 0, structure 0)" in (
+        capsys.readouterr().out
+    )
+    _, b = _assert_nothing_lost(one, tmp_path / "pred_single-point-cloud.laz")
+    assert len(b.points) == 1
+
+
+@pytest.mark.real
 def test_probabilities_and_keep_classification(weights, tmp_path):
     real_las_files()
     src = next(p for p in REAL_LAS if p.name == "extrabytes.las")

@@ -270,7 +270,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 )
             finds = ", ".join(f"{v} {k}" for k, v in r.finds.items())
             print(
-                f"{r.job.las.name} -> {r.las} ({r.points} points: "
+                f"{r.job.las.name} -> {r.las} ({r.points} point{'s' * (r.points != 1)}: "
                 + ", ".join(f"{k} {v}" for k, v in r.counts.items())
                 + f"){grids}; finds: {finds}"
                 + ("; kept from the earlier run" if r.kept else "")
