@@ -21,9 +21,11 @@ from uxbseg.predict import PredictJob, predict_files
 from uxbseg.survey import PointStore, find_surveys, points_in_box, read_headers
 
 
-def _write(path, x, y, z=None, offsets=(0.0, 0.0, 0.0), scales=(0.01, 0.01, 0.01)):
+def _write(path, x, y, z=None, offsets=(0.0, 0.0, 0.0), scales=(0.01, 0.01, 0.01), wkt=None):
     header = laspy.LasHeader(point_format=3, version="1.2")
     header.scales, header.offsets = list(scales), list(offsets)
+    if wkt is not None:
+        header.vlrs.append(laspy.vlrs.known.WktCoordinateSystemVlr(wkt))
     las = laspy.LasData(header)
     x, y = np.asarray(x, float), np.asarray(y, float)
     las.x, las.y = x, y
@@ -77,6 +79,28 @@ def test_two_areas_cut_in_one_local_frame_are_no_survey(tmp_path, caplog):
     assert "4 files lie side by side, but a0.las and b0.las among them cover the same" in (
         caplog.text
     )
+
+
+def _utm(zone: int) -> str:
+    return (
+        f'PROJCS["WGS 84 / UTM zone {zone}N",GEOGCS["WGS 84",DATUM["D",SPHEROID["WGS 84",'
+        f'6378137,298.257]],UNIT["degree",0.01745]],UNIT["metre",1],'
+        f'AUTHORITY["EPSG","326{zone}"]]'
+    )
+
+
+def test_files_that_name_different_crss_are_not_neighbours(tmp_path, caplog):
+    """Two UTM zones share their numbers: files side by side in them are two places."""
+    a = _square(tmp_path / "a.las", 250_000, 0, wkt=_utm(15))
+    b = _square(tmp_path / "b.las", 250_100, 0, wkt=_utm(16))
+    c = _square(tmp_path / "c.las", 250_200, 0, wkt=_utm(16))
+    d = _square(tmp_path / "d.las", 250_300, 0)  # names no CRS: it may be c's neighbour
+    headers = read_headers([(p, None) for p in (a, b, c, d)])
+    assert [h.epsg for h in headers] == [32615, 32616, 32616, None]
+    with caplog.at_level(logging.WARNING, logger="uxbseg.survey"):
+        surveys = find_surveys(headers, 100.0, PointStore(tmp_path / "store"))
+    assert set(surveys) == {b, c, d}
+    assert "a.las (EPSG:32615) and b.las (EPSG:32616) lie side by side" in caplog.text
 
 
 def test_points_in_box_keeps_the_box_and_converts_the_frame(tmp_path):

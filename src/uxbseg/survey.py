@@ -12,11 +12,11 @@ several files runs once, for the first, and is kept for the others (:class:`Wind
 neighbours' points are decoded once into a store on disk (:class:`PointStore`).
 
 Files are neighbours when their XY boxes (from their headers) lie within a window side of each
-other and overlap by at most :data:`SURVEY_OVERLAP` of the smaller one's area: files covering
-the same ground (overlapping flight strips, a file and its copy, tiles in local coordinates)
-are not merged, and are predicted each on its own; nor are files side by side that include
-two such (the pieces of several areas cut in one local frame), which would read one area's
-points on top of another's.
+other, they do not name different CRSs (EPSG codes), and their boxes overlap by at most
+:data:`SURVEY_OVERLAP` of the smaller one's area: files covering the same ground (overlapping
+flight strips, a file and its copy, tiles in local coordinates) are not merged, and are
+predicted each on its own; nor are files side by side that include two such (the pieces of
+several areas cut in one local frame), which would read one area's points on top of another's.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import BadDataError
-from .io.las import POINT_FIELDS, PointArrays, read_point_fields
+from .io.las import POINT_FIELDS, PointArrays, crs_epsg, read_point_fields
 from .io.raster import TPI_RADIUS_M
 from .windows import WindowPlan, crs_bounds, plan_for
 
@@ -72,6 +72,7 @@ class SurveyFile:
     scales: tuple[float, float, float]
     offsets: tuple[float, float, float]
     points: int
+    epsg: int | None = None  # its CRS's EPSG code, when it names one
 
     @classmethod
     def from_header(cls, path: Path, image: Path | None) -> SurveyFile | None:
@@ -89,6 +90,7 @@ class SurveyFile:
                     tuple(float(s) for s in h.scales),
                     tuple(float(o) for o in h.offsets),
                     int(h.point_count),
+                    crs_epsg(h),
                 )
         except Exception:  # unreadable: predict names it when it reads the file
             return None
@@ -385,6 +387,20 @@ def find_surveys(
     shared = np.maximum(-gap_x, 0) * np.maximum(-gap_y, 0)
     same_ground = shared > SURVEY_OVERLAP * np.minimum(area[:, None], area[None, :])
     near = (np.maximum(gap_x, gap_y) <= side) & ~same_ground
+    epsg = np.array([-1 if f.epsg is None else f.epsg for f in entries])
+    other_crs = (epsg[:, None] != epsg[None, :]) & (epsg[:, None] >= 0) & (epsg[None, :] >= 0)
+    if (near & other_crs).any():
+        i, j = np.nonzero(np.triu(near & other_crs))
+        log.warning(
+            "%s (EPSG:%d) and %s (EPSG:%d) lie side by side in their coordinates but name "
+            "different CRSs: they are not each other's context (reproject them to one CRS to "
+            "predict them as one survey)",
+            entries[i[0]].path.name,
+            epsg[i[0]],
+            entries[j[0]].path.name,
+            epsg[j[0]],
+        )
+    near &= ~other_crs
     np.fill_diagonal(near, False)
     np.fill_diagonal(same_ground, False)
     if same_ground.any():
