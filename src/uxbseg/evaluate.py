@@ -73,8 +73,9 @@ def evaluate(
     (:class:`~uxbseg.report.TileReport`); its path is ``result["report"]``.
 
     ``survey``: tiles that lie side by side (:func:`~uxbseg.survey.find_surveys`, as
-    ``predict`` finds them) are also predicted as ``predict`` classifies them by default: in
-    windows laid over their survey, reading each other's points. ``result["survey"]`` then
+    ``predict`` finds them) are also predicted as ``predict`` (without ``--no-survey``)
+    classifies them: in windows laid over their survey, reading each other's points.
+    ``result["survey"]`` then
     scores every tile's points with the classes ``predict`` writes (those of a tile alone as
     above) and counts the objects over each survey as a whole, so that one cut by the line
     between two tiles is one object; the tiles of a survey go through the model twice.
@@ -153,25 +154,27 @@ def evaluate(
     result["objects"] = _object_rates(objects, scored)
     if surveys:
         try:
-            tiles, found, found_scored = _survey_points(
+            in_surveys, found, found_scored = _survey_points(
                 model, cfg, pairs, surveys, side, overlap, batch, device, tta, progress
             )
         finally:
             store.close()
         for objs, objs_scored in alone.values():
             _add_objects(found, found_scored, objs, objs_scored)
-        lone = iter(per_tile["points"])  # a tile alone: as in the first pass
-        points = np.stack([tiles.get(p.pair_id, m) for p, m in zip(pairs, lone)])
+        # each tile's point confusion: as a survey, or alone (as in the pass above)
+        tiles = np.stack(
+            [in_surveys.get(p.pair_id, cm) for p, cm in zip(pairs, per_tile["points"])]
+        )
         result["survey"] = {
             "surveys": len({id(s) for s in surveys.values()}),
-            "tiles": len(tiles),
+            "tiles": len(in_surveys),
             "side": side,
             "overlap": overlap,
             "points": {
-                "metrics": metrics_from_confusion(points.sum(axis=0)),
-                "baseline": result["points"]["baseline"],
-                "confusion": points.sum(axis=0).tolist(),
-                "iou_interval": iou_interval(points),
+                "metrics": metrics_from_confusion(tiles.sum(axis=0)),
+                "baseline": metrics_from_confusion(base["points"]),
+                "confusion": tiles.sum(axis=0).tolist(),
+                "iou_interval": iou_interval(tiles),
             },
             "objects": _object_rates(found, found_scored),
         }
