@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .classes import CLASSES
+from .data.overlap import LEAK_SHARE, TWICE_SHARE, SharedGround, same_ground_pairs
 from .data.pairs import (
     PairReport,
     check_pair,
@@ -43,6 +44,7 @@ def inspect_dataset(
     }
     _note_scale(reports)
     _note_density(reports)
+    _note_shared_ground(reports)
     return reports
 
 
@@ -88,6 +90,38 @@ def _note_density(reports: dict[str, list[PairReport]]) -> None:
             note = None if r.density is None else density_note(r.density, typical, where)
             if note:
                 r.notes.append(note)
+
+
+def _note_shared_ground(reports: dict[str, list[PairReport]]) -> None:
+    """Note the test tiles that cover training ground (:mod:`uxbseg.data.overlap`: boxes that
+    overlap and terrain that agrees), and the tiles of one split that are mostly the same
+    ground."""
+    train, test = reports.get("train", []), reports.get("test", [])
+    for i, j, sg in same_ground_pairs([r.ground for r in test], [r.ground for r in train],
+                                      LEAK_SHARE):  # fmt: skip
+        test[i].notes.append(
+            f"covers the ground of train/{train[j].pair.pair_id} ({_how(sg)}): " + LEAK_ADVICE
+        )
+    for split, reps in reports.items():
+        if split == "predict":
+            continue
+        for i, j, sg in same_ground_pairs([r.ground for r in reps], None, TWICE_SHARE):
+            reps[j].notes.append(
+                f"the same ground as {split}/{reps[i].pair.pair_id} ({_how(sg)}): "
+                + ("trained on twice" if split == "train" else "scored twice")
+                + "; remove one of the two"
+            )
+
+
+LEAK_ADVICE = (
+    "scored on ground the model was trained on, it measures memory, not what the model finds "
+    "in new ground, and training's validation (on test/) picks the best epoch by it; keep "
+    "each place in one split (move or remove one of the two)"
+)
+
+
+def _how(sg: SharedGround) -> str:
+    return f"{sg.share:.0%} of the smaller tile; terrain within a median {sg.dz:.2f} m"
 
 
 def _hist(d: dict[int, int]) -> str:

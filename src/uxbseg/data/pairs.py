@@ -11,6 +11,7 @@ from ..classes import CLASSES
 from ..errors import BadDataError
 from ..io.las import read_las, units_warning
 from ..io.raster import open_image
+from .overlap import GroundRaster
 
 __all__ = [
     "DENSITY_TRIGGER",
@@ -131,6 +132,7 @@ class PairReport:
     mask_size: tuple[int, int] | None = None
     units: str | None = None  # what is wrong with the LAS's CRS units (not metres), if anything
     notes: list[str] = field(default_factory=list)
+    ground: GroundRaster | None = field(default=None, repr=False)  # its terrain, coarsely
 
     @property
     def problems(self) -> list[Problem]:
@@ -218,6 +220,7 @@ def check_pair(pair: Pair) -> PairReport:
                             "a tile needs points spread in X and Y; remove the pair",
                         )
                     )
+                rep.ground = GroundRaster.from_points(las.x, las.y, las.z)
                 rep.units = units_warning(las)
                 if rep.units:
                     rep.notes.append(rep.units)

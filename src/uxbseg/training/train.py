@@ -23,7 +23,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from ..config import Config, save_config
-from ..data.datamodule import UXBDataModule, checked_pairs, checked_reports
+from ..data.datamodule import UXBDataModule, checked_reports
+from ..data.overlap import LEAK_SHARE, same_ground_pairs
 from ..data.pairs import tile_density, tile_extent
 from ..errors import BadDataError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
@@ -138,6 +139,29 @@ def _precision(cfg: Config) -> str:
     return "32-true"
 
 
+def _warn_of_leaks(root, cfg: Config, val: list, train: list) -> None:
+    """Warn when validation tiles cover training ground (:mod:`uxbseg.data.overlap`)."""
+    leaks = same_ground_pairs([r.ground for r in val], [r.ground for r in train], LEAK_SHARE)
+    if not leaks:
+        return
+    i, j, sg = leaks[0]
+    log.warning(
+        "%d of the %d %s tiles cover training ground (e.g. %s covers %.0f%% of %s/%s, their "
+        "terrain within a median %.2f m): validation on them measures memory, not what the "
+        "model finds in new ground, and picks the best epoch by it; keep each place in one "
+        "split (`uxbseg inspect %s` names every one)",
+        len({i for i, _, _ in leaks}),
+        len(val),
+        cfg.data.val_split,
+        val[i].pair.pair_id,
+        100 * sg.share,
+        cfg.data.train_split,
+        train[j].pair.pair_id,
+        sg.dz,
+        root,
+    )
+
+
 def train(
     root: str | Path,
     cfg: Config,
@@ -165,7 +189,9 @@ def train(
     if cfg.grid.tile_density is None and density is not None:  # predict warns far from it
         cfg = replace(cfg, grid=replace(cfg.grid, tile_density=float(f"{density:.6g}")))
         log.info("training tiles hold %.4g points per square unit (grid.tile_density)", density)
-    val_pairs = checked_pairs(root, cfg.data.val_split, cfg, skip)
+    val_reports = checked_reports(root, cfg.data.val_split, cfg, skip)
+    val_pairs = [r.pair for r in val_reports]
+    _warn_of_leaks(root, cfg, val_reports, train_reports)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     ckpt_path = None

@@ -1,0 +1,148 @@
+"""Tiles that cover the same ground: a test tile that is also (in part) a training tile, or a tile
+given twice.
+
+A model scored on ground it was trained on measures its memory, not what it finds in new ground,
+and training's validation (on ``test/``, as in the original script) then picks its best epoch by
+that memory: label leakage through the data, however clean the code. Boxes alone cannot tell:
+tiles in local coordinates all share the same numbers. So each tile's terrain is kept as a coarse
+raster of its lowest point a cell (:class:`GroundRaster`, cells of :data:`GROUND_CELL` on a grid
+anchored at the CRS origin, the same in every tile), and two tiles cover the same ground when
+their point boxes overlap and, over the overlap, their terrain agrees
+(:data:`SAME_TERRAIN`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "GROUND_CELL",
+    "LEAK_SHARE",
+    "SAME_TERRAIN",
+    "TWICE_SHARE",
+    "GroundRaster",
+    "SharedGround",
+    "same_ground_pairs",
+    "shared_ground",
+]
+
+GROUND_CELL = 4.0
+"""Side of a :class:`GroundRaster` cell, in CRS units: 625 cells for a 100 m tile, 62,500 (250 KB)
+for a 1 km one."""
+
+SAME_TERRAIN = 0.5
+"""Largest median difference (CRS units) of two tiles' lowest point a cell, over the cells both
+cover, for their terrain to agree: the same lidar gives 0, another flight of the same ground some
+centimetres; two places given the same local coordinates differ by metres."""
+
+LEAK_SHARE = 0.01
+"""Share of the smaller tile from which a test tile on training ground is noted (tiles cut side
+by side from one area touch and share none)."""
+
+TWICE_SHARE = 0.5
+"""Share of the smaller tile from which two tiles of one split are noted as the same ground twice
+(tiles cut with a margin overlap by less)."""
+
+_MIN_CELLS = 4  # cells both must cover for their terrain to be compared
+
+
+@dataclass(frozen=True)
+class GroundRaster:
+    """The lowest point of each :data:`GROUND_CELL` cell of a tile (NaN where it has none), and
+    its point box (CRS units)."""
+
+    col0: int  # the first column's index on the grid anchored at the origin
+    row0: int
+    zmin: np.ndarray  # (rows, columns) float32; row 0 is the southernmost
+    bounds: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax
+
+    @classmethod
+    def from_points(cls, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> GroundRaster:
+        """The raster of points at ``x``, ``y``, ``z`` (CRS units, at least one point)."""
+        cols = np.floor(np.asarray(x) / GROUND_CELL).astype(np.int64)
+        rows = np.floor(np.asarray(y) / GROUND_CELL).astype(np.int64)
+        c0, r0 = int(cols.min()), int(rows.min())
+        shape = (int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1)
+        flat = (rows - r0) * shape[1] + (cols - c0)
+        zmin = np.full(shape[0] * shape[1], np.inf)
+        np.minimum.at(zmin, flat, np.asarray(z, dtype=np.float64))
+        zmin[np.isinf(zmin)] = np.nan
+        bounds = (float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y)))
+        return cls(c0, r0, zmin.reshape(shape).astype(np.float32), bounds)
+
+    @property
+    def area(self) -> float:
+        """Area of the point box."""
+        x0, y0, x1, y1 = self.bounds
+        return (x1 - x0) * (y1 - y0)
+
+
+@dataclass(frozen=True)
+class SharedGround:
+    """How two tiles overlap: ``share`` of the smaller point box lies in the other's, and the
+    median difference of their terrain over the overlap (None where they share too few cells to
+    compare)."""
+
+    share: float
+    dz: float | None
+
+    @property
+    def same(self) -> bool:
+        """Whether the overlap is the same ground (their terrain agrees)."""
+        return self.dz is not None and self.dz <= SAME_TERRAIN
+
+
+def shared_ground(a: GroundRaster, b: GroundRaster) -> SharedGround | None:
+    """How much ground ``a`` and ``b`` share, or None when their point boxes do not overlap
+    (touching tiles, cut from one area side by side, share none)."""
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.bounds, b.bounds
+    w, h = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
+    if not (w > 0 and h > 0):
+        return None
+    smaller = min(a.area, b.area)
+    share = w * h / smaller if smaller > 0 else 1.0
+    # the cells wholly inside the overlap (not those a touching edge runs through)
+    x0, x1 = max(ax0, bx0), min(ax1, bx1)
+    y0, y1 = max(ay0, by0), min(ay1, by1)
+    c0, c1 = math.ceil(x0 / GROUND_CELL), math.floor(x1 / GROUND_CELL)  # [c0, c1)
+    r0, r1 = math.ceil(y0 / GROUND_CELL), math.floor(y1 / GROUND_CELL)
+    if c1 <= c0 or r1 <= r0:
+        return SharedGround(share, None)
+    za = a.zmin[r0 - a.row0 : r1 - a.row0, c0 - a.col0 : c1 - a.col0]
+    zb = b.zmin[r0 - b.row0 : r1 - b.row0, c0 - b.col0 : c1 - b.col0]
+    both = np.isfinite(za) & np.isfinite(zb)
+    if both.sum() < _MIN_CELLS:
+        return SharedGround(share, None)
+    return SharedGround(share, float(np.median(np.abs(za[both] - zb[both]))))
+
+
+def same_ground_pairs(
+    a: Sequence[GroundRaster | None],
+    b: Sequence[GroundRaster | None] | None = None,
+    least: float = 0.0,
+) -> list[tuple[int, int, SharedGround]]:
+    """(i, j, how) for each tile ``a[i]`` that covers the same ground as ``b[j]`` (with
+    ``b`` None: as ``a[j]``, j > i) over at least ``least`` of the smaller tile; None entries
+    (tiles without points) are skipped."""
+    others = a if b is None else b
+    ia = [i for i, g in enumerate(a) if g is not None]
+    ib = [j for j, g in enumerate(others) if g is not None]
+    if not ia or not ib:
+        return []
+    ba = np.array([a[i].bounds for i in ia])
+    bb = np.array([others[j].bounds for j in ib])
+    hit = (ba[:, None, 0] < bb[None, :, 2]) & (bb[None, :, 0] < ba[:, None, 2])
+    hit &= (ba[:, None, 1] < bb[None, :, 3]) & (bb[None, :, 1] < ba[:, None, 3])
+    found = []
+    for p, q in zip(*np.nonzero(hit), strict=True):
+        i, j = ia[p], ib[q]
+        if b is None and j <= i:
+            continue
+        sg = shared_ground(a[i], others[j])
+        if sg is not None and sg.share >= least and sg.same:
+            found.append((i, j, sg))
+    return found
