@@ -58,3 +58,46 @@ def test_an_out_that_is_a_file_is_refused(trained_run, tiny_dataset, tmp_path, c
         assert main([*args, "--out", str(afile)]) == 1, args
         assert f"error: {afile}: a file, not a folder" in capsys.readouterr().err
     assert afile.read_text() == "keep me"
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_piece(tmp_path):
+    from uxbseg.io.files import replacing
+
+    path = tmp_path / "finds.csv"
+    path.write_text("old")
+    with pytest.raises(OSError), replacing(path) as tmp:
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device", str(tmp))
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["finds.csv"]
+    with replacing(path) as tmp:
+        tmp.write_text("new")
+        assert path.read_text() == "old"  # a reader sees the old file until the end
+    assert path.read_text() == "new" and not tmp.exists()
+
+
+def test_a_full_disk_is_an_error_with_its_fix_not_a_traceback(
+    trained_run, tiny_dataset, tmp_path, capsys, monkeypatch
+):
+    """predict's LAS writer meets a full disk (the system's error, raised where laspy writes):
+    exit 1 naming the file and the fix, and no half-written output is left."""
+    import errno
+
+    import laspy
+
+    def full(self, destination, *args, **kwargs):
+        with open(destination, "wb") as f:
+            f.write(b"LASF")  # a piece of a file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+
+    monkeypatch.setattr(laspy.LasData, "write", full)
+    out = tmp_path / "out"
+    las = next((tiny_dataset / "predict" / "pair_0000").glob("*.las"))
+    weights = str(trained_run[0].best_weights)
+    # --probabilities adds dimensions: the file is written by laspy, not copied
+    args = ["predict", "--weights", weights, "--input", str(las), "--out", str(out)]
+    assert main([*args, "--probabilities", "--no-grids"]) == 1
+    err = capsys.readouterr().err
+    assert f".pred_{las.stem}.las.partial: No space left on device; free some space" in err
+    assert "Traceback" not in err
+    assert not [p.name for p in out.iterdir() if p.name.startswith(f"pred_{las.stem}")]
+    assert not list(out.glob(".*.partial"))

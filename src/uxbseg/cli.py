@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 bad input (message names the file and the fix), 2 usage
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import time
@@ -132,9 +133,23 @@ def quiet_lightning(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is at each message (as logging's own
+    last-resort handler does), not to the stream of the first call: a notebook's or a test's
+    capture that replaces stderr later still gets the messages."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
     """Our diagnostics to stderr; Lightning's own chatter only when asked for."""
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     pkg = logging.getLogger("uxbseg")
     if not pkg.handlers or all(isinstance(h, logging.NullHandler) for h in pkg.handlers):
@@ -147,6 +162,17 @@ def _setup_logging(verbose: bool) -> None:
     warnings.filterwarnings("ignore", message="Experiment logs directory")
 
 
+_SYSTEM_FIXES = {
+    errno.ENOSPC: "free some space, or write to another disk (--out); nothing half-written "
+    "is left behind",
+    errno.EDQUOT: "your disk quota is used up: free some of it, or write elsewhere (--out)",
+    errno.EACCES: "change its permissions, or write to a folder you may write to (--out)",
+    errno.EPERM: "change its permissions, or write to a folder you may write to (--out)",
+    errno.EROFS: "the file system is read-only: write to another folder (--out)",
+}
+"""The errors of the machine's state (not of uxbseg) that a user fixes, and how."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``uxbseg`` console script; returns the exit code."""
     parser = build_parser()
@@ -157,6 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UXBError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        fix = _SYSTEM_FIXES.get(exc.errno)
+        if fix is None:  # not the machine's state: ours to fix, with the traceback
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror}; {fix}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

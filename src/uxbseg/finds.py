@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .classes import CLASSES
+from .io.files import replacing
 from .report import cell_of, class_raster
 
 __all__ = [
@@ -359,14 +359,12 @@ def write_finds(path: str | Path, finds: list[Find], files: list[list[str]] | No
     and with ``files`` a last column naming the files each lies in, ``;`` between them), written
     under a temporary name and renamed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         out.writerow(_COLUMNS + (["files"] if files is not None else []))
         for i, find in enumerate(finds):
             row = [_value(getattr(find, name)) for name in _COLUMNS]
             out.writerow(row + ([";".join(files[i])] if files is not None else []))
-    os.replace(tmp, path)
     return path
 
 
@@ -416,9 +414,8 @@ def write_finds_geojson(
     if epsg is not None:
         doc["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
     doc["features"] = features
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
     return path
 
 

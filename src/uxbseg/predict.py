@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from .finds import (
     write_finds_geojson,
 )
 from .inference import infer_tile, render_tpi_image
+from .io.files import replacing
 from .io.las import (
     PointArrays,
     crs_epsg,
@@ -178,10 +178,8 @@ def check_jobs(jobs: Sequence[PredictJob], out_dir: str | Path) -> None:
 
 
 def _save_npy(path: Path, grid: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         np.save(f, grid)
-    os.replace(tmp, path)
 
 
 def predict_one(

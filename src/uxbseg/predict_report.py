@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from .classes import CLASSES, NUM_CLASSES
 from .finds import Find
+from .io.files import replacing
 from .io.raster import TPI_CLIP_M, colourise_tpi, open_image, window_tpi
 from .report import class_colours, class_counts, class_raster, compose, majority
 from .run_dirs import require_folder
@@ -150,9 +150,8 @@ class PredictReport:
         titles = ["TPI", "classes", f"finds: {said}"]
         picture = compose(panels, titles, name)
         png = f"{name}.png"
-        tmp = self.folder / f".{png}.partial"
-        picture.save(tmp, format="PNG")
-        os.replace(tmp, self.folder / png)
+        with replacing(self.folder / png) as tmp:
+            picture.save(tmp, format="PNG")
         if self.overview is not None:
             self.overview.add(x, y, classes, finds)
         counts = np.bincount(np.asarray(classes, dtype=np.int64), minlength=len(CLASSES))
@@ -168,9 +167,8 @@ class PredictReport:
         files = sorted(self.files, key=lambda f: (-sum(f.finds.values()), f.name))
         top = ""
         if overview and self.overview is not None and self.files:
-            tmp = self.folder / ".overview.png.partial"
-            self.overview.picture().save(tmp, format="PNG")
-            os.replace(tmp, self.folder / "overview.png")
+            with replacing(self.folder / "overview.png") as tmp:
+                self.overview.picture().save(tmp, format="PNG")
             top = (
                 "<h2>overview: every file, ground grey, finds outlined in black</h2>\n"
                 '<img src="overview.png" alt="overview">\n'
@@ -196,7 +194,6 @@ class PredictReport:
             f"{top}<h2>{len(files)} files, the most finds first</h2>\n{rows}\n</body></html>\n"
         )
         out = self.folder / "report.html"
-        tmp = self.folder / ".report.html.partial"
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
+        with replacing(out) as tmp:
+            tmp.write_text(page, encoding="utf-8")
         return out

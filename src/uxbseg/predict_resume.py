@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import torch
 from .config import Config, config_to_dict
 from .errors import BadDataError
 from .finds import Find
+from .io.files import replacing
 
 if TYPE_CHECKING:
     from .predict import PredictJob, PredictResult
@@ -208,7 +208,6 @@ class RunRecord:
         earlier record (written under a temporary name, renamed)."""
         lines = [{"version": _VERSION, "settings": self.settings}, *entries]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.partial")
         text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.path)
+        with replacing(self.path) as tmp:
+            tmp.write_text(text, encoding="utf-8")

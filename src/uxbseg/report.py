@@ -11,7 +11,6 @@ the tiles worst first, so the failures are seen before the successes.
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .classes import CLASSES, IGNORE, NUM_CLASSES
+from .io.files import replacing
 from .io.raster import open_image
 from .metrics import metrics_from_confusion
 from .run_dirs import require_folder
@@ -175,9 +175,8 @@ class TileReport:
         titles = ["TPI image", "truth (LAS classes)", "prediction", "errors"]
         picture = compose(panels, titles, pair_id)
         name = f"{pair_id}.png"
-        tmp = self.folder / f".{name}.partial"
-        picture.save(tmp, format="PNG")
-        os.replace(tmp, self.folder / name)
+        with replacing(self.folder / name) as tmp:
+            picture.save(tmp, format="PNG")
         m = metrics_from_confusion(tile_confusion)
         iou = {c.name: m[f"iou_{c.name}"] for c in CLASSES}
         score = m["miou"] if np.isfinite(m["miou"]) else 1.0
@@ -207,7 +206,8 @@ class TileReport:
             f"<h2>{len(tiles)} tiles, worst first</h2>\n{rows}\n</body></html>\n"
         )
         out = self.folder / "report.html"
-        out.write_text(page, encoding="utf-8")
+        with replacing(out) as tmp:
+            tmp.write_text(page, encoding="utf-8")
         return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import laspy
 import numpy as np
 
 from ..errors import BadDataError
+from .files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -555,8 +555,7 @@ def write_classified(
         for name, values in extra.items():
             las[name] = values.astype(np.float32)
     same_layout = src is not None and not (compress or keep_classification or extra)
-    tmp = dst.with_name(f".{dst.name}.partial")
-    try:
+    with replacing(dst) as tmp:
         if not (same_layout and _copy_with_records(las, src, tmp)):  # else laspy re-encodes
             raw_vlrs = read_raw_vlrs(src) if src is not None else None
             if raw_vlrs is not None:
@@ -564,7 +563,4 @@ def write_classified(
             las.write(tmp, do_compress=compress)
             if raw_vlrs is not None:
                 _restore_vlr_bytes(raw_vlrs, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst

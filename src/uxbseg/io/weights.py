@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from ..config import Config, config_from_dict, config_to_dict
 from ..errors import BadDataError
+from .files import replacing
 
 __all__ = ["BEST_WEIGHTS_NAME", "load_model", "save_weights", "weights_config"]
 
@@ -18,9 +18,8 @@ BEST_WEIGHTS_NAME = "FusedSwinCrossEntropy_tpi_clr_swin_best"
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        write(tmp)
 
 
 def save_weights(
