@@ -441,6 +441,7 @@ def test_evaluate_scores_tiles_side_by_side_as_predict_classifies_them(
     from uxbseg.config import config_from_dict, config_to_dict
     from uxbseg.evaluate import confusion, evaluate
     from uxbseg.finds import object_counts
+    from uxbseg.metrics import metrics_from_confusion
 
     jobs = _labelled_survey(tiny_dataset, tmp_path / "data")
     model, cfg = load_model(trained_run[0].best_weights)
@@ -455,7 +456,7 @@ def test_evaluate_scores_tiles_side_by_side_as_predict_classifies_them(
         plain = evaluate(model, cfg, tmp_path / "data", **kw)
     assert "survey" not in plain
     assert "2 of 2 tiles lie side by side" in caplog.text  # and --survey is named
-    result = evaluate(model, cfg, tmp_path / "data", survey=True, **kw)
+    result = evaluate(model, cfg, tmp_path / "data", survey=True, report=tmp_path / "rep", **kw)
     assert not list(scratch.iterdir())  # the kept points are gone
     sv = result["survey"]
     assert (sv["surveys"], sv["tiles"], sv["side"], sv["overlap"]) == (1, 2, 100.0, 0.25)
@@ -472,6 +473,16 @@ def test_evaluate_scores_tiles_side_by_side_as_predict_classifies_them(
         y.append(np.asarray(src.y))
         truth.append(las_code_to_class(np.asarray(src.classification)))
         got.append(las_code_to_class(np.asarray(out.classification)))
+    # the report pictures each tile once, with the classes predict writes
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert page.count("<h3>") == 2
+    for job, t, g in zip(jobs, truth, got, strict=True):
+        iou = metrics_from_confusion(confusion(t, g))
+        head = f"<h3>{job.las.parent.name}: point IoU " + ", ".join(
+            f"{c.name} {iou[f'iou_{c.name}']:.2f}" if np.isfinite(iou[f"iou_{c.name}"])
+            else f"{c.name} -" for c in CLASSES
+        )  # fmt: skip
+        assert head in page
     x, y, truth, got = (np.concatenate(v) for v in (x, y, truth, got))
     assert sv["points"]["confusion"] == confusion(truth, got).tolist()
     assert np.asarray(sv["points"]["confusion"])[:, 1:].sum() > 0  # it predicts architecture

@@ -386,8 +386,8 @@ def add_prediction_commands(sub) -> None:
         help="tiles that lie side by side (e.g. cut by `uxbseg tile` from one area) are also "
         "predicted as predict classifies them, as one survey in windows reading each other's "
         "points: adds a 'points (as surveys)' row with the classes predict writes, and "
-        "objects counted over each survey (one cut by the line between tiles once); those "
-        "tiles go through the model twice",
+        "objects counted over each survey (one cut by the line between tiles once); --report "
+        "pictures those tiles with predict's classes; they go through the model twice",
     )
     _window_args(p)
     _decision_args(p)

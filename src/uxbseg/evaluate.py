@@ -70,7 +70,8 @@ def evaluate(
     are scored once each; its voxels and pixels in the window whose centre is nearest.
 
     ``report``: a folder for a picture of each tile and ``report.html``
-    (:class:`~uxbseg.report.TileReport`); its path is ``result["report"]``.
+    (:class:`~uxbseg.report.TileReport`; with ``survey``, a tile of a survey pictured with the
+    classes predict writes); its path is ``result["report"]``.
 
     ``survey``: tiles that lie side by side (:func:`~uxbseg.survey.find_surveys`, as
     ``predict`` finds them) are also predicted as ``predict`` (without ``--no-survey``)
@@ -131,7 +132,7 @@ def evaluate(
         _add_objects(objects, scored, tile_objects, tile_scored)
         if survey and pair.las not in surveys:
             alone[pair.pair_id] = (tile_objects, tile_scored)
-        if pictures is not None:
+        if pictures is not None and pair.las not in surveys:  # a survey's: as predict writes
             cm = per_tile["points"][-1]
             pictures.add(pair.pair_id, pair.image, x, y, truth, pred, cm, tile_objects)
     domain.summary(len(pairs))
@@ -155,7 +156,7 @@ def evaluate(
     if surveys:
         try:
             in_surveys, found, found_scored = _survey_points(
-                model, cfg, pairs, surveys, side, overlap, batch, device, tta, progress
+                model, cfg, pairs, surveys, side, overlap, batch, device, tta, progress, pictures
             )
         finally:
             store.close()
@@ -228,11 +229,12 @@ def _surveys(pairs, side: float | None, store: PointStore, wanted: bool) -> dict
 
 def _survey_points(
     model, cfg: Config, pairs, surveys: dict[Path, Survey], side: float, overlap: float,
-    batch: int, device, tta: bool, progress: bool,
+    batch: int, device, tta: bool, progress: bool, pictures: TileReport | None = None,
 ) -> tuple[dict[str, np.ndarray], dict, dict]:  # fmt: skip
     """The point confusion of each tile of ``surveys`` with the classes predict writes for it
     (in windows laid over its survey, reading its neighbours' points), and the objects of each
-    survey counted over all of its points (with the scored predicted ones)."""
+    survey counted over all of its points (with the scored predicted ones). ``pictures``: each
+    tile pictured with those classes."""
     from tqdm.auto import tqdm
 
     by_las = {p.las: p for p in pairs}
@@ -262,8 +264,10 @@ def _survey_points(
             finally:
                 s.finish(f.path)
             t, p = scores["points"]
-            tiles[pair.pair_id] = confusion(t, p)
+            cm = tiles[pair.pair_id] = confusion(t, p)
             x, y = np.asarray(las.x), np.asarray(las.y)
+            if pictures is not None:
+                pictures.add(pair.pair_id, pair.image, x, y, t, p, cm, object_counts(x, y, t, p))
             parts.append((x, y, t.astype(np.int8), p.astype(np.int8), point_score))
             bar.update()
         x, y, t, p, score = (np.concatenate(k) for k in zip(*parts))
