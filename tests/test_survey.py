@@ -79,6 +79,15 @@ def test_two_areas_cut_in_one_local_frame_are_no_survey(tmp_path, caplog):
     assert "4 files lie side by side, but a0.las and b0.las among them cover the same" in (
         caplog.text
     )
+    # tiles delivered with margins share 10 % of their ground: still one survey, as before
+    west = _square(tmp_path / "w.las", 9000.0, 0, side=105.0)
+    east = _square(tmp_path / "e.las", 9095.0, 0, side=105.0)
+    north = _write(tmp_path / "n.las", [9000.0, 9200.0], [150.0, 250.0])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="uxbseg.survey"):
+        headers = read_headers([(p, None) for p in (west, east, north)])
+        surveys = find_surveys(headers, 100.0, PointStore(tmp_path / "store"))
+    assert set(surveys) == {west, east, north} and "lie side by side, but" not in caplog.text
 
 
 def _utm(zone: int) -> str:

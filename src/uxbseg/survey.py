@@ -15,8 +15,9 @@ Files are neighbours when their XY boxes (from their headers) lie within a windo
 other, they do not name different CRSs (EPSG codes), and their boxes overlap by at most
 :data:`SURVEY_OVERLAP` of the smaller one's area: files covering the same ground (overlapping
 flight strips, a file and its copy, tiles in local coordinates) are not merged, and are
-predicted each on its own; nor are files side by side that include two such (the pieces of
-several areas cut in one local frame), which would read one area's points on top of another's.
+predicted each on its own; nor are files side by side among which two share most of their
+ground (the pieces of several areas cut in one local frame), which would read one area's points
+on top of another's.
 """
 
 from __future__ import annotations
@@ -385,7 +386,10 @@ def find_surveys(
     gap_y = np.maximum(y0[:, None] - y1[None, :], y0[None, :] - y1[:, None])
     area = (x1 - x0) * (y1 - y0)
     shared = np.maximum(-gap_x, 0) * np.maximum(-gap_y, 0)
-    same_ground = shared > SURVEY_OVERLAP * np.minimum(area[:, None], area[None, :])
+    smaller = np.minimum(area[:, None], area[None, :])
+    same_ground = shared > SURVEY_OVERLAP * smaller
+    mostly_shared = shared > 0.5 * smaller  # one area twice (not tiles' margins)
+    np.fill_diagonal(mostly_shared, False)
     near = (np.maximum(gap_x, gap_y) <= side) & ~same_ground
     epsg = np.array([-1 if f.epsg is None else f.epsg for f in entries])
     other_crs = (epsg[:, None] != epsg[None, :]) & (epsg[:, None] >= 0) & (epsg[None, :] >= 0)
@@ -422,7 +426,7 @@ def find_surveys(
         if len(fs) < 2:
             continue
         twice = np.flatnonzero(group == k)
-        shared_ground = same_ground[np.ix_(twice, twice)]
+        shared_ground = mostly_shared[np.ix_(twice, twice)]
         if shared_ground.any():  # the area twice over: a window would read both on top
             i, j = (twice[v[0]] for v in np.nonzero(shared_ground))
             log.warning(
