@@ -23,14 +23,16 @@ def test_the_raster_holds_the_lowest_point_of_each_cell():
     x = np.array([0.5, 1.0, 5.0, 9.9, 9.9])
     y = np.array([0.5, 3.9, 0.1, 9.0, 9.5])
     z = np.array([3.0, 1.0, 7.0, 2.0, 5.0])
-    g = GroundRaster.from_points(x, y, z)
-    assert (g.col0, g.row0) == (0, 0) and g.zmin.shape == (3, 3)  # 4 m cells over 0-12 m
-    assert g.zmin[0, 0] == 1.0 and g.zmin[0, 1] == 7.0 and g.zmin[2, 2] == 2.0
-    assert np.isnan(g.zmin[1, 1]) and np.isnan(g.zmin[0, 2])
+    g = GroundRaster.from_points(x, y, z)  # 4 m cells: (0, 0), (0, 1), (2, 2) hold points
+    cells = {(int(r), int(c)): float(v) for r, c, v in zip(g.rows, g.cols, g.zmin)}
+    assert cells == {(0, 0): 1.0, (0, 1): 7.0, (2, 2): 2.0}
     assert g.bounds == (0.5, 0.1, 9.9, 9.5)
-    # the grid is anchored at the origin: a tile elsewhere starts at its own cell
+    # the grid is anchored at the origin: a tile elsewhere is on its own cells
     far = GroundRaster.from_points(x + 1003.0, y - 17.0, z)
-    assert (far.col0, far.row0) == (250, -5)
+    assert (int(far.cols.min()), int(far.rows.min())) == (250, -5)
+    # a stray point 100 km off costs one cell, not the box between
+    stray = GroundRaster.from_points(np.append(x, 1e5), np.append(y, 1e5), np.append(z, 0.0))
+    assert len(stray.zmin) == 4
 
 
 def test_shared_ground_tells_the_same_place_from_the_same_numbers():

@@ -52,12 +52,13 @@ _MIN_CELLS = 4  # cells both must cover for their terrain to be compared
 
 @dataclass(frozen=True)
 class GroundRaster:
-    """The lowest point of each :data:`GROUND_CELL` cell of a tile (NaN where it has none), and
-    its point box (CRS units)."""
+    """The lowest point of each :data:`GROUND_CELL` cell that holds points of a tile (cells
+    listed, not a dense raster: a stray point kilometres away costs a cell, not the box between),
+    and the tile's point box (CRS units)."""
 
-    col0: int  # the first column's index on the grid anchored at the origin
-    row0: int
-    zmin: np.ndarray  # (rows, columns) float32; row 0 is the southernmost
+    rows: np.ndarray  # (n,) int64 cell rows on the grid anchored at the origin (y / cell)
+    cols: np.ndarray  # (n,) int64 cell columns (x / cell)
+    zmin: np.ndarray  # (n,) float32 lowest z of each cell
     bounds: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax
 
     @classmethod
@@ -66,19 +67,26 @@ class GroundRaster:
         cols = np.floor(np.asarray(x) / GROUND_CELL).astype(np.int64)
         rows = np.floor(np.asarray(y) / GROUND_CELL).astype(np.int64)
         c0, r0 = int(cols.min()), int(rows.min())
-        shape = (int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1)
-        flat = (rows - r0) * shape[1] + (cols - c0)
-        zmin = np.full(shape[0] * shape[1], np.inf)
-        np.minimum.at(zmin, flat, np.asarray(z, dtype=np.float64))
-        zmin[np.isinf(zmin)] = np.nan
+        width = int(cols.max()) - c0 + 1
+        cells, which = np.unique((rows - r0) * width + (cols - c0), return_inverse=True)
+        zmin = np.full(len(cells), np.inf)
+        np.minimum.at(zmin, which.ravel(), np.asarray(z, dtype=np.float64))
         bounds = (float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y)))
-        return cls(c0, r0, zmin.reshape(shape).astype(np.float32), bounds)
+        return cls(cells // width + r0, cells % width + c0, zmin.astype(np.float32), bounds)
 
     @property
     def area(self) -> float:
         """Area of the point box."""
         x0, y0, x1, y1 = self.bounds
         return (x1 - x0) * (y1 - y0)
+
+    def within(self, rows: range, cols: range) -> tuple[np.ndarray, np.ndarray]:
+        """The cells in ``rows`` x ``cols`` as sorted keys (row, then column, from the range's
+        first cell) and their lowest z."""
+        keep = (self.rows >= rows.start) & (self.rows < rows.stop)
+        keep &= (self.cols >= cols.start) & (self.cols < cols.stop)
+        keys = (self.rows[keep] - rows.start) * len(cols) + (self.cols[keep] - cols.start)
+        return keys, self.zmin[keep]
 
 
 @dataclass(frozen=True)
@@ -108,16 +116,15 @@ def shared_ground(a: GroundRaster, b: GroundRaster) -> SharedGround | None:
     # the cells wholly inside the overlap (not those a touching edge runs through)
     x0, x1 = max(ax0, bx0), min(ax1, bx1)
     y0, y1 = max(ay0, by0), min(ay1, by1)
-    c0, c1 = math.ceil(x0 / GROUND_CELL), math.floor(x1 / GROUND_CELL)  # [c0, c1)
-    r0, r1 = math.ceil(y0 / GROUND_CELL), math.floor(y1 / GROUND_CELL)
-    if c1 <= c0 or r1 <= r0:
+    cols = range(math.ceil(x0 / GROUND_CELL), math.floor(x1 / GROUND_CELL))
+    rows = range(math.ceil(y0 / GROUND_CELL), math.floor(y1 / GROUND_CELL))
+    if not cols or not rows:
         return SharedGround(share, None)
-    za = a.zmin[r0 - a.row0 : r1 - a.row0, c0 - a.col0 : c1 - a.col0]
-    zb = b.zmin[r0 - b.row0 : r1 - b.row0, c0 - b.col0 : c1 - b.col0]
-    both = np.isfinite(za) & np.isfinite(zb)
-    if both.sum() < _MIN_CELLS:
+    (ka, za), (kb, zb) = a.within(rows, cols), b.within(rows, cols)
+    _, ia, ib = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
+    if len(ia) < _MIN_CELLS:
         return SharedGround(share, None)
-    return SharedGround(share, float(np.median(np.abs(za[both] - zb[both]))))
+    return SharedGround(share, float(np.median(np.abs(za[ia] - zb[ib]))))
 
 
 def same_ground_pairs(
