@@ -32,7 +32,10 @@ def test_the_raster_holds_the_lowest_point_of_each_cell():
     assert (int(far.cols.min()), int(far.rows.min())) == (250, -5)
     # a stray point 100 km off costs one cell, not the box between
     stray = GroundRaster.from_points(np.append(x, 1e5), np.append(y, 1e5), np.append(z, 0.0))
-    assert len(stray.zmin) == 4
+    assert len(stray.zmin) == 4  # (sorted cells, not a raster over the box)
+    for k in ("rows", "cols", "zmin"):  # the same cells as the dense raster's, then the stray
+        np.testing.assert_array_equal(getattr(stray, k)[:3], getattr(g, k))
+    assert (stray.rows[3], stray.cols[3], stray.zmin[3]) == (25_000, 25_000, 0.0)
 
 
 def test_shared_ground_tells_the_same_place_from_the_same_numbers():

@@ -68,9 +68,18 @@ class GroundRaster:
         rows = np.floor(np.asarray(y) / GROUND_CELL).astype(np.int64)
         c0, r0 = int(cols.min()), int(rows.min())
         width = int(cols.max()) - c0 + 1
-        cells, which = np.unique((rows - r0) * width + (cols - c0), return_inverse=True)
-        zmin = np.full(len(cells), np.inf)
-        np.minimum.at(zmin, which.ravel(), np.asarray(z, dtype=np.float64))
+        flat = (rows - r0) * width + (cols - c0)
+        z = np.asarray(z, dtype=np.float64)
+        box = width * (int(rows.max()) - r0 + 1)
+        if box <= max(len(flat), 1 << 16):  # a dense raster over the box is no larger
+            dense = np.full(box, np.inf)
+            np.minimum.at(dense, flat, z)
+            cells = np.flatnonzero(np.isfinite(dense))
+            zmin = dense[cells]
+        else:  # sparse points over a large box (a stray point far off): sort the cells
+            cells, which = np.unique(flat, return_inverse=True)
+            zmin = np.full(len(cells), np.inf)
+            np.minimum.at(zmin, which.ravel(), z)
         bounds = (float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y)))
         return cls(cells // width + r0, cells % width + c0, zmin.astype(np.float32), bounds)
 
