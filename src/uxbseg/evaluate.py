@@ -211,7 +211,11 @@ def _object_rates(objects: dict, scored: dict) -> dict:
 def _surveys(pairs, side: float | None, store: PointStore, wanted: bool) -> dict[Path, Survey]:
     """The survey of each tile that lies beside others (as predict finds them), when
     ``wanted``; otherwise none, with a note when there are some."""
-    if side is None or len(pairs) < 2:
+    if side is None:
+        if wanted:
+            log.warning("--survey with --window off: every tile is predicted whole, alone")
+        return {}
+    if len(pairs) < 2:
         return {}
     surveys = find_surveys(read_headers([(p.las, p.image) for p in pairs]), side, store)
     if surveys and not wanted:
