@@ -76,10 +76,10 @@ def evaluate(
     ``survey``: tiles that lie side by side (:func:`~uxbseg.survey.find_surveys`, as
     ``predict`` finds them) are also predicted as ``predict`` (without ``--no-survey``)
     classifies them: in windows laid over their survey, reading each other's points.
-    ``result["survey"]`` then
-    scores every tile's points with the classes ``predict`` writes (those of a tile alone as
-    above) and counts the objects over each survey as a whole, so that one cut by the line
-    between two tiles is one object; the tiles of a survey go through the model twice.
+    ``result["survey"]`` then scores every tile's points with the classes ``predict`` writes
+    (those of a tile alone as above) and counts the objects over each survey as a whole, so
+    that one cut by the line between two tiles is one object; the tiles of a survey go through
+    the model twice.
     """
     from tqdm.auto import tqdm
 
