@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="check a dataset and list its problems",
         description="Check every pair of a UXB dataset: files found, LAS/PNG "
-        "readable, classes and mask values. Exit 1 when any pair has a problem.",
+        "readable, classes and mask values. Notes (not problems): codes outside the class "
+        "map, a CRS not in metres, tiles of another size or point density than the training "
+        "tiles, test tiles on training ground (their scores would measure memory) and tiles "
+        "given twice. Exit 1 when any pair has a problem.",
     )
     s.add_argument("root", type=Path, help="dataset folder holding train/ test/ predict/")
     s.add_argument("--split", action="append", help="only this split (repeatable)")
