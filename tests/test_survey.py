@@ -511,3 +511,46 @@ def test_evaluate_scores_tiles_side_by_side_as_predict_classifies_them(
     out = capsys.readouterr().out
     assert "points (as surveys)" in out and "2 tiles lie side by side in 1 survey(s)" in out
     assert "objects as surveys" in out
+
+
+def test_file_pairs_in_blocks_are_those_of_every_pair():
+    """The pairs found a few rows at a time (memory of files x block, not files squared) are
+    exactly those of the whole matrix, in row order."""
+    from pathlib import Path
+
+    from uxbseg.survey import SURVEY_OVERLAP, SurveyFile, _file_pairs
+
+    rng = np.random.default_rng(5)
+    n = 60
+    corner = rng.uniform(0, 1000, (n, 2))
+    size = rng.choice([100.0, 100.0, 150.0, 400.0], n)
+    epsg = rng.choice([2154, 2154, 2154, 32620, None], n)
+    frame = ((0.01,) * 3, (0.0,) * 3)
+    entries = [
+        SurveyFile(Path(f"{k}.las"), None, (*corner[k], *(corner[k] + size[k])), *frame, 1, e)
+        for k, e in enumerate(epsg)
+    ]
+    got = _file_pairs(entries, 100.0, block=7)
+    b = np.array([f.bounds for f in entries])
+    want = {k: [] for k in got}
+    for i in range(n):
+        for j in range(i + 1, n):
+            gx = max(b[i, 0] - b[j, 2], b[j, 0] - b[i, 2])
+            gy = max(b[i, 1] - b[j, 3], b[j, 1] - b[i, 3])
+            shared = max(-gx, 0) * max(-gy, 0)
+            smaller = min(size[i], size[j]) ** 2
+            same = shared > SURVEY_OVERLAP * smaller
+            within = max(gx, gy) <= 100.0 and not same
+            crs = epsg[i] is not None and epsg[j] is not None and epsg[i] != epsg[j]
+            hits = {
+                "near": within and not crs,
+                "same": same,
+                "most": shared > 0.5 * smaller,
+                "crs": within and crs,
+            }
+            for key, hit in hits.items():
+                if hit:
+                    want[key].append((i, j))
+    for key, (i, j) in got.items():
+        assert list(zip(i.tolist(), j.tolist())) == want[key], key
+    assert all(len(v) for v in want.values())  # every kind occurs: the comparison can fail

@@ -378,37 +378,23 @@ def find_surveys(
     """The survey of each file of ``entries`` (:func:`read_headers`) that has neighbours within
     ``side`` (CRS units, the windows' side); files alone are not in it. The surveys keep the
     points their files read of each other in ``store``."""
-    if len(entries) < 2:
+    n = len(entries)
+    if n < 2:
         return {}
-    b = np.array([f.bounds for f in entries])
-    x0, y0, x1, y1 = (b[:, k] for k in range(4))
-    gap_x = np.maximum(x0[:, None] - x1[None, :], x0[None, :] - x1[:, None])
-    gap_y = np.maximum(y0[:, None] - y1[None, :], y0[None, :] - y1[:, None])
-    area = (x1 - x0) * (y1 - y0)
-    shared = np.maximum(-gap_x, 0) * np.maximum(-gap_y, 0)
-    smaller = np.minimum(area[:, None], area[None, :])
-    same_ground = shared > SURVEY_OVERLAP * smaller
-    mostly_shared = shared > 0.5 * smaller  # one area twice (not tiles' margins)
-    np.fill_diagonal(mostly_shared, False)
-    near = (np.maximum(gap_x, gap_y) <= side) & ~same_ground
-    epsg = np.array([-1 if f.epsg is None else f.epsg for f in entries])
-    other_crs = (epsg[:, None] != epsg[None, :]) & (epsg[:, None] >= 0) & (epsg[None, :] >= 0)
-    if (near & other_crs).any():
-        i, j = np.nonzero(np.triu(near & other_crs))
+    pairs = _file_pairs(entries, side)
+    if len(pairs["crs"][0]):
+        i, j = (int(v[0]) for v in pairs["crs"])
         log.warning(
             "%s (EPSG:%d) and %s (EPSG:%d) lie side by side in their coordinates but name "
             "different CRSs: they are not each other's context (reproject them to one CRS to "
             "predict them as one survey)",
-            entries[i[0]].path.name,
-            epsg[i[0]],
-            entries[j[0]].path.name,
-            epsg[j[0]],
+            entries[i].path.name,
+            entries[i].epsg,
+            entries[j].path.name,
+            entries[j].epsg,
         )
-    near &= ~other_crs
-    np.fill_diagonal(near, False)
-    np.fill_diagonal(same_ground, False)
-    if same_ground.any():
-        i, j = np.nonzero(np.triu(same_ground))
+    if len(pairs["same"][0]):
+        i, j = pairs["same"]
         log.info(
             "%d pair(s) of input files cover the same ground (e.g. %s and %s overlap by more "
             "than %.0f%% of the smaller): they are not each other's context",
@@ -417,7 +403,13 @@ def find_surveys(
             entries[j[0]].path.name,
             100 * SURVEY_OVERLAP,
         )
-    _, group = connected_components(csr_matrix(near), directed=False)
+    i, j = pairs["near"]
+    graph = csr_matrix((np.ones(len(i), bool), (i, j)), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    twice: dict[int, tuple[int, int]] = {}  # a component's first two files of one area
+    for i, j in zip(*pairs["most"], strict=True):
+        if group[i] == group[j]:
+            twice.setdefault(int(group[i]), (int(i), int(j)))
     members: dict[int, list[SurveyFile]] = {}
     for k, f in zip(group, entries):
         members.setdefault(int(k), []).append(f)
@@ -425,10 +417,8 @@ def find_surveys(
     for k, fs in members.items():
         if len(fs) < 2:
             continue
-        twice = np.flatnonzero(group == k)
-        shared_ground = mostly_shared[np.ix_(twice, twice)]
-        if shared_ground.any():  # the area twice over: a window would read both on top
-            i, j = (twice[v[0]] for v in np.nonzero(shared_ground))
+        if k in twice:  # the area twice over: a window would read both on top
+            i, j = twice[k]
             log.warning(
                 "%d files lie side by side, but %s and %s among them cover the same ground "
                 "(tiles of several areas in one local frame?): they are predicted each on its "
@@ -441,3 +431,40 @@ def find_surveys(
         survey = Survey(tuple(fs), side + TPI_RADIUS_M + 1.0, store)
         surveys.update({f.path: survey for f in fs})
     return surveys
+
+
+def _file_pairs(
+    entries: Sequence[SurveyFile], side: float, block: int = 256
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Pairs (i < j, row by row) of files: ``near`` (boxes within ``side``, not the same
+    ground, not naming different CRSs), ``same`` (the same ground: boxes overlapping by more
+    than :data:`SURVEY_OVERLAP` of the smaller), ``most`` (more than half of it: one area
+    twice, not tiles' margins), ``crs`` (within ``side`` but naming different EPSG codes).
+    Computed ``block`` files at a time against all: memory grows with the files, not their
+    square (10,000 files of a national delivery)."""
+    b = np.array([f.bounds for f in entries])
+    x0, y0, x1, y1 = (b[:, k] for k in range(4))
+    area = (x1 - x0) * (y1 - y0)
+    epsg = np.array([-1 if f.epsg is None else f.epsg for f in entries])
+    found: dict[str, tuple[list, list]] = {k: ([], []) for k in ("near", "same", "most", "crs")}
+    n = len(entries)
+    for start in range(0, n, block):
+        r = slice(start, min(start + block, n))
+        gap_x = np.maximum(x0[r, None] - x1[None, :], x0[None, :] - x1[r, None])
+        gap_y = np.maximum(y0[r, None] - y1[None, :], y0[None, :] - y1[r, None])
+        shared = np.maximum(-gap_x, 0) * np.maximum(-gap_y, 0)
+        smaller = np.minimum(area[r, None], area[None, :])
+        later = np.arange(n)[None, :] > np.arange(r.start, r.stop)[:, None]  # j > i
+        same = (shared > SURVEY_OVERLAP * smaller) & later
+        within = (np.maximum(gap_x, gap_y) <= side) & later & ~same
+        other_crs = (epsg[r, None] != epsg[None, :]) & (epsg[r, None] >= 0) & (epsg[None, :] >= 0)
+        for key, hit in (
+            ("near", within & ~other_crs),
+            ("same", same),
+            ("most", (shared > 0.5 * smaller) & later),
+            ("crs", within & other_crs),
+        ):
+            i, j = np.nonzero(hit)
+            found[key][0].append(i + start)
+            found[key][1].append(j)
+    return {k: (np.concatenate(i), np.concatenate(j)) for k, (i, j) in found.items()}
