@@ -293,12 +293,15 @@ def merge_finds(
         | (edge[:, 3] - box[:, 3] <= t)
     )
     pairs = []
+    # parts at an edge against the parts at an edge of other files, swept along x: each meets
+    # only those starting before it ends (a survey of 10,000 files has ~10^5 such parts)
     cut = np.flatnonzero(at_edge)
-    for i in cut:  # parts at an edge, against the parts at an edge of other files
-        j = cut[cut > i]
+    cut = cut[np.argsort(box[cut, 0], kind="stable")]
+    stop = np.searchsorted(box[cut, 0], box[cut, 2] + t, side="right")
+    for a, i in enumerate(cut):
+        j = cut[a + 1 : stop[a]]  # those with xmin <= its xmax + t
         touch = (
-            (box[j, 0] <= box[i, 2] + t)
-            & (box[i, 0] <= box[j, 2] + t)
+            (box[i, 0] <= box[j, 2] + t)
             & (box[j, 1] <= box[i, 3] + t)
             & (box[i, 1] <= box[j, 3] + t)
         )
