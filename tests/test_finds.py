@@ -9,6 +9,8 @@ import pytest
 
 from uxbseg.classes import IGNORE
 from uxbseg.finds import (
+    FIND_MIN_AREA,
+    SEAM_TOLERANCE,
     Find,
     count_finds,
     find_objects,
@@ -315,3 +317,63 @@ def test_evaluate_says_how_well_the_scores_rank_the_finds():
         "scores rank the real above the false with AUC 0.75)"
     ) in text
     assert "plazuela found 2 of 3 (recall 0.67), 4 predicted, 2 real (precision 0.50);" in text
+
+
+def _edge_part(rng, x0: float, y0: float) -> Find:
+    """A find of random size along a random edge of the 100 m file at (x0, y0)."""
+    w, h = rng.uniform(1, 20, 2)
+    side = rng.integers(4)  # west, east, south, north
+    xmin = {0: x0, 1: x0 + 100 - w}.get(side, x0 + rng.uniform(0, 100 - w))
+    ymin = {2: y0, 3: y0 + 100 - h}.get(side, y0 + rng.uniform(0, 100 - h))
+    kind = "structure" if rng.random() < 0.7 else "plazuela"
+    area = float(w * h * 0.6)
+    small = area < FIND_MIN_AREA[kind]
+    return Find(kind, xmin + w / 2, ymin + h / 2, area, 10, xmin, ymin, xmin + w, ymin + h,
+                edge_part=small)  # fmt: skip
+
+
+def _touch(a: Find, b: Find, t: float) -> bool:
+    return (
+        b.xmin <= a.xmax + t
+        and a.xmin <= b.xmax + t
+        and b.ymin <= a.ymax + t
+        and a.ymin <= b.ymax + t
+    )
+
+
+def test_merge_finds_joins_every_touching_pair_of_parts_at_file_edges():
+    """Parts at the edges of a 4 x 4 grid of files, against every pair checked by hand: the
+    sweep along x joins exactly the parts of other files that touch (within the tolerance)."""
+    rng = np.random.default_rng(11)
+    files, parts = [], []
+    for r in range(4):
+        for c in range(4):
+            name, x0, y0 = f"f{r}{c}", 100.0 * c, 100.0 * r
+            finds = [_edge_part(rng, x0, y0) for _ in range(30)]
+            parts += [(name, f) for f in finds]
+            files.append((name, (x0, y0, x0 + 100.0, y0 + 100.0), finds))
+    group = list(range(len(parts)))  # union-find over every pair
+
+    def root(k: int) -> int:
+        while group[k] != k:
+            k = group[k]
+        return k
+
+    for i, (fi, a) in enumerate(parts):
+        for j in range(i + 1, len(parts)):
+            fj, b = parts[j]
+            if fi != fj and a.kind == b.kind and _touch(a, b, SEAM_TOLERANCE):
+                group[root(j)] = root(i)
+    joined: dict[int, list[Find]] = {}
+    for k, (_, f) in enumerate(parts):
+        joined.setdefault(root(k), []).append(f)
+    want = []
+    for fs in joined.values():
+        area = sum(f.area for f in fs)
+        if all(f.edge_part for f in fs) and area < FIND_MIN_AREA[fs[0].kind]:
+            continue  # specks at edges, too small even joined
+        want.append(round(area, 6))
+    want.sort()
+    got = sorted(round(m.area, 6) for m, _ in merge_finds(files))
+    assert got == want
+    assert len(want) < len(parts) - 50  # many parts were joined: the comparison can fail
