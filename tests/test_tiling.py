@@ -133,3 +133,44 @@ def test_the_real_1km_tile_is_cut_with_every_record_kept(tmp_path):
         assert [v.record_id for v in p.header.vlrs] == [v.record_id for v in src.header.vlrs]
     images = [Image.open(next(f.parent.glob("tpi*.png"))) for f in out.glob("predict/*/*.laz")]
     assert all(240 <= im.size[0] <= 260 for im in images)  # 250 m of a 1000 px / 1 km image
+
+
+def test_hold_out_moves_whole_blocks_of_training_tiles_to_test(tiny_dataset, tmp_path, capsys):
+    """A 200 m labelled pair and a 100 m one in train/, cut into 100 m tiles; --hold-out 0.3
+    with 100 m blocks moves one tile (one block of three) to test/, the same one each run."""
+    root = tmp_path / "src"
+    _adjacent_pair(tiny_dataset, root)
+    shutil.move(root / "test", root / "train")
+    small = next((tiny_dataset / "train").glob("pair_*"))
+    shutil.copytree(small, root / "train" / "pair_0001")
+    args = ["tile", str(root), "--side", "100", "--hold-out", "0.3", "--block", "100"]
+    moved = []
+    for run in ("a", "b"):
+        assert main([*args[:2], str(tmp_path / run), *args[2:]]) == 0
+        out = capsys.readouterr().out
+        assert "held out in test/: 1 of 3 training tiles (33%; asked 30%), 1 of the 3 blocks" in out
+        test = sorted(p.name for p in (tmp_path / run / "test").iterdir())
+        train = sorted(p.name for p in (tmp_path / run / "train").iterdir())
+        assert len(test) == 1 and test[0].endswith("_from_train") and len(train) == 2
+        assert test[0].removesuffix("_from_train") not in train
+        moved.append(test[0])
+    assert moved[0] == moved[1]  # the seed decides
+    # the tile moved whole: its files as tile wrote them, and inspect finds no leak
+    folder = tmp_path / "a" / "test" / moved[0]
+    assert {p.suffix for p in folder.iterdir()} == {".las", ".png"} and len(
+        list(folder.iterdir())
+    ) == 3
+    assert main(["inspect", str(tmp_path / "a")]) == 0
+    assert "covers the ground of" not in capsys.readouterr().out
+    # nothing to train on would be left, or nothing to hold out: errors before or after cutting
+    assert main([*args[:2], str(tmp_path / "c"), "--side", "100", "--hold-out", "0.9",
+                 "--block", "1000"]) == 1  # fmt: skip
+    assert "lie in 2 block(s) of 1000" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main([*args[:2], str(tmp_path / "d"), "--side", "100", "--hold-out", "1.5"])
+    assert usage.value.code == 2
+    assert "must be between 0 and 1, got 1.5" in capsys.readouterr().err
+    assert main([*args[:2], str(tmp_path / "e"), "--side", "100", "--split", "test",
+                 "--hold-out", "0.2"]) == 1  # fmt: skip
+    assert "include --split train" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import UXBError
+from .errors import BadDataError, UXBError
 from .runtime import tune_cpu_allocator
 
 log = logging.getLogger("uxbseg")
@@ -45,7 +45,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    from .cli_model import positive
+    from .cli_model import positive, share
 
     p = argparse.ArgumentParser(
         prog="uxbseg",
@@ -101,6 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="tile side in CRS units, e.g. 100 for the UXB tiles",
     )
     s.add_argument("--split", action="append", help="only this split (repeatable)")
+    s.add_argument(
+        "--hold-out",
+        type=share,
+        metavar="SHARE",
+        help="also move about SHARE (e.g. 0.2) of the training tiles to test/, whole blocks of "
+        "ground at a time (--block), so that the test tiles are new ground rather than tiles "
+        "scattered among the training ones (only a block's edge cuts a mound between the two "
+        "splits); moved folders are named <tile>_from_train",
+    )
+    s.add_argument(
+        "--block",
+        type=positive(float),
+        help="side of the hold-out blocks in CRS units (default 5x --side: 500 m for 100 m tiles)",
+    )
+    s.add_argument("--seed", type=int, default=0, help="which blocks are held out (default 0)")
     s.set_defaults(func=_cmd_tile)
 
     _add_later_commands(sub)
@@ -108,15 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_tile(args: argparse.Namespace) -> int:
-    from .tiling import tile_dataset
+    from .tiling import hold_out, tile_dataset
 
+    held = None
+    if args.hold_out is not None and args.split and "train" not in args.split:
+        raise BadDataError("--hold-out moves training tiles to test/: include --split train")
     done = tile_dataset(args.root, args.out, args.side, args.split)
+    if args.hold_out is not None:
+        held = hold_out(args.out, done, args.hold_out, args.block or 5 * args.side, args.seed)
     for t in done:
         what = f"{len(t.folders)} tiles" if t.cut else "copied"
+        if t.held:
+            what += f" ({len(t.held)} held out in test/)"
         print(f"{t.split}/{t.pair_id}: {t.extent[0]:.1f} x {t.extent[1]:.1f} -> {what}")
     tiles = sum(len(t.folders) for t in done)
     cut = sum(t.cut for t in done)
     print(f"{len(done)} pairs ({cut} cut) -> {tiles} pairs in {args.out}")
+    if held is not None:
+        print(
+            f"held out in test/: {held.tiles} of {held.of} training tiles "
+            f"({held.tiles / held.of:.0%}; asked {held.share:.0%}), {held.blocks} of the "
+            f"{held.among} blocks of {held.block:g} they lie in"
+        )
     return 0
 
 

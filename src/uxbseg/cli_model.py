@@ -216,6 +216,17 @@ def positive(kind: type):
     return parse
 
 
+def share(text: str) -> float:
+    """An argparse type: a share strictly between 0 and 1 (else a usage error)."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+share.__name__ = "float"
+
+
 def _codes(text: str) -> list[int]:
     try:
         codes = [int(c) for c in text.split(",")]

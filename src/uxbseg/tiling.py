@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import laspy
 import numpy as np
 from PIL import Image
 
-from .data.pairs import Pair, find_pairs, find_splits
+from .data.pairs import LAS_PATTERNS, Pair, find_pairs, find_splits
 from .data.voxelize import raw_xy_limits
 from .errors import BadDataError
 from .io.las import PointArrays, read_las
@@ -30,7 +32,7 @@ from .run_dirs import require_folder
 from .runtime import progress_options
 from .windows import crs_bounds, plan_for
 
-__all__ = ["TiledPair", "tile_dataset"]
+__all__ = ["HoldOut", "TiledPair", "hold_out", "tile_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,21 @@ class TiledPair:
     split: str
     pair_id: str
     extent: tuple[float, float]
-    folders: list[Path]
+    folders: list[Path]  # where its tiles are now
     cut: bool
+    held: list[Path] = field(default_factory=list)  # those of them moved to test/ (hold_out)
+
+
+@dataclass(frozen=True)
+class HoldOut:
+    """Training tiles set aside as a test split by blocks of ground (:func:`hold_out`)."""
+
+    share: float  # of the training tiles asked for
+    block: float  # side of a block (CRS units)
+    tiles: int  # moved to test/
+    of: int  # training tiles in all
+    blocks: int  # blocks held out
+    among: int  # blocks the training tiles lie in
 
 
 def _crop(im: Image.Image, bounds, box, resample) -> Image.Image:
@@ -150,3 +165,59 @@ def tile_dataset(
             done.append(TiledPair(split, pair.pair_id, extent, folders, True))
         log.debug("%s/%s: %d folder(s)", split, pair.pair_id, len(done[-1].folders))
     return done
+
+
+HELD_SUFFIX = "_from_train"
+"""Added to the folder name of a training tile moved to test/ (a test pair may share its id)."""
+
+
+def hold_out(
+    out: str | Path, done: list[TiledPair], share: float, block: float, seed: int = 0
+) -> HoldOut:
+    """Move about ``share`` of the training tiles of ``out`` (those :func:`tile_dataset` wrote,
+    ``done``) to ``out/test/``, whole blocks of ground at a time: the tiles whose centre lies
+    in a block of ``block`` x ``block`` CRS units (on a grid anchored at the origin) go
+    together, the blocks drawn at random (``seed``) until the share is reached. A test tile
+    then lies beside training tiles only along a block's edge, not among them: its score
+    measures new ground, not the neighbours of the ground trained on. ``done`` is updated."""
+    out = Path(out)
+    if not 0 < share < 1:
+        raise BadDataError(f"--hold-out {share}: give the share of training tiles, 0 < s < 1")
+    if not block > 0:
+        raise BadDataError(f"--block {block}: give the blocks' side in CRS units, > 0")
+    tiles = [(t, f) for t in done if t.split == "train" for f in t.folders]
+    if not tiles:
+        raise BadDataError(f"{out}: no training tiles to hold out (--hold-out needs train/)")
+    keys = []
+    for _, folder in tiles:
+        las = next(p for pat in LAS_PATTERNS for p in sorted(folder.glob(pat)))
+        with laspy.open(las) as reader:
+            mins, maxs = reader.header.mins, reader.header.maxs
+        cx, cy = (mins[0] + maxs[0]) / 2, (mins[1] + maxs[1]) / 2
+        keys.append((math.floor(cx / block), math.floor(cy / block)))
+    blocks = sorted(set(keys))
+    count = {b: 0 for b in blocks}
+    for k in keys:
+        count[k] += 1
+    held: set[tuple[int, int]] = set()
+    moved = 0
+    for i in np.random.default_rng(seed).permutation(len(blocks)):
+        if moved >= share * len(tiles):
+            break
+        held.add(blocks[i])
+        moved += count[blocks[i]]
+    if len(held) == len(blocks):
+        raise BadDataError(
+            f"the {len(tiles)} training tiles lie in {len(blocks)} block(s) of {block:g}: "
+            f"holding out {share:.0%} of them leaves none to train on, so none was moved "
+            f"({out} holds the tiles as cut); give a smaller --block or --hold-out"
+        )
+    (out / "test").mkdir(exist_ok=True)
+    for (t, folder), key in zip(tiles, keys, strict=True):
+        if key in held:
+            dest = out / "test" / f"{folder.name}{HELD_SUFFIX}"
+            os.replace(folder, dest)
+            t.folders[t.folders.index(folder)] = dest
+            t.held.append(dest)
+    log.info("held out %d of %d training tiles in %d blocks", moved, len(tiles), len(held))
+    return HoldOut(share, block, moved, len(tiles), len(held), len(blocks))
