@@ -92,13 +92,20 @@ def _note_density(reports: dict[str, list[PairReport]]) -> None:
                 r.notes.append(note)
 
 
+LEAK_ADVICE = (
+    "scored on ground the model was trained on, it measures memory, not what the model finds "
+    "in new ground, and training's validation (on test/) picks the best epoch by it; keep "
+    "each place in one split (move or remove one of the two)"
+)
+
+
 def _note_shared_ground(reports: dict[str, list[PairReport]]) -> None:
     """Note the test tiles that cover training ground (:mod:`uxbseg.data.overlap`: boxes that
     overlap and terrain that agrees), and the tiles of one split that are mostly the same
     ground."""
     train, test = reports.get("train", []), reports.get("test", [])
-    for i, j, sg in same_ground_pairs([r.ground for r in test], [r.ground for r in train],
-                                      LEAK_SHARE):  # fmt: skip
+    grounds = [r.ground for r in test], [r.ground for r in train]
+    for i, j, sg in same_ground_pairs(*grounds, LEAK_SHARE):
         test[i].notes.append(
             f"covers the ground of train/{train[j].pair.pair_id} ({_how(sg)}): " + LEAK_ADVICE
         )
@@ -111,13 +118,6 @@ def _note_shared_ground(reports: dict[str, list[PairReport]]) -> None:
                 + ("trained on twice" if split == "train" else "scored twice")
                 + "; remove one of the two"
             )
-
-
-LEAK_ADVICE = (
-    "scored on ground the model was trained on, it measures memory, not what the model finds "
-    "in new ground, and training's validation (on test/) picks the best epoch by it; keep "
-    "each place in one split (move or remove one of the two)"
-)
 
 
 def _how(sg: SharedGround) -> str:

@@ -32,7 +32,7 @@ from .run_dirs import require_folder
 from .runtime import progress_options
 from .windows import crs_bounds, plan_for
 
-__all__ = ["HoldOut", "TiledPair", "hold_out", "tile_dataset"]
+__all__ = ["HELD_SUFFIX", "HoldOut", "TiledPair", "hold_out", "tile_dataset"]
 
 log = logging.getLogger(__name__)
 
