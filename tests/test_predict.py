@@ -266,6 +266,16 @@ def test_evaluate_reports_three_levels_and_baseline(weights, tiny_dataset, capsy
         assert np.array(res[lvl]["confusion"]).shape == (3, 3)
         lo, hi = res[lvl]["iou_interval"]["ground"]
         assert lo <= m["iou_ground"] <= hi
+    # each tile's points, in the split's order, adding up to the split's
+    tiles = res["per_tile"]
+    names = sorted(p.name for p in (tiny_dataset / "test").iterdir())
+    assert [t["pair_id"] for t in tiles] == names
+    assert np.sum([t["confusion"] for t in tiles], axis=0).tolist() == res["points"]["confusion"]
+    for t in tiles:
+        cm = np.array(t["confusion"])
+        assert t["points"] == cm.sum() > 0
+        ground = cm[0, 0] / (cm[0].sum() + cm[:, 0].sum() - cm[0, 0])
+        assert t["iou"]["ground"] == pytest.approx(ground)
     # objects: the test tiles' true plazuelas and structures, counted from their points
     from uxbseg.classes import las_code_to_class
     from uxbseg.finds import object_counts

@@ -482,6 +482,10 @@ def test_evaluate_scores_tiles_side_by_side_as_predict_classifies_them(
         y.append(np.asarray(src.y))
         truth.append(las_code_to_class(np.asarray(src.classification)))
         got.append(las_code_to_class(np.asarray(out.classification)))
+    # each tile's row has its points alone and as a survey
+    for row, t, g in zip(result["per_tile"], truth, got, strict=True):
+        assert row["survey"]["confusion"] == confusion(t, g).tolist()
+        assert np.sum(row["confusion"]) == np.sum(row["survey"]["confusion"])
     # the report pictures each tile once, with the classes predict writes
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("<h3>") == 2

@@ -64,6 +64,10 @@ def evaluate(
     scored on the same truth. ``iou_interval``: a 95 % bootstrap interval of each class's IoU
     over the split's tiles (:func:`~uxbseg.metrics.iou_interval`).
 
+    ``result["per_tile"]``: each tile's scored points, their confusion and each class's IoU
+    (None where it is neither true nor predicted there), in the split's order: the tiles that
+    fail, for a script.
+
     A tile larger than the window side (``window``, as :func:`~uxbseg.predict.predict_files`
     takes it: by default the training tiles' side) is scored as ``predict`` classifies it: cut
     into windows overlapping by ``overlap``, ``batch`` at a time through the model. Its points
@@ -153,6 +157,7 @@ def evaluate(
             "iou_interval": iou_interval(tiles),
         }
     result["objects"] = _object_rates(objects, scored)
+    result["per_tile"] = [_tile_row(p.pair_id, cm) for p, cm in zip(pairs, per_tile["points"])]
     if surveys:
         try:
             in_surveys, found, found_scored = _survey_points(
@@ -166,6 +171,10 @@ def evaluate(
         tiles = np.stack(
             [in_surveys.get(p.pair_id, cm) for p, cm in zip(pairs, per_tile["points"])]
         )
+        for row in result["per_tile"]:
+            if row["pair_id"] in in_surveys:
+                survey_row = _tile_row(row["pair_id"], in_surveys[row["pair_id"]])
+                row["survey"] = {k: survey_row[k] for k in ("confusion", "iou")}
         result["survey"] = {
             "surveys": len({id(s) for s in surveys.values()}),
             "tiles": len(in_surveys),
@@ -182,6 +191,19 @@ def evaluate(
     if pictures is not None:
         result["report"] = str(pictures.close(format_result(result)))
     return result
+
+
+def _tile_row(pair_id: str, cm: np.ndarray) -> dict:
+    """One tile's points: how many were scored, their confusion and each class's IoU (None
+    where the class is neither true nor predicted there)."""
+    m = metrics_from_confusion(cm)
+    iou = {c.name: m[f"iou_{c.name}"] for c in CLASSES}
+    return {
+        "pair_id": pair_id,
+        "points": int(cm.sum()),
+        "confusion": cm.tolist(),
+        "iou": {k: float(v) if np.isfinite(v) else None for k, v in iou.items()},
+    }
 
 
 def _no_objects() -> dict[str, dict[str, int]]:
