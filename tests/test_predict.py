@@ -258,7 +258,12 @@ def test_evaluate_reports_three_levels_and_baseline(weights, tiny_dataset, capsy
     import json
 
     assert main(["evaluate", "--weights", str(weights), "--data", str(tiny_dataset), "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
+
+    def no_nan(constant):  # strict JSON: NaN and Infinity are not JSON
+        raise AssertionError(f"{constant} in the JSON")
+
+    res = json.loads(capsys.readouterr().out, parse_constant=no_nan)
+    assert None in res["points"]["baseline"].values()  # an undefined metric is null
     for lvl in ("voxels", "pixels", "points"):
         m, base = res[lvl]["metrics"], res[lvl]["baseline"]
         assert 0.0 <= m["acc"] <= 1.0

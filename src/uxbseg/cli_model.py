@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 RUNS = Path("runs")
@@ -112,11 +113,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         report=args.report,
         survey=args.survey,
     )
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if args.json:  # strict JSON: an undefined metric (NaN) is null, as JSON readers expect
+        print(json.dumps(_strict(result), indent=2, allow_nan=False))
     else:
         print(format_result(result))
     return 0
+
+
+def _strict(value):
+    """``value`` with every float that is not finite (NaN: a metric of a class neither true
+    nor predicted) replaced by None."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _las_in(folder: Path) -> list[Path]:
