@@ -1,4 +1,4 @@
-"""python -m benchmarks {voxelize,predict,train,data,kernels,windows,survey} [options]"""
+"""python -m benchmarks {voxelize,predict,train,data,kernels,windows,survey,scale} [options]"""
 
 import sys
 
@@ -8,6 +8,7 @@ from . import (
     bench_data,
     bench_kernels,
     bench_predict,
+    bench_scale,
     bench_survey,
     bench_train,
     bench_voxelize,
@@ -22,6 +23,7 @@ COMMANDS = {
     "kernels": bench_kernels.main,
     "windows": bench_windows.main,
     "survey": bench_survey.main,
+    "scale": bench_scale.main,
 }
 
 if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
