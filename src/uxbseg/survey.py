@@ -123,9 +123,22 @@ class Survey:
 
     _near: dict[Path, list[SurveyFile]] = field(default_factory=dict, repr=False)
     _by_path: dict[Path, SurveyFile] = field(init=False, repr=False)
+    _order: dict[Path, int] = field(init=False, repr=False)
+    _boxes: np.ndarray = field(init=False, repr=False)  # (files, 4) their bounds
 
     def __post_init__(self) -> None:
         self._by_path = {f.path: f for f in self.files}
+        self._order = {f.path: k for k, f in enumerate(self.files)}
+        self._boxes = np.array([f.bounds for f in self.files], dtype=np.float64)
+
+    def meeting(self, box: Box, also: Path | None = None) -> list[SurveyFile]:
+        """The files whose boxes meet ``box`` (touching counts), and the file ``also``, in the
+        survey's order (one comparison of arrays, not a loop over 10,000 files a file)."""
+        b = self._boxes
+        hit = (b[:, 0] <= box[2]) & (box[0] <= b[:, 2]) & (b[:, 1] <= box[3]) & (box[1] <= b[:, 3])
+        if also is not None:
+            hit[self._order[also]] = True
+        return [self.files[k] for k in np.flatnonzero(hit)]
 
     def within_reach(self, f: SurveyFile) -> list[SurveyFile]:
         """The other files whose points the windows of ``f`` may read, and the other way."""
@@ -133,9 +146,7 @@ class Survey:
             x0, y0, x1, y1 = f.bounds
             r = self.reach
             box = (x0 - r, y0 - r, x1 + r, y1 + r)
-            self._near[f.path] = [
-                g for g in self.files if g is not f and _intersects(g.bounds, box)
-            ]
+            self._near[f.path] = [g for g in self.meeting(box) if g is not f]
         return self._near[f.path]
 
     def needed_later(self, f: SurveyFile) -> bool:
@@ -212,13 +223,11 @@ class SurveyContext:
         parts: list[PointArrays] = []
         images, neighbours = [], []
         own, start = slice(0, 0), 0
-        for f in survey.files:
+        for f in survey.meeting(box, also=path):
             if f.path == path:
                 own = slice(start, start + len(points))
                 parts.append(points)
                 start += len(points)
-                continue
-            if not _intersects(f.bounds, box):
                 continue
             try:
                 fields = survey.store.fields(f)
@@ -360,10 +369,6 @@ def survey_windows(
         survey.store.keep(me.path, {k: getattr(points, k) for k in POINT_FIELDS})
     context = SurveyContext.build(survey, me.path, points, limits, crs_bounds(las, raw), frame)
     return survey_plan, context
-
-
-def _intersects(a: Box, b: Box) -> bool:
-    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def read_headers(files: Sequence[tuple[Path, Path | None]]) -> list[SurveyFile]:
