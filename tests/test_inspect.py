@@ -39,6 +39,24 @@ def test_broken_files_are_named(broken, capsys):
     assert str(mask) in out and "200 (20 px)" in out
 
 
+def test_json_lists_each_pairs_problems_and_notes(broken, capsys):
+    import json
+
+    las = next((broken / "train" / "pair_0000").glob("*.las"))
+    las.write_bytes(las.read_bytes()[: las.stat().st_size // 2])  # truncated
+    assert main(["inspect", str(broken), "--json"]) == 1  # the same exit code as the tables
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and set(report["splits"]) == {"train", "test", "predict"}
+    train = {p["pair_id"]: p for p in report["splits"]["train"]}
+    (problem,) = train["pair_0000"]["problems"]
+    assert problem["file"] == str(las) and "truncated" in problem["reason"] and problem["fix"]
+    ok = train["pair_0001"]
+    assert ok["problems"] == [] and ok["points"] > 0 and ok["extent"][0] > 0
+    assert sum(ok["las_classes"].values()) == ok["points"]
+    assert any("outside the class map" in n for n in ok["notes"])
+    assert len(report["splits"]["test"]) == 2
+
+
 def test_more_problems(broken, capsys):
     p0 = broken / "train" / "pair_0000"
     img = next(p0.glob("tpi*.png"))

@@ -36,10 +36,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect_report import format_reports, inspect_dataset
+    from .inspect_report import format_reports, inspect_dataset, reports_to_dict
 
     reports = inspect_dataset(args.root, args.split or None)
-    print(format_reports(reports))
+    if args.json:
+        import json
+
+        print(json.dumps(reports_to_dict(reports), indent=2))
+    else:
+        print(format_reports(reports))
     return 0 if all(r.ok for reps in reports.values() for r in reps) else 1
 
 
@@ -81,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("root", type=Path, help="dataset folder holding train/ test/ predict/")
     s.add_argument("--split", action="append", help="only this split (repeatable)")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print every pair's report (files, counts, histograms, problems with their fix, "
+        "notes) as JSON instead of tables, for a script; the exit code is the same",
+    )
     s.set_defaults(func=_cmd_inspect)
 
     s = sub.add_parser(

@@ -18,7 +18,7 @@ from .data.pairs import (
 from .errors import BadDataError
 from .windows import WINDOW_TRIGGER
 
-__all__ = ["format_reports", "inspect_dataset"]
+__all__ = ["format_reports", "inspect_dataset", "reports_to_dict"]
 
 
 def inspect_dataset(
@@ -122,6 +122,39 @@ def _note_shared_ground(reports: dict[str, list[PairReport]]) -> None:
 
 def _how(sg: SharedGround) -> str:
     return f"{sg.share:.0%} of the smaller tile; terrain within a median {sg.dz:.2f} m"
+
+
+def reports_to_dict(reports: dict[str, list[PairReport]]) -> dict:
+    """The reports as plain data (``inspect --json``): each split's pairs with their files,
+    counts, extent, density, class and mask histograms, problems (file, reason, fix) and
+    notes, and whether the dataset is free of problems."""
+
+    def path(p) -> str | None:
+        return None if p is None else str(p)
+
+    out: dict = {"ok": all(r.ok for reps in reports.values() for r in reps), "splits": {}}
+    for split, reps in reports.items():
+        out["splits"][split] = [
+            {
+                "pair_id": r.pair.pair_id,
+                "las": path(r.pair.las),
+                "image": path(r.pair.image),
+                "mask": path(r.pair.mask),
+                "points": r.points,
+                "point_format": r.point_format,
+                "extent": None if r.extent is None else list(r.extent),
+                "density": r.density,
+                "las_classes": {str(k): v for k, v in r.las_classes.items()},
+                "mask_values": {str(k): v for k, v in r.mask_values.items()},
+                "image_size": None if r.image_size is None else list(r.image_size),
+                "problems": [
+                    {"file": p.file, "reason": p.reason, "fix": p.fix} for p in r.problems
+                ],
+                "notes": list(r.notes),
+            }
+            for r in reps
+        ]
+    return out
 
 
 def _hist(d: dict[int, int]) -> str:
