@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from uxbseg.cli import main
@@ -101,3 +102,27 @@ def test_a_full_disk_is_an_error_with_its_fix_not_a_traceback(
     assert "Traceback" not in err
     assert not [p.name for p in out.iterdir() if p.name.startswith(f"pred_{las.stem}")]
     assert not list(out.glob(".*.partial"))
+
+
+@pytest.mark.slow
+def test_the_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
+    """The README's first command, at a tenth of a minute of training: a dataset, weights, an
+    evaluation with its pictures, and every predict tile classified with every point."""
+    import laspy
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.1", "--train-tiles", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "[4/4] predicting the predict split" in printed and "total time:" in printed
+    assert (out / "report" / "report.html").is_file()
+    assert len(list((out / "report").glob("pair_*.png"))) == 8  # the test tiles
+    weights = list((out / "run").glob("*_best.safetensors"))
+    assert len(weights) == 1
+    sources = sorted((out / "data" / "predict").glob("pair_*/*.las"))
+    written = sorted((out / "predict_out").glob("pred_*.las"))
+    assert len(sources) == len(written) == 4
+    for src, pred in zip(sources, written, strict=True):
+        a, b = laspy.read(src), laspy.read(pred)
+        assert len(b.points) == len(a.points)
+        assert set(np.unique(b.classification)) <= {2, 27, 6}
+    assert (out / "predict_out" / "finds.geojson").is_file()
