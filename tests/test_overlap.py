@@ -72,7 +72,10 @@ def _write_like(src, dest, lift=0.0):
     las.write(dest)
 
 
-def test_inspect_notes_a_test_tile_on_training_ground(tiny_dataset, tmp_path, capsys):
+def test_inspect_notes_a_test_tile_on_training_ground(tiny_dataset, tmp_path, capsys, monkeypatch):
+    from uxbseg.data import overlap
+
+    monkeypatch.setattr(overlap, "_BLOCK", 1)  # each tile against the others in its own block
     root = tmp_path / "d"
     shutil.copytree(tiny_dataset, root)
     train0 = root / "train" / "pair_0000"

@@ -48,6 +48,7 @@ TWICE_SHARE = 0.5
 (tiles cut with a margin overlap by less)."""
 
 _MIN_CELLS = 4  # cells both must cover for their terrain to be compared
+_BLOCK = 512  # tiles compared with all the others at a time (memory: block x tiles)
 
 
 @dataclass(frozen=True)
@@ -151,14 +152,16 @@ def same_ground_pairs(
         return []
     ba = np.array([a[i].bounds for i in ia])
     bb = np.array([others[j].bounds for j in ib])
-    hit = (ba[:, None, 0] < bb[None, :, 2]) & (bb[None, :, 0] < ba[:, None, 2])
-    hit &= (ba[:, None, 1] < bb[None, :, 3]) & (bb[None, :, 1] < ba[:, None, 3])
     found = []
-    for p, q in zip(*np.nonzero(hit), strict=True):
-        i, j = ia[p], ib[q]
-        if b is None and j <= i:
-            continue
-        sg = shared_ground(a[i], others[j])
-        if sg is not None and sg.share >= least and sg.same:
-            found.append((i, j, sg))
+    for start in range(0, len(ia), _BLOCK):  # a block of a's boxes against all of b's
+        blk = ba[start : start + _BLOCK]
+        hit = (blk[:, None, 0] < bb[None, :, 2]) & (bb[None, :, 0] < blk[:, None, 2])
+        hit &= (blk[:, None, 1] < bb[None, :, 3]) & (bb[None, :, 1] < blk[:, None, 3])
+        for p, q in zip(*np.nonzero(hit), strict=True):
+            i, j = ia[start + p], ib[q]
+            if b is None and j <= i:
+                continue
+            sg = shared_ground(a[i], others[j])
+            if sg is not None and sg.share >= least and sg.same:
+                found.append((i, j, sg))
     return found
