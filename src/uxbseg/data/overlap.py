@@ -57,8 +57,8 @@ class GroundRaster:
     listed, not a dense raster: a stray point kilometres away costs a cell, not the box between),
     and the tile's point box (CRS units)."""
 
-    rows: np.ndarray  # (n,) int64 cell rows on the grid anchored at the origin (y / cell)
-    cols: np.ndarray  # (n,) int64 cell columns (x / cell)
+    rows: np.ndarray  # (n,) cell rows on the grid anchored at the origin (y / cell), int32
+    cols: np.ndarray  # (n,) cell columns (x / cell), int32 (int64 beyond its range)
     zmin: np.ndarray  # (n,) float32 lowest z of each cell
     bounds: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax
 
@@ -82,7 +82,10 @@ class GroundRaster:
             zmin = np.full(len(cells), np.inf)
             np.minimum.at(zmin, which.ravel(), z)
         bounds = (float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y)))
-        return cls(cells // width + r0, cells % width + c0, zmin.astype(np.float32), bounds)
+        rows, cols = cells // width + r0, cells % width + c0
+        if max(abs(r0), abs(c0), int(rows.max()), int(cols.max())) < 2**31:  # 12 bytes a cell
+            rows, cols = rows.astype(np.int32), cols.astype(np.int32)
+        return cls(rows, cols, zmin.astype(np.float32), bounds)
 
     @property
     def area(self) -> float:
@@ -95,7 +98,8 @@ class GroundRaster:
         first cell) and their lowest z."""
         keep = (self.rows >= rows.start) & (self.rows < rows.stop)
         keep &= (self.cols >= cols.start) & (self.cols < cols.stop)
-        keys = (self.rows[keep] - rows.start) * len(cols) + (self.cols[keep] - cols.start)
+        r, c = self.rows[keep].astype(np.int64), self.cols[keep].astype(np.int64)
+        keys = (r - rows.start) * len(cols) + (c - cols.start)
         return keys, self.zmin[keep]
 
 
