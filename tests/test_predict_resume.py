@@ -134,3 +134,28 @@ def test_a_run_cut_short_goes_on_where_it_stopped(
     assert main([*args, "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "kept from the earlier run" in printed and "(2 kept from the earlier run)" in printed
+
+
+def test_a_folder_predicted_into_itself_can_be_given_again(
+    trained_run, tiny_dataset, tmp_path, capsys
+):
+    """The outputs an earlier run wrote into the input folder (its record names them) are not
+    taken for inputs: no pred_pred_*, no refusal, and --resume keeps the file."""
+    folder = tmp_path / "survey"
+    folder.mkdir()
+    for pair in sorted((tiny_dataset / "predict").glob("pair_*")):
+        las = next(pair.glob("*.las"))
+        shutil.copy(las, folder / f"{pair.name}.las")
+    args = ["predict", "--weights", str(trained_run[0].best_weights), "--input", str(folder),
+            "--out", str(folder), "--no-grids"]  # fmt: skip
+    assert main(args) == 0
+    assert main(args) == 0  # its outputs are not inputs now
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("2 of 2 files written") == 3 and "2 kept from the earlier run" in out
+    names = sorted(p.name for p in folder.glob("*.las"))
+    assert names == ["pair_0000.las", "pair_0001.las", "pred_pair_0000.las", "pred_pair_0001.las"]
+    # a pred_ file no run wrote here is an input like any other
+    shutil.copy(folder / "pred_pair_0000.las", folder / "pred_other.las")
+    assert main(args) == 0
+    assert (folder / "pred_pred_other.las").is_file()

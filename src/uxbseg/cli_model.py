@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from pathlib import Path
+
+log = logging.getLogger("uxbseg.predict")
 
 RUNS = Path("runs")
 """Where ``uxbseg train`` puts its run folders when --out is not given."""
@@ -134,11 +137,22 @@ def _strict(value):
 
 def _las_in(folder: Path) -> list[Path]:
     """The point clouds directly inside ``folder`` (the names a pair folder's is found by),
-    sorted; an error if there are none."""
+    sorted, less those an earlier predict run wrote there (its record names them); an error if
+    there are none."""
     from .data.pairs import LAS_PATTERNS
     from .errors import BadDataError
+    from .predict_resume import earlier_outputs
 
     files = sorted({p for pat in LAS_PATTERNS for p in folder.glob(pat) if p.is_file()})
+    ours = sorted(earlier_outputs(folder) & {f.name for f in files})
+    if ours:
+        log.info(
+            "%s: %d file(s) an earlier run predicted into it (e.g. %s) are its outputs, not inputs",
+            folder,
+            len(ours),
+            ours[0],
+        )
+        files = [f for f in files if f.name not in ours]
     if not files:
         raise BadDataError(
             f"{folder}: a folder without .las/.laz files; pass LAS/LAZ files, or a folder "
@@ -440,7 +454,8 @@ def add_prediction_commands(sub) -> None:
         "--input",
         type=Path,
         nargs="+",
-        help="LAS/LAZ files to classify, or folders: every .las/.laz directly inside",
+        help="LAS/LAZ files to classify, or folders: every .las/.laz directly inside (less "
+        "the outputs an earlier run predicted into it, which its record names)",
     )
     p.add_argument(
         "--image",

@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from .predict import PredictJob, PredictResult
     from .survey import Survey
 
-__all__ = ["RECORD", "RunRecord", "model_fingerprint", "run_settings", "survey_digest"]
+__all__ = [
+    "RECORD",
+    "RunRecord",
+    "earlier_outputs",
+    "model_fingerprint",
+    "run_settings",
+    "survey_digest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,23 @@ def run_settings(model: torch.nn.Module, cfg: Config, **options: Any) -> dict[st
     config = json.dumps(config_to_dict(cfg), sort_keys=True).encode()
     return {"model": model_fingerprint(model), "config": hashlib.sha256(config).hexdigest(),
             **options}  # fmt: skip
+
+
+def earlier_outputs(folder: str | Path) -> set[str]:
+    """The names of the point clouds an earlier run wrote into ``folder`` (from its record;
+    none when there is no readable record), so that a folder predicted into itself can be
+    given again without its outputs being taken for inputs."""
+    try:
+        lines = (Path(folder) / RECORD).read_text(encoding="utf-8").splitlines()[1:]
+    except OSError:
+        return set()
+    names = set()
+    for line in lines:
+        try:
+            names.add(json.loads(line)["result"]["las"])
+        except (ValueError, KeyError, TypeError):  # a line cut short when the run was stopped
+            continue
+    return names
 
 
 def survey_digest(survey: Survey) -> str:
