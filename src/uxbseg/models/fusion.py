@@ -199,6 +199,9 @@ class FusionHead(nn.Module):
                 planar.append(_lift_planar(imap, w_img, d))
         if planar:
             out = _add_planar(out, *_sum_planar(planar))
+        if torch.compiler.is_compiling():  # Dynamo refuses an in-place op on the output of
+            # _AddPlanarInPlace (a "view" of a Function's); Inductor fuses the ReLU anyway
+            return self.conv2(torch.relu(out))
         return self.conv2(self.act(out))
 
     def _concat(self, image_feat, voxel_feat, grid_shape) -> torch.Tensor:
