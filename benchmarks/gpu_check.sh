@@ -8,7 +8,8 @@
 #    attention in training (the mask broadcast, never one per window of the batch) + the
 #    few-channel first convs as one matrix product (model.unfold_convs); each followed by a
 #    profile of one more step. The ninth session's best, compiled in the default layout with
-#    MONAI's attention, was 3.48x on an H200;
+#    MONAI's attention, was 3.48x on an H200; this candidate, eighteenth session (H200, torch
+#    2.11, no profile): 4.56x training, 3.68x forward, 43.1 GiB at batch 4 - next, BATCH=8;
 # 2. the same fast path in eager mode at batch 1 (the seed's batch: peak memory against the
 #    seed's), after --check (its 3D logits against the plain fp32 path, same weights);
 # 3. the kernels alone at the seed's sizes, batch 4 (seconds): the first convs (cuDNN against
@@ -21,8 +22,8 @@
 # bash benchmarks/gpu_smoke.sh in a second call: the product end to end on the card.
 # Usage on the device: bash benchmarks/gpu_check.sh   (needs the project importable: pip install -e .,
 # or PYTHONPATH=src with its dependencies installed). BATCH=8 bash ... compiles at batch 8 instead
-# (compiled at batch 4 in the default layout it took 58.8 GiB on an H200; batch 8 would need an
-# estimated ~110 GiB: an H200 only).
+# (this candidate took 43.1 GiB at batch 4 on an H200; batch 8 needs an estimated ~85 GiB: an
+# H200 only).
 set -uo pipefail
 OUT=${OUT:-/tmp/uxbseg-gpu}
 mkdir -p "$OUT"
