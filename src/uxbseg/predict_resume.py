@@ -72,16 +72,23 @@ def earlier_outputs(folder: str | Path) -> set[str]:
     none when there is no readable record), so that a folder predicted into itself can be
     given again without its outputs being taken for inputs."""
     try:
-        lines = (Path(folder) / RECORD).read_text(encoding="utf-8").splitlines()[1:]
+        lines = (Path(folder) / RECORD).read_text(encoding="utf-8").splitlines()
     except OSError:
         return set()
-    names = set()
+    return {e["result"]["las"] for e in _entries(lines[1:]) if "las" in e.get("result", {})}
+
+
+def _entries(lines: list[str]) -> list[dict[str, Any]]:
+    """The record's input lines as dicts, less any cut short when the run was stopped."""
+    entries = []
     for line in lines:
         try:
-            names.add(json.loads(line)["result"]["las"])
-        except (ValueError, KeyError, TypeError):  # a line cut short when the run was stopped
+            entry = json.loads(line)
+        except ValueError:
             continue
-    return names
+        if isinstance(entry, dict) and "id" in entry:
+            entries.append(entry)
+    return entries
 
 
 def survey_digest(survey: Survey) -> str:
@@ -166,11 +173,7 @@ class RunRecord:
                 f"{record.path.parent}: the earlier run differs in {said}, so its outputs are not "
                 "this run's; predict without --resume (every input again) or into another --out"
             )
-        for line in lines[1:]:
-            try:
-                entry = json.loads(line)
-            except ValueError:  # a line cut short when the run was stopped
-                continue
+        for entry in _entries(lines[1:]):
             record.files[entry["id"]] = entry
         record._begin(record.files.values())  # again whole: no line cut short, one an input
         return record
