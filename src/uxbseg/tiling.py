@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,10 +196,8 @@ def hold_out(
             mins, maxs = reader.header.mins, reader.header.maxs
         cx, cy = (mins[0] + maxs[0]) / 2, (mins[1] + maxs[1]) / 2
         keys.append((math.floor(cx / block), math.floor(cy / block)))
-    blocks = sorted(set(keys))
-    count = {b: 0 for b in blocks}
-    for k in keys:
-        count[k] += 1
+    count = Counter(keys)
+    blocks = sorted(count)
     held: set[tuple[int, int]] = set()
     moved = 0
     for i in np.random.default_rng(seed).permutation(len(blocks)):
