@@ -59,6 +59,7 @@ class _Run:
         checkpoint: bool = False,
         compile_: bool = False,
         fused_attention: bool = False,
+        forward_batch: int | None = None,
     ) -> None:
         cfg.model.fusion_impl = "naive" if naive else "fast"
         cfg.model.channels_last = channels_last
@@ -77,8 +78,14 @@ class _Run:
             self.model.parameters(), lr=1e-5, fused=None if naive else True
         )
         if compile_:
+            # every shape compiled as it is: the evaluation graph at another batch than the
+            # training graph's is then a static graph too, not one with a symbolic batch
+            torch._dynamo.config.automatic_dynamic_shapes = False
             self.model.compile_branches()
         self.data = _batch(cfg, batch, device)
+        # the forward at an inference batch of its own (predict --batch), if given
+        self.fbatch = batch if naive or forward_batch is None else forward_batch
+        self.fdata = self.data if self.fbatch == batch else _batch(cfg, self.fbatch, device)
         self.bf16 = bf16
         self.fused_only = fused_attention and not naive
         self.first = self.step()  # warm-up (compilation happens here)
@@ -116,7 +123,7 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         with torch.no_grad(), self._ctx():
-            self.model(self.data["image"], self.data["voxels"])
+            self.model(self.fdata["image"], self.fdata["voxels"])
         sync(self.device)
         return time.perf_counter() - t0
 
@@ -125,18 +132,20 @@ def _gib_peak(device) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
 
 
-def profile(run: _Run, rows: int) -> str:
-    """One more training step under ``torch.profiler``: the operators and kernels that took the
-    most time on the device (on the CPU: in the process), with the totals."""
+def profile(run: _Run, rows: int, what: str = "step") -> str:
+    """One more training step (``what="step"``) or forward under ``torch.profiler``: the
+    operators and kernels that took the most time on the device (on the CPU: in the process),
+    with the totals."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     gpu = run.device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     with torch_profile(activities=acts) as prof:
-        run.step()
+        run.step() if what == "step" else run.forward()
     key = "self_device_time_total" if gpu else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    return f"profile of one {what}:\n{table}"
 
 
 def measure(cfg, device, *, steps: int, profile_rows: int = 0, **kw):
@@ -152,7 +161,8 @@ def measure(cfg, device, *, steps: int, profile_rows: int = 0, **kw):
     fpeak = _gib_peak(device)
     if profile_rows:
         print(profile(run, profile_rows), flush=True)
-    return statistics.median(times), statistics.median(ftimes), peak, fpeak, run.first
+        print(profile(run, profile_rows, "forward"), flush=True)
+    return statistics.median(times), statistics.median(ftimes), peak, fpeak, run.first, run.fbatch
 
 
 def measure_interleaved(cfg, device, variants: list[dict], steps: int) -> list[tuple]:
@@ -169,7 +179,7 @@ def measure_interleaved(cfg, device, variants: list[dict], steps: int) -> list[t
             t.append(run.forward())
     nan = float("nan")
     return [
-        (statistics.median(t), statistics.median(f), nan, nan, run.first)
+        (statistics.median(t), statistics.median(f), nan, nan, run.first, run.fbatch)
         for run, t, f in zip(runs, times, ftimes, strict=True)
     ]
 
@@ -215,6 +225,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument(
         "--fast-batch", type=int, nargs="+", default=[2], help="batch sizes for the fast path"
+    )
+    p.add_argument(
+        "--forward-batch",
+        type=int,
+        metavar="N",
+        help="time the fast variants' forward at N samples at a time (an inference batch, "
+        "predict --batch N; default: the variant's training batch); the ratio is per sample",
     )
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument(
@@ -314,16 +331,21 @@ def main(argv=None) -> None:
         if isinstance(res, str):  # why the variant could not be measured
             print(f"  {label:<54} batch {batch}  {res}", flush=True)
             return
-        step, fwd, peak, fpeak, first = res
-        rate, frate = batch / step, batch / fwd
+        step, fwd, peak, fpeak, first, fbatch = res
+        rate, frate = batch / step, fbatch / fwd
+        at = f" at batch {fbatch}" if fbatch != batch else ""
         base.append((rate, frate))  # the first reported variant is the reference
         print(
             f"  {label:<54} batch {batch}  step {step:7.3f} s ({rate:6.2f} samples/s, "
-            f"{rate / base[0][0]:5.2f}x)  forward {fwd:7.3f} s ({frate / base[0][1]:5.2f}x)  "
+            f"{rate / base[0][0]:5.2f}x)  forward {fwd:7.3f} s{at} ({frate / base[0][1]:5.2f}x)  "
             f"peak {peak:5.1f} / {fpeak:5.1f} GiB  first step {first:6.1f} s",
             flush=True,
         )
 
+    if a.forward_batch is not None:
+        if a.forward_batch < 1:
+            raise SystemExit(f"--forward-batch {a.forward_batch}: give a batch >= 1")
+        chosen = [(label, b, {**kw, "forward_batch": a.forward_batch}) for label, b, kw in chosen]
     if interleave:
         kws = [{**kw, "batch": batch} for _, batch, kw in chosen]
         for (label, batch, _), res in zip(

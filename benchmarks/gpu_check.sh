@@ -3,13 +3,14 @@
 # time (one call of ~9 minutes; a compiled variant costs ~6 minutes: ~280 s to compile the
 # training step, ~80 s more for the inference graph). In order of importance, so that a call cut
 # by its time limit keeps the most:
-# 1. the seed architecture as written against the fast path compiled at batch 4: bf16 + fast
-#    fusion + channels_last (the norm traced as var_mean, fused by Inductor) + SDPA window
-#    attention in training (the mask broadcast, never one per window of the batch) + the
-#    few-channel first convs as one matrix product (model.unfold_convs); each followed by a
-#    profile of one more step. The ninth session's best, compiled in the default layout with
-#    MONAI's attention, was 3.48x on an H200; this candidate, eighteenth session (H200, torch
-#    2.11, no profile): 4.56x training, 3.68x forward, 43.1 GiB at batch 4 - next, BATCH=8;
+# 1. the seed architecture as written against the fast path compiled: bf16 + fast fusion +
+#    channels_last (the norm traced as var_mean, fused by Inductor) + SDPA window attention in
+#    training (the mask broadcast, never one per window of the batch) + the few-channel first
+#    convs as one matrix product (model.unfold_convs), trained at batch BATCH (default: 8 on a
+#    card of more than 100 GiB, else 4) and its forward timed at an inference batch FBATCH
+#    (default 16; predict --batch); each followed by a profile of one more step and one more
+#    forward. Eighteenth session (H200, torch 2.11, batch 4 for both, no profile): 4.56x
+#    training, 3.68x forward, 43.1 / 13.7 GiB;
 # 2. the same fast path in eager mode at batch 1 (the seed's batch: peak memory against the
 #    seed's), after --check (its 3D logits against the plain fp32 path, same weights);
 # 3. the kernels alone at the seed's sizes, batch 4 (seconds): the first convs (cuDNN against
@@ -21,22 +22,24 @@
 # Writes everything to $OUT/gpu.log. Then, if the machine is still warm and ~2 minutes are left,
 # bash benchmarks/gpu_smoke.sh in a second call: the product end to end on the card.
 # Usage on the device: bash benchmarks/gpu_check.sh   (needs the project importable: pip install -e .,
-# or PYTHONPATH=src with its dependencies installed). BATCH=8 bash ... compiles at batch 8 instead
-# (this candidate took 43.1 GiB at batch 4 on an H200; batch 8 needs an estimated ~85 GiB: an
-# H200 only).
+# or PYTHONPATH=src with its dependencies installed). BATCH=4 FBATCH=4 bash ... repeats the
+# eighteenth session's measurement (43.1 GiB at batch 4 on an H200; batch 8 needs an estimated
+# ~85 GiB, so the default is 4 on an 80 GB H100).
 set -uo pipefail
 OUT=${OUT:-/tmp/uxbseg-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/uxbseg-inductor
 BEST="fast fusion + channels_last + sdpa"
-BATCH=${BATCH:-4}
+MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+BATCH=${BATCH:-$(( ${MIB:-0} > 102400 ? 8 : 4 ))}
+FBATCH=${FBATCH:-16}
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   echo "cores: $(nproc)"
   python3 -c "import torch, transformers, monai; print('torch', torch.__version__, \
 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), \
 'transformers', transformers.__version__, 'monai', monai.__version__)"
-  python3 -m benchmarks train --config seed --steps 5 --fast-batch "$BATCH" --compile --profile 30 \
+  python3 -m benchmarks train --config seed --steps 5 --fast-batch "$BATCH" --forward-batch "$FBATCH" --compile --profile 30 \
     --only "seed as written" "$BEST + compile"
   python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --check \
     --only "seed as written" "$BEST"

@@ -6,19 +6,39 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
-from benchmarks.bench_train import parser, plan_variants, select
+import pytest
+import torch
+
+from benchmarks.bench_train import _Run, measure, parser, plan_variants, select
+from uxbseg.config import load_config
+from uxbseg.demo import packaged_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 
 
-def _train_commands() -> list[list[str]]:
+def _defaults(mib: int) -> dict[str, str]:
+    """$BATCH and $FBATCH as the script sets them by default on a card of ``mib`` MiB (its own
+    lines, run by bash)."""
+    text = SCRIPT.read_text()
+    lines = [ln for ln in text.splitlines() if re.match(r"(F?BATCH)=", ln)]
+    out = subprocess.run(
+        ["bash", "-c", f"MIB={mib}\n" + "\n".join(lines) + '\necho "$BATCH $FBATCH"'],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={},
+    ).stdout.split()
+    return {"BATCH": out[0], "FBATCH": out[1]}
+
+
+def _train_commands(mib: int = 143771) -> list[list[str]]:
     """The arguments of each ``python3 -m benchmarks train`` in the script, its variables
-    ($BEST, $BATCH) set as it sets them by default."""
+    ($BEST, $BATCH, $FBATCH) set as it sets them by default on a card of ``mib`` MiB."""
     text = SCRIPT.read_text().replace("\\\n", " ")
-    env = {"BEST": re.search(r'^BEST="([^"]*)"', text, re.M).group(1)}
-    env["BATCH"] = re.search(r"^BATCH=\$\{BATCH:-(\d+)\}", text, re.M).group(1)
+    env = {"BEST": re.search(r'^BEST="([^"]*)"', text, re.M).group(1), **_defaults(mib)}
     commands = []
     for line in text.splitlines():
         if "-m benchmarks train" in line and not line.lstrip().startswith("#"):
@@ -28,14 +48,22 @@ def _train_commands() -> list[list[str]]:
     return commands
 
 
+def test_gpu_check_batch_follows_the_cards_memory():
+    # batch 8 (~85 GiB estimated) only on a card with more than 100 GiB: an H200, not an H100
+    assert _defaults(143771) == {"BATCH": "8", "FBATCH": "16"}
+    assert _defaults(81559) == {"BATCH": "4", "FBATCH": "16"}
+    assert parser().parse_args(_train_commands(81559)[0]).fast_batch == [4]
+
+
 def test_gpu_check_times_the_seed_and_the_compiled_candidate():
     first, second = _train_commands()
     a = parser().parse_args(first)
+    assert a.forward_batch == 16 and a.profile
     variants, name, best = plan_variants(a, gpu=True)
     picked = [(label, batch) for label, batch, _ in select(variants, a.only)]
     assert picked == [
         ("seed as written (fp32, broadcast fusion)", 1),
-        ("bf16 + fast fusion + channels_last + sdpa + compile", 4),
+        ("bf16 + fast fusion + channels_last + sdpa + compile", 8),
     ]
     (kw,) = [kw for label, _, kw in variants if label == picked[1][0]]
     assert kw == {**best, "compile_": True} and best["channels_last"] and best["flash"]
@@ -58,3 +86,18 @@ def test_the_cpu_variants_are_the_plain_and_channels_last_paths():
         ("fp32 + fast fusion + channels_last", 2),
     ]
     assert not best["bf16"] and best["channels_last"] and select(variants, None) == variants
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_forward_is_timed_at_its_own_batch_for_the_fast_path_only(naive):
+    # --forward-batch: the fast path's forward runs that many samples (the ratio is per
+    # sample); the seed as written keeps its batch of 1
+    cfg = load_config(packaged_config("tiny"), ["model.pretrained_2d=null"])
+    kw = dict(naive=naive, bf16=False, batch=1, forward_batch=3)
+    run = _Run(cfg, torch.device("cpu"), **kw)
+    assert run.fbatch == (1 if naive else 3)
+    assert run.fdata["voxels"].shape[0] == run.fdata["image"].shape[0] == run.fbatch
+    assert run.data["voxels"].shape[0] == 1  # training at its own batch
+    assert run.forward() > 0
+    *_, fbatch = measure(cfg, torch.device("cpu"), steps=1, **kw)
+    assert fbatch == run.fbatch
