@@ -13,6 +13,13 @@ RUNS = Path("runs")
 """Where ``uxbseg train`` puts its run folders when --out is not given."""
 
 
+WEIGHTS_HELP = (
+    "a run's FusedSwinCrossEntropy_tpi_clr_swin_best.safetensors (the best epoch's weights with "
+    "their configuration), or its .pth, or the run's checkpoints/last.ckpt (the last epoch's; "
+    "for a run cut short)"
+)
+
+
 def _load_cfg(args: argparse.Namespace):
     from .config import load_config
 
@@ -184,6 +191,10 @@ def _predict_jobs(args: argparse.Namespace, cfg) -> list:
         # a pair without point cloud stays in the list and fails with a message naming it
         jobs = [PredictJob(p.las or p.folder, p.image, p.short_id) for p in pairs]
     else:
+        missing = [p for p in [*args.input, *(args.image or [])] if not p.exists()]
+        if missing:  # a mistyped path is refused before the model is built, not at the end
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise BadDataError(f"{missing[0]}: no such file or folder{more}; check the path")
         images = args.image or []
         folders = [p for p in args.input if p.is_dir()]
         if images and folders:
@@ -406,7 +417,7 @@ def add_prediction_commands(sub) -> None:
         "--weights",
         type=Path,
         required=True,
-        help="FusedSwinCrossEntropy_tpi_clr_swin_best.safetensors (or .pth in its run folder)",
+        help=WEIGHTS_HELP,
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder (ROOT)")
     p.add_argument("--split", default="test", help="split to score (default test)")
@@ -447,7 +458,7 @@ def add_prediction_commands(sub) -> None:
         "any failed. Inputs that would write the same pred_<id>, or write over an input, are "
         "refused before any work.",
     )
-    p.add_argument("--weights", type=Path, required=True, help="trained weights (.safetensors)")
+    p.add_argument("--weights", type=Path, required=True, help=WEIGHTS_HELP)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="dataset folder; uses its predict/ split")
     src.add_argument(
