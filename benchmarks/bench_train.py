@@ -149,12 +149,14 @@ def profile(run: _Run, rows: int, what: str = "step") -> str:
 
 
 def measure(cfg, device, *, steps: int, profile_rows: int = 0, **kw):
-    """One variant on its own: median step and forward, peak memory of each, first step."""
+    """One variant on its own: median step and forward (each after a warm-up call), peak
+    memory of each, first step, the forward's batch."""
     run = _Run(cfg, device, **kw)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = [run.step() for _ in range(steps)]
     peak = _gib_peak(device)
+    run.forward()  # warm-up: the evaluation graph compiles, cuDNN autotunes a new batch
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     ftimes = [run.forward() for _ in range(steps)]
@@ -174,6 +176,8 @@ def measure_interleaved(cfg, device, variants: list[dict], steps: int) -> list[t
     for _ in range(steps):
         for run, t in zip(runs, times, strict=True):
             t.append(run.step())
+    for run in runs:
+        run.forward()  # warm-up, as in measure()
     for _ in range(steps):
         for run, t in zip(runs, ftimes, strict=True):
             t.append(run.forward())
