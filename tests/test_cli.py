@@ -126,3 +126,17 @@ def test_the_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
         assert len(b.points) == len(a.points)
         assert set(np.unique(b.classification)) <= {2, 27, 6}
     assert (out / "predict_out" / "finds.geojson").is_file()
+
+
+def test_train_without_a_validation_split_says_how_to_make_one(tmp_path, capsys):
+    from uxbseg.data.synthetic import synth_dataset
+
+    root = tmp_path / "data"
+    synth_dataset(root, {"train": 2}, seed=3)
+    assert not (root / "test").exists()
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {root / 'test'}: no validation split" in err
+    assert f"uxbseg tile {root} NEW_ROOT --side S --hold-out 0.2" in err
+    assert not out.exists()  # refused before any work

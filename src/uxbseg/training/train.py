@@ -139,6 +139,22 @@ def _precision(cfg: Config) -> str:
     return "32-true"
 
 
+def _require_validation_split(root, cfg: Config) -> None:
+    """Refuse, before any work, a dataset without its validation split, saying how to make one."""
+    val = Path(root) / cfg.data.val_split
+    train_dir = Path(root) / cfg.data.train_split
+    if val.is_dir() or not train_dir.is_dir():  # a missing train/ is find_pairs' to report
+        return
+    side = f"{cfg.grid.tile_extent:g}" if cfg.grid.tile_extent else "S"
+    raise BadDataError(
+        f"{val}: no validation split (training picks its best epoch and stops early by the loss "
+        f"on it, as the original script did); add labelled pairs there, or make one from "
+        f"{cfg.data.train_split}/: uxbseg tile {root} NEW_ROOT --side {side} --hold-out 0.2 "
+        "(whole blocks of ground move to test/; S: your tiles' side, in CRS units), or name "
+        "another split with --set data.val_split=NAME"
+    )
+
+
 def _warn_of_leaks(root, cfg: Config, val: list, train: list) -> None:
     """Warn when validation tiles cover training ground (:mod:`uxbseg.data.overlap`)."""
     leaks = same_ground_pairs([r.ground for r in val], [r.ground for r in train], LEAK_SHARE)
@@ -179,6 +195,7 @@ def train(
     """
     run_dir = require_folder(run_dir)
     skip = cfg.data.skip_bad if skip_bad is None else skip_bad
+    _require_validation_split(root, cfg)
     train_reports = checked_reports(root, cfg.data.train_split, cfg, skip)
     train_pairs = [r.pair for r in train_reports]
     side = tile_extent(train_reports)
