@@ -55,6 +55,21 @@ def test_json_lists_each_pairs_problems_and_notes(broken, capsys):
     assert sum(ok["las_classes"].values()) == ok["points"]
     assert any("outside the class map" in n for n in ok["notes"])
     assert len(report["splits"]["test"]) == 2
+    assert report["notes"] == []  # a test/ split is there
+
+
+def test_a_dataset_without_validation_split_is_told_how_to_make_one(broken, capsys):
+    import json
+
+    shutil.rmtree(broken / "test")
+    assert main(["inspect", str(broken)]) == 0  # a note, not a problem: predict needs no test/
+    out = capsys.readouterr().out
+    assert "[predict] 2 pairs" in out and "[test]" not in out
+    note = "note: no test/ split: `uxbseg train` validates on it"
+    assert note in out and f"`uxbseg tile {broken} NEW_ROOT --side 100 --hold-out 0.2`" in out
+    assert main(["inspect", str(broken), "--json"]) == 0
+    (said,) = json.loads(capsys.readouterr().out)["notes"]
+    assert said.startswith("no test/ split")
 
 
 def test_more_problems(broken, capsys):

@@ -36,15 +36,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect_report import format_reports, inspect_dataset, reports_to_dict
+    from .inspect_report import dataset_notes, format_reports, inspect_dataset, reports_to_dict
 
     reports = inspect_dataset(args.root, args.split or None)
+    notes = dataset_notes(args.root, reports)
     if args.json:
         import json
 
-        print(json.dumps(reports_to_dict(reports), indent=2))
+        print(json.dumps(reports_to_dict(reports, notes), indent=2))
     else:
-        print(format_reports(reports))
+        print(format_reports(reports, notes))
     return 0 if all(r.ok for reps in reports.values() for r in reps) else 1
 
 

@@ -18,7 +18,7 @@ from .data.pairs import (
 from .errors import BadDataError
 from .windows import WINDOW_TRIGGER
 
-__all__ = ["format_reports", "inspect_dataset", "reports_to_dict"]
+__all__ = ["dataset_notes", "format_reports", "inspect_dataset", "reports_to_dict"]
 
 
 def inspect_dataset(
@@ -124,15 +124,36 @@ def _how(sg: SharedGround) -> str:
     return f"{sg.share:.0%} of the smaller tile; terrain within a median {sg.dz:.2f} m"
 
 
-def reports_to_dict(reports: dict[str, list[PairReport]]) -> dict:
+def dataset_notes(
+    root: str | Path, reports: dict[str, list[PairReport]], val_split: str = "test"
+) -> list[str]:
+    """What the dataset as a whole lacks for ``uxbseg train``: its validation split."""
+    notes = []
+    if "train" in reports and not (Path(root) / val_split).is_dir():
+        side = tile_extent(reports["train"])
+        notes.append(
+            f"no {val_split}/ split: `uxbseg train` validates on it (best epoch, early stopping) "
+            f"and does not start without it; make one from train/ with `uxbseg tile {root} "
+            f"NEW_ROOT --side {'S' if side is None else f'{side:g}'} --hold-out 0.2` (whole "
+            f"blocks of ground move to {val_split}/)"
+        )
+    return notes
+
+
+def reports_to_dict(reports: dict[str, list[PairReport]], notes: list[str] | None = None) -> dict:
     """The reports as plain data (``inspect --json``): each split's pairs with their files,
     counts, extent, density, class and mask histograms, problems (file, reason, fix) and
-    notes, and whether the dataset is free of problems."""
+    notes, the dataset's own ``notes`` (:func:`dataset_notes`), and whether the dataset is free
+    of problems."""
 
     def path(p) -> str | None:
         return None if p is None else str(p)
 
-    out: dict = {"ok": all(r.ok for reps in reports.values() for r in reps), "splits": {}}
+    out: dict = {
+        "ok": all(r.ok for reps in reports.values() for r in reps),
+        "notes": list(notes or []),
+        "splits": {},
+    }
     for split, reps in reports.items():
         out["splits"][split] = [
             {
@@ -161,8 +182,9 @@ def _hist(d: dict[int, int]) -> str:
     return " ".join(f"{k}:{v}" for k, v in sorted(d.items())) or "-"
 
 
-def format_reports(reports: dict[str, list[PairReport]]) -> str:
-    """Human-readable tables, one per split, then every problem with its fix."""
+def format_reports(reports: dict[str, list[PairReport]], notes: list[str] | None = None) -> str:
+    """Human-readable tables, one per split, the dataset's own ``notes``, then every problem
+    with its fix."""
     lines = []
     codes = ", ".join(f"{c.las_code}={c.name}" for c in CLASSES)
     lines.append(
@@ -171,7 +193,7 @@ def format_reports(reports: dict[str, list[PairReport]]) -> str:
     )
     for split, reps in reports.items():
         lines.append("")
-        lines.append(f"[{split}] {len(reps)} pairs")
+        lines.append(f"[{split}] {len(reps)} pair{'s' * (len(reps) != 1)}")
         head = (
             f"{'pair':<12}{'points':>10}{'fmt':>5}{'extent (m)':>16}{'pts/m2':>8}  {'image':>9}  "
             f"{'LAS classes (code:points)':<40}{'mask values (value:px)':<30}status"
@@ -189,13 +211,13 @@ def format_reports(reports: dict[str, list[PairReport]]) -> str:
                 f"{img:>9}  "
                 f"{_hist(r.las_classes):<40}{_hist(r.mask_values):<30}{status}"
             )
-        notes = [(r.pair.pair_id, n) for r in reps for n in r.notes]
-        for pid, note in notes:
+        for pid, note in [(r.pair.pair_id, n) for r in reps for n in r.notes]:
             lines.append(f"  note {pid}: {note}")
     problems = [
         (s, r.pair.pair_id, p) for s, reps in reports.items() for r in reps for p in r.problems
     ]
     lines.append("")
+    lines += [f"note: {n}" for n in notes or []]
     if problems:
         lines.append(f"{len(problems)} problem(s):")
         for split, pid, p in problems:
