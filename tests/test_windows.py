@@ -6,6 +6,7 @@ import math
 import laspy
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from uxbseg.cli import main
@@ -636,3 +637,16 @@ def test_evaluate_scores_a_large_tile_as_predict_classifies_it(
     out = capsys.readouterr().out
     assert "1 tile(s) larger than a training tile were scored" in out
     assert "(overlap 0)" in out
+
+
+def test_the_default_window_batch_is_the_training_batch_and_4x_on_a_gpu(tiny_cfg):
+    from uxbseg.predict import GPU_WINDOW_BATCH, window_batch
+
+    tiny_cfg.data.batch_size = 2
+    assert window_batch(None, 0.25, tiny_cfg) == 2
+    assert window_batch(None, 0.25, tiny_cfg, torch.device("cpu")) == 2
+    # a device object only: no GPU is needed to ask what the default would be on one
+    assert window_batch(None, 0.25, tiny_cfg, torch.device("cuda")) == 2 * GPU_WINDOW_BATCH == 8
+    assert window_batch(3, 0.25, tiny_cfg, torch.device("cuda")) == 3  # --batch wins
+    with pytest.raises(BadDataError, match="--batch 0"):
+        window_batch(0, 0.25, tiny_cfg)

@@ -398,8 +398,9 @@ def _window_args(p: argparse.ArgumentParser) -> None:
         type=positive(int),
         metavar="N",
         help="windows of a large file run through the model N at a time (default: the "
-        "training batch, data.batch_size, which fits the memory; the seed model's forward at "
-        "batch 4 on an H200 is 1.9x a sample's at batch 1, the tiny model's at 2 on a CPU 1.25x)",
+        "training batch, data.batch_size, on a GPU 4x that: a forward at 4x the batch takes "
+        "less memory than a training step; the seed model's forward at batch 4 on an H200 is "
+        "1.9x a sample's at batch 1, the tiny model's at 2 on a CPU 1.25x)",
     )
 
 

@@ -100,7 +100,7 @@ def evaluate(
             f"Fix them (`uxbseg inspect {root}` lists every check)."
         )
     side = resolve_window(window, cfg)
-    batch = window_batch(batch, overlap, cfg)
+    batch = window_batch(batch, overlap, cfg, device)
     per_tile: dict[str, list[np.ndarray]] = {lvl: [] for lvl in LEVELS}
     base = {lvl: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for lvl in LEVELS}
     cut = 0
