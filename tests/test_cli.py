@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from uxbseg.cli import main
 
@@ -140,3 +141,53 @@ def test_train_without_a_validation_split_says_how_to_make_one(tmp_path, capsys)
     assert f"error: {root / 'test'}: no validation split" in err
     assert f"uxbseg tile {root} NEW_ROOT --side S --hold-out 0.2" in err
     assert not out.exists()  # refused before any work
+
+
+def _allocate_too_much(*args, **kwargs):
+    torch.empty(2**46, dtype=torch.uint8)  # 64 TiB: the CPU allocator refuses at once
+
+
+@pytest.mark.parametrize(
+    ("command", "target", "fix"),
+    [
+        ("train", "uxbseg.training.train.train", "--set data.batch_size=1"),
+        ("predict", "uxbseg.predict.predict_files", "lower --batch"),
+    ],
+)
+def test_running_out_of_memory_says_what_to_lower(
+    command, target, fix, trained_run, tiny_dataset, tmp_path, monkeypatch, capsys
+):
+    # the allocator's own error, raised where the command's work begins
+    monkeypatch.setattr(target, _allocate_too_much)
+    las = next((tiny_dataset / "predict" / "pair_0000").glob("*.las"))
+    args = {
+        "train": ["--data", str(tiny_dataset)],
+        "predict": ["--weights", str(trained_run[0].best_weights), "--input", str(las)],
+    }[command]
+    assert main([command, *args, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "error: out of memory ([enforce fail" in err and "can't allocate memory" in err
+    assert fix in err and "Traceback" not in err
+
+
+def test_other_runtime_errors_keep_their_traceback(tiny_dataset, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr("uxbseg.training.train.train", broken)
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "out")])
+
+
+def test_a_gpu_out_of_memory_in_evaluate_names_the_batch(
+    trained_run, tiny_dataset, monkeypatch, capsys
+):
+    def cuda_oom(*args, **kwargs):  # torch's own exception type, as CUDA raises it
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB.\nline two")
+
+    monkeypatch.setattr("uxbseg.evaluate.evaluate", cuda_oom)
+    weights = str(trained_run[0].best_weights)
+    assert main(["evaluate", "--weights", weights, "--data", str(tiny_dataset)]) == 1
+    err = capsys.readouterr().err
+    assert "error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB.); lower" in err
+    assert "line two" not in err

@@ -215,6 +215,32 @@ _SYSTEM_FIXES = {
 }
 """The errors of the machine's state (not of uxbseg) that a user fixes, and how."""
 
+_WINDOWS_FIX = (
+    "lower --batch (windows through the model at a time; on a GPU the default is 4x the "
+    "training batch), or run on a machine with more memory"
+)
+_OUT_OF_MEMORY_FIXES = {
+    "train": "lower data.batch_size (--set data.batch_size=1), or set model.use_checkpoint=true "
+    "(about half the memory for a 2x slower step), or on a GPU model.compile=true (43 GiB "
+    "against 60-68 GiB in eager mode for the seed model at batch 4 on an H200); --resume goes "
+    "on from the last checkpoint",
+    "evaluate": _WINDOWS_FIX,
+    "predict": _WINDOWS_FIX + "; --resume keeps the files this run finished",
+    "demo": "run the demo on a machine with more free memory (it needs about 1.5 GiB)",
+}
+"""How to get under the memory of the device a command ran out of, by command."""
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory: torch's ``OutOfMemoryError`` (a GPU),
+    the CPU allocator's refusal, or numpy's ``MemoryError``."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # imported by the commands that can run out of memory
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``uxbseg`` console script; returns the exit code."""
@@ -233,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror}; {fix}", file=sys.stderr)
+        return 1
+    except (RuntimeError, MemoryError) as exc:
+        fix = _OUT_OF_MEMORY_FIXES.get(args.command)
+        if fix is None or not _out_of_memory(exc):
+            raise
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: out of memory ({said}); {fix}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
