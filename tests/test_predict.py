@@ -5,6 +5,7 @@ import shutil
 import laspy
 import numpy as np
 import pytest
+import torch
 
 from uxbseg.cli import main
 from uxbseg.errors import BadDataError
@@ -506,3 +507,15 @@ def test_evaluate_names_every_incomplete_pair_before_any_tile(
     assert (
         f"  {pair0.name}: {pair0}: no mask" in err and f"  {pair1.name}: {pair1}: no image" in err
     )
+
+
+def test_inference_autotunes_cudnn_on_a_gpu_only(monkeypatch):
+    from uxbseg.inference import autotune_convs, model_for_inference
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    model = torch.nn.Conv3d(1, 1, 1).train()
+    out = model_for_inference(model, torch.device("cpu"))
+    assert out is model and not out.training
+    assert torch.backends.cudnn.benchmark is False  # no process-wide change on the CPU
+    autotune_convs(torch.device("cuda"))  # a device object: no GPU needed to set the flag
+    assert torch.backends.cudnn.benchmark is True

@@ -19,7 +19,15 @@ from .io.raster import (
     tpi,
 )
 
-__all__ = ["MIRRORS", "infer_tile", "infer_tiles", "render_tpi_image", "tpi_cell"]
+__all__ = [
+    "MIRRORS",
+    "autotune_convs",
+    "infer_tile",
+    "infer_tiles",
+    "model_for_inference",
+    "render_tpi_image",
+    "tpi_cell",
+]
 
 
 def render_tpi_image(las, size: int, cell: float | None = None) -> np.ndarray:
@@ -48,6 +56,21 @@ def _device_autocast(device: torch.device):
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
+
+
+def autotune_convs(device: torch.device) -> None:
+    """On a GPU, turn cuDNN's autotuning on: every window and tile has the grid's shape, so the
+    kernels timed for the first batch serve all (the benchmarks' fast path and Lightning's
+    training, ``benchmark=True``, run so too). The flag is torch's, process-wide, as Lightning
+    leaves it; on the CPU nothing changes."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def model_for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device`` in evaluation mode, with :func:`autotune_convs`."""
+    autotune_convs(device)
+    return model.to(device).eval()
 
 
 MIRRORS = ((), (-1,), (-2,), (-2, -1))

@@ -26,7 +26,7 @@ from .finds import (
     write_finds,
     write_finds_geojson,
 )
-from .inference import infer_tile, render_tpi_image
+from .inference import infer_tile, model_for_inference, render_tpi_image
 from .io.files import replacing
 from .io.las import (
     PointArrays,
@@ -390,7 +390,7 @@ def predict_files(
         box = _run_box(headers) if len(jobs) > 1 else None
         points = sum(h.points for h in headers)
         pictures = PredictReport(report, overview=box, overview_points=points)
-    model = model.to(device).eval()
+    model = model_for_inference(model, device)
     results = []
     domain = DomainCheck(cfg)
     surveys = {}
