@@ -126,3 +126,23 @@ def test_mask_is_aligned_and_broadcast_over_the_batch(monkeypatch, shifted, batc
     # shifted: the 4 windows of a sample as 4 x 3 heads; unshifted: windows as the batch
     assert q_shape == ((batch, 12, 24, 8) if shifted else (4 * batch, 3, 24, 8))
     assert attn_mask.shape == (q_shape[0], q_shape[1], 24, 24)
+
+
+@pytest.mark.parametrize(("setting", "cpu", "gpu"), [("auto", 0, 8), (False, 0, 0), (True, 8, 8)])
+def test_training_attention_follows_the_device_when_auto(tiny_cfg, setting, cpu, gpu):
+    """``model.use_flash_attention: auto`` (default): MONAI's attention for training on the CPU
+    (faster there), SDPA once training starts on a GPU; the same weights either way."""
+    from uxbseg.models import UXBFusionModel
+
+    tiny_cfg.model.use_flash_attention = setting
+    model = UXBFusionModel.from_config(tiny_cfg)
+    keys = list(model.state_dict())
+
+    def count() -> int:
+        return sum(type(m) is SDPAWindowAttention for m in model.modules())
+
+    model.fit_device(torch.device("cpu"))
+    assert count() == cpu
+    model.fit_device(torch.device("cuda"))  # a device object: the swap needs no GPU
+    assert count() == gpu
+    assert list(model.state_dict()) == keys

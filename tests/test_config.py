@@ -63,3 +63,14 @@ def test_overrides_and_round_trip(tmp_path):
 def test_invalid_keys_and_values_name_the_key(override, names):
     with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_a_setting_of_two_kinds_takes_either_and_names_both():
+    from uxbseg.config import config_from_dict
+
+    for value in (True, False, "auto"):
+        cfg = config_from_dict({"model": {"use_flash_attention": value}})
+        assert cfg.model.use_flash_attention == value
+    assert config_from_dict({}).model.use_flash_attention == "auto"
+    with pytest.raises(ConfigError, match=r"must be true, false or 'auto', got 'yes'"):
+        config_from_dict({"model": {"use_flash_attention": "yes"}})

@@ -110,9 +110,10 @@ class ModelConfig:
     # at window 7), same result
     sdpa_inference: bool = True
     # ... and in training too (models/attention.py): on a GPU it spares the materialised scores
-    # (-1.4 GiB at the seed's batch 1); slower on the CPU, whose fused kernel cannot return the
-    # bias's gradient
-    use_flash_attention: bool = False
+    # (-1.4 GiB at the seed's batch 1; the compiled candidate's 4.56x uses it); slower on the
+    # CPU, whose fused kernel cannot return the bias's gradient. auto: on when training runs on
+    # a GPU, off on the CPU
+    use_flash_attention: bool | Literal["auto"] = "auto"
     fusion: Literal["global", "column", "voxel_only", "image_only"] = "global"
     fusion_hidden: int = 128
     fusion_impl: Literal["fast", "naive"] = "fast"  # naive = the seed's broadcast + concat
@@ -315,6 +316,17 @@ def _validate(cfg: Config) -> None:
         )
 
 
+def _describe(hints: list[Any]) -> str:
+    """What values of these type hints look like, for a message: ``true, false or 'auto'``."""
+    words: list[str] = []
+    for h in hints:
+        if typing.get_origin(h) is Literal:
+            words += [repr(a) for a in typing.get_args(h)]
+        else:
+            words.append({bool: "true, false", int: "an integer", float: "a number"}.get(h, str(h)))
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the type hint ``hint`` and convert YAML lists to tuples."""
     origin = typing.get_origin(hint)
@@ -327,7 +339,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key)
+        for alternative in inner:  # the first that takes the value
+            with contextlib.suppress(ConfigError):
+                return _coerce(value, alternative, key)
+        raise ConfigError(f"{key} must be {_describe(inner)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key} must be a list, got {value!r}")

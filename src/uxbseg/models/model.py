@@ -12,6 +12,7 @@ from ..classes import NUM_CLASSES
 from ..config import Config, ModelConfig
 from ..errors import ConfigError
 from ..runtime import persistent_compile_cache
+from .attention import sdpa_window_attention
 from .convs import onednn_conv3d, unfold_small_convs
 from .fusion import FusionHead, FusionMode
 from .image_branch import ImageBranch
@@ -99,7 +100,7 @@ class UXBFusionModel(nn.Module):
                 feature_size=model.feature_size,
                 grid_shape=self.grid_shape,
                 use_checkpoint=model.use_checkpoint,
-                use_flash_attention=model.use_flash_attention,
+                use_flash_attention=model.use_flash_attention is True,  # auto: fit_device
                 sdpa_inference=model.sdpa_inference,
                 window_size=model.window_size,
             )
@@ -122,6 +123,7 @@ class UXBFusionModel(nn.Module):
             for branch in (self.voxel_branch, self.fusion):
                 if branch is not None:
                     unfold_small_convs(branch)
+        self.flash_attention = model.use_flash_attention
         self.channels_last = model.channels_last
         if self.channels_last:  # weights in the same layout as the activations
             for branch in (self.voxel_branch, self.fusion):
@@ -141,6 +143,13 @@ class UXBFusionModel(nn.Module):
         return cls(
             tuple(cfg.grid.shape), len(cfg.grid.features), cfg.model, surface_channels=surface
         )
+
+    def fit_device(self, device: torch.device) -> None:
+        """Ready the model for training on ``device``: with ``model.use_flash_attention: auto``,
+        SwinUNETR's window attention through SDPA in training as well on a GPU (a class swap:
+        weights and state_dict keys unchanged; on the CPU it stays MONAI's, faster there)."""
+        if self.flash_attention == "auto" and device.type == "cuda" and self.voxel_branch:
+            sdpa_window_attention(self.voxel_branch.net)
 
     def compile_branches(self) -> None:
         """``torch.compile`` each branch in place (weights and state_dict keys are unchanged).

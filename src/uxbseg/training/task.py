@@ -138,6 +138,7 @@ class UXBSegmentationTask(pl.LightningModule):
 
     # -- steps --------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        self.model.fit_device(self.device)  # e.g. SDPA window attention in training on a GPU
         if self.cfg.loss.surface_replay:  # one bank per process, its own draws
             seed = self.cfg.trainer.seed + self.global_rank
             self.replay = SurfaceReplay(REPLAY_CAPACITY, seed=seed)
