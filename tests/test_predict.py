@@ -213,7 +213,7 @@ def test_bad_inputs_are_reported_and_others_written(weights, tiny_dataset, tmp_p
         f"pred_{good.stem}.las",
         f"pred_{good.stem}.npy",
     ]
-    # a missing image is named
+    # a missing image is named, before any work
     assert (
         main(
             [
@@ -230,8 +230,9 @@ def test_bad_inputs_are_reported_and_others_written(weights, tiny_dataset, tmp_p
         )
         == 1
     )
-    assert "nope.png" in capsys.readouterr().out
-    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
+    err = capsys.readouterr().err  # refused before the model is built
+    assert f"error: {tmp_path / 'nope.png'}: no such file or folder; check the path" in err
+    assert not (tmp_path / "o2").exists()
 
 
 def test_code_that_does_not_fit_the_point_format(weights, tiny_dataset, tmp_path, capsys):
