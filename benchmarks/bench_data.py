@@ -13,13 +13,12 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from uxbseg.config import load_config
+from uxbseg.config import load_config, packaged_config
 from uxbseg.data.cache import VoxelCache
 from uxbseg.data.dataset import UXBDataset
 from uxbseg.data.pairs import find_pairs
 from uxbseg.data.synthetic import synth_dataset
 from uxbseg.data.voxelize import GridSpec
-from uxbseg.demo import packaged_config
 
 
 def _rate(ds, workers: int) -> float:

@@ -27,9 +27,8 @@ from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 from torch.nn import functional as F
 
-from uxbseg.config import load_config
+from uxbseg.config import load_config, packaged_config
 from uxbseg.decision import first_max
-from uxbseg.demo import packaged_config
 from uxbseg.models.attention import SDPAWindowAttention
 from uxbseg.models.convs import unfold_small_convs
 from uxbseg.models.norms import ChannelsLastInstanceNorm3d, _InstanceNormCL, _per_sample_batch_norm

@@ -133,8 +133,7 @@ def mapping(repeats: int, workdir: Path) -> None:
 def model_end_to_end(repeats: int, workdir: Path, tta: bool = False) -> None:
     import torch
 
-    from uxbseg.config import load_config
-    from uxbseg.demo import packaged_config
+    from uxbseg.config import load_config, packaged_config
     from uxbseg.models import UXBFusionModel
     from uxbseg.predict import PredictJob, predict_one
 
@@ -182,8 +181,7 @@ def windows_end_to_end(
     and the file whole."""
     import torch
 
-    from uxbseg.config import load_config
-    from uxbseg.demo import packaged_config
+    from uxbseg.config import load_config, packaged_config
     from uxbseg.models import UXBFusionModel
     from uxbseg.predict import PredictJob, predict_one
 
@@ -226,8 +224,7 @@ def windows_end_to_end(
 def memory(points: int, workdir: Path, window: float | None = None) -> None:
     import torch
 
-    from uxbseg.config import load_config
-    from uxbseg.demo import packaged_config
+    from uxbseg.config import load_config, packaged_config
     from uxbseg.io.weights import save_weights
     from uxbseg.models import UXBFusionModel
 
@@ -290,8 +287,7 @@ def memory_survey(points: int, workdir: Path, window: float, pieces: int) -> Non
     files: as one survey (the default) and each file on its own, beside the whole file."""
     import torch
 
-    from uxbseg.config import load_config
-    from uxbseg.demo import packaged_config
+    from uxbseg.config import load_config, packaged_config
     from uxbseg.io.weights import save_weights
     from uxbseg.models import UXBFusionModel
 

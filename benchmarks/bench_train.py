@@ -23,8 +23,7 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from uxbseg.config import load_config
-from uxbseg.demo import packaged_config
+from uxbseg.config import load_config, packaged_config
 from uxbseg.losses import FusionLoss
 from uxbseg.models import UXBFusionModel
 

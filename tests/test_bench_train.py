@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from benchmarks.bench_train import _Run, measure, parser, plan_variants, select
-from uxbseg.config import load_config
-from uxbseg.demo import packaged_config
+from uxbseg.config import load_config, packaged_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 

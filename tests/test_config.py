@@ -74,3 +74,16 @@ def test_a_setting_of_two_kinds_takes_either_and_names_both():
     assert config_from_dict({}).model.use_flash_attention == "auto"
     with pytest.raises(ConfigError, match=r"must be true, false or 'auto', got 'yes'"):
         config_from_dict({"model": {"use_flash_attention": "yes"}})
+
+
+def test_shipped_configurations_are_taken_by_name(tmp_path, monkeypatch):
+    from uxbseg.config import packaged_config
+
+    assert load_config("tiny") == load_config(packaged_config("tiny"))
+    assert load_config("seed").model.feature_size == 96
+    assert load_config("tiny").grid.shape == (32, 64, 64)
+    with pytest.raises(ConfigError, match="one of the shipped configurations by name: seed, tiny"):
+        load_config("tinny")
+    monkeypatch.chdir(tmp_path)  # a file of that name, where it is given, is the user's own
+    (tmp_path / "tiny").write_text("trainer:\n  max_epochs: 3\n")
+    assert load_config("tiny").trainer.max_epochs == 3

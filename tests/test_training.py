@@ -397,3 +397,20 @@ def test_resume_takes_the_runs_own_config_and_refuses_another_model(
     after = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert after["epoch"] == 2
     assert "max_epochs: 3" in (run / "config.yaml").read_text()
+
+
+def test_a_seed_size_model_on_the_cpu_is_warned_of(caplog):
+    from uxbseg.config import load_config
+    from uxbseg.training.train import _warn_if_too_big_for_the_cpu
+
+    if torch.cuda.is_available():
+        pytest.skip("the check is for training on the CPU; this machine has a GPU")
+    with caplog.at_level("WARNING", logger="uxbseg.training.train"):
+        assert _warn_if_too_big_for_the_cpu(load_config("seed"))
+        assert "(100% of the original script's size)" in caplog.text
+        assert "--config tiny" in caplog.text
+        caplog.clear()
+        assert not _warn_if_too_big_for_the_cpu(load_config("tiny"))
+        big_tiny = load_config("tiny", ["grid.shape=[32,256,256]", "model.feature_size=24"])
+        assert _warn_if_too_big_for_the_cpu(big_tiny)  # 2 x 8.4 M voxels x 24: 50 %
+        assert "(50% of the original script's size)" in caplog.text

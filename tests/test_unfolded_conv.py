@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from uxbseg.config import load_config
-from uxbseg.demo import packaged_config
+from uxbseg.config import load_config, packaged_config
 from uxbseg.models.convs import UnfoldedConv3d, onednn_conv3d, unfold_small_convs
 from uxbseg.models.model import UXBFusionModel
 

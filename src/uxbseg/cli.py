@@ -222,8 +222,8 @@ _WINDOWS_FIX = (
 _OUT_OF_MEMORY_FIXES = {
     "train": "lower data.batch_size (--set data.batch_size=1), or set model.use_checkpoint=true "
     "(about half the memory for a 2x slower step), or on a GPU model.compile=true (43 GiB "
-    "against 60-68 GiB in eager mode for the seed model at batch 4 on an H200); --resume goes "
-    "on from the last checkpoint",
+    "against 60-68 GiB in eager mode for the seed model at batch 4 on an H200), or on a CPU "
+    "train a CPU-sized model (--config tiny); --resume goes on from the last checkpoint",
     "evaluate": _WINDOWS_FIX,
     "predict": _WINDOWS_FIX + "; --resume keeps the files this run finished",
     "demo": "run the demo on a machine with more free memory (it needs about 1.5 GiB)",

@@ -63,8 +63,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         type=Path,
-        help="YAML configuration (default: the seed's values, see configs/seed.yaml and "
-        "configs/tiny.yaml; with --resume the run's own config.yaml)",
+        help="YAML configuration, or a shipped one by name: seed (the original script's model "
+        "and schedule, for a GPU) or tiny (the demo's, for a CPU) (default: the seed's values; "
+        "with --resume the run's own config.yaml)",
     )
     p.add_argument(
         "--set",

@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = [
+    "PACKAGED_CONFIGS",
     "Config",
     "DataConfig",
     "GridConfig",
@@ -30,6 +32,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "packaged_config",
     "save_config",
 ]
 
@@ -418,13 +421,29 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data, "")
 
 
+PACKAGED_CONFIGS = ("seed", "tiny")
+"""Configurations shipped with the package, which ``--config`` also takes by name: ``seed``
+(the original script's model and schedule: a GPU's work) and ``tiny`` (the demo's, for a CPU)."""
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a configuration shipped with the package (a :data:`PACKAGED_CONFIGS` name)."""
+    return Path(str(resources.files("uxbseg") / "configs" / f"{name}.yaml"))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML configuration (or the defaults) and apply ``section.key=value`` overrides."""
+    """Load a YAML configuration (a file, or a :data:`PACKAGED_CONFIGS` name; None: the
+    defaults, which are the seed's) and apply ``section.key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if not p.is_file() and str(path) in PACKAGED_CONFIGS:  # a name: the shipped file
+            p = packaged_config(str(path))
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
+            raise ConfigError(
+                f"config file {p} does not exist; give a YAML file or one of the shipped "
+                f"configurations by name: {', '.join(PACKAGED_CONFIGS)}"
+            )
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -5,19 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from importlib import resources
 from pathlib import Path
 
 from .cli_model import positive
 
-__all__ = ["add_demo_command", "packaged_config", "run_demo"]
+__all__ = ["add_demo_command", "run_demo"]
 
 log = logging.getLogger(__name__)
-
-
-def packaged_config(name: str) -> Path:
-    """Path of a configuration shipped with the package (``seed`` or ``tiny``)."""
-    return Path(str(resources.files("uxbseg") / "configs" / f"{name}.yaml"))
 
 
 def run_demo(
@@ -45,7 +39,7 @@ def run_demo(
     if not (data / "train").is_dir():
         print(f"[1/4] writing a synthetic dataset to {data} ...", flush=True)
         synth_dataset(data, {"train": train_tiles, "test": 8, "predict": 4}, seed=seed)
-    cfg = load_config(packaged_config("tiny"), [f"trainer.max_time_minutes={minutes}"])
+    cfg = load_config("tiny", [f"trainer.max_time_minutes={minutes}"])
     where = "a GPU" if torch.cuda.is_available() else "the CPU"  # trainer.accelerator: auto
     print(f"[2/4] training configs/tiny.yaml on {where} for at most {minutes:g} min", flush=True)
     result = train(data, cfg, new_run_dir(out), progress=progress)

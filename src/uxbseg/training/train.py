@@ -139,6 +139,35 @@ def _precision(cfg: Config) -> str:
     return "32-true"
 
 
+SEED_SIZE = 32 * 256 * 256 * 96
+"""The seed model's size for the CPU check: grid voxels x SwinUNETR feature_size x batch."""
+
+
+def _warn_if_too_big_for_the_cpu(cfg: Config) -> bool:
+    """Warn (and say so) when training will run on the CPU with a model of more than 1/16 of
+    the seed's size (voxels x feature_size x batch): the seed's step takes minutes there and
+    tens of GiB."""
+    accelerator = cfg.trainer.accelerator
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return False
+    d, h, w = cfg.grid.shape
+    size = d * h * w * cfg.model.feature_size * cfg.data.batch_size
+    if size * 16 < SEED_SIZE:
+        return False
+    log.warning(
+        "training on the CPU a model of grid %s, feature_size %d, at batch %d (%.0f%% of the "
+        "original script's size): a step of the original's model takes minutes on a CPU and "
+        "tens of GiB of memory (32 GiB on a GPU), so an epoch of a few hundred tiles takes "
+        "days; train it on a GPU, or a CPU-sized model: --config tiny (the demo's: grid "
+        "(32, 64, 64), feature_size 12)",
+        tuple(cfg.grid.shape),
+        cfg.model.feature_size,
+        cfg.data.batch_size,
+        100 * size / SEED_SIZE,
+    )
+    return True
+
+
 def _require_validation_split(root, cfg: Config) -> None:
     """Refuse, before any work, a dataset without its validation split, saying how to make one."""
     val = Path(root) / cfg.data.val_split
@@ -196,6 +225,7 @@ def train(
     run_dir = require_folder(run_dir)
     skip = cfg.data.skip_bad if skip_bad is None else skip_bad
     _require_validation_split(root, cfg)
+    _warn_if_too_big_for_the_cpu(cfg)
     train_reports = checked_reports(root, cfg.data.train_split, cfg, skip)
     train_pairs = [r.pair for r in train_reports]
     side = tile_extent(train_reports)
