@@ -63,6 +63,42 @@ def test_files_side_by_side_form_a_survey_and_others_do_not(tmp_path, caplog):
     }
 
 
+def test_a_file_whose_header_states_no_box_joins_its_survey_by_its_points(tmp_path, caplog):
+    a = _square(tmp_path / "a.las", 0, 0)
+    b = _square(tmp_path / "b.las", 100, 0)
+    with open(b, "r+b") as f:  # a writer that left the box unset: max/min x, y, z all zero
+        f.seek(179)
+        f.write(struct.pack("<6d", *[0.0] * 6))
+    assert laspy.open(b).header.maxs[0] == 0.0
+    with caplog.at_level(logging.WARNING, logger="uxbseg.survey"):
+        files = read_headers([(a, None), (b, None)])
+        surveys = find_surveys(files, 100.0, PointStore(tmp_path / "store"))
+    assert files[1].bounds == pytest.approx((100.0, 0.0, 200.0, 100.0))  # its points' box
+    assert surveys[a] is surveys[b]
+    assert f"{b}: its header states no usable box" in caplog.text
+
+
+def test_header_boxes_that_cannot_be_or_do_not_hold_the_points():
+    from uxbseg.io.las import header_box, header_box_note
+
+    las = laspy.LasData(laspy.LasHeader(point_format=3, version="1.2"))
+    las.header.scales, las.header.offsets = [0.01] * 3, [1000.0, 2000.0, 0.0]
+    las.x, las.y, las.z = np.array([1000.0, 1100.0]), np.array([2000.0, 2050.0]), np.zeros(2)
+    las.update_header()
+    limits = ((int(las.X.min()), int(las.X.max())), (int(las.Y.min()), int(las.Y.max())))
+    lo, hi = header_box(las.header)
+    assert lo.tolist() == [0, 0] and hi.tolist() == [10000, 5000]  # raw units
+    assert header_box_note(las, limits) is None
+    las.header.maxs = [1090.0, 2050.0, 0.0]  # 10 m short of the points
+    note = header_box_note(las, limits)
+    assert "its header states the box x 1000.00..1090.00" in note
+    assert "its points span x 1000.00..1100.00, y 2000.00..2050.00" in note
+    for mins, maxs in (([0, 0, 0], [0, 0, 0]), ([5, 0, 0], [1, 9, 0]), ([np.nan, 0, 0], [1, 1, 0])):
+        las.header.mins, las.header.maxs = mins, maxs
+        assert header_box(las.header) is None  # unset, inverted, not finite
+        assert header_box_note(las, limits) is None  # the survey takes the points' box instead
+
+
 def test_two_areas_cut_in_one_local_frame_are_no_survey(tmp_path, caplog):
     """Each area's two pieces touch, and so do pieces of different areas: one set of
     neighbours, holding the same ground twice; none is a survey. A third area elsewhere is."""
@@ -280,9 +316,12 @@ def test_a_file_whose_header_understates_its_bounds_is_predicted_on_its_own(
     _spoil_header_bounds(east)
     model, cfg = load_model(trained_run[0].best_weights)
     jobs = [PredictJob(tmp_path / "tiles" / f"{n}.las", None, n) for n in ("west", "east")]
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         res = predict_files(model, cfg, jobs, tmp_path / "out", window=100.0, progress=False)
-    assert f"{east}: its points reach beyond the bounds in its header" in caplog.text
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    (header,) = [m for m in warned if "its header states the box" in m]  # said once, with the fix
+    assert header.startswith(f"{east}: ") and "rewrite the header" in header
+    assert f"{east}: its points reach beyond the bounds in its header" in caplog.text  # info
     assert [r.error for r in res] == [None, None]
     assert [r.survey for r in res] == [2, 0]  # the west file still reads the east's points
     assert [r.points for r in res] == sizes

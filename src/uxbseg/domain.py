@@ -1,6 +1,7 @@
-"""How unlike the training tiles a point cloud is: a CRS not in metres, or a point density far
-from theirs. Each kind of warning is logged in full for the first file, then counted, so a
-survey of 200 files says it once and then how many files it concerns."""
+"""How unlike the training tiles a point cloud is: a CRS not in metres, or a point density far from
+theirs (and a header whose box does not hold the points). Each kind of warning is logged in full
+for the first file, then counted, so a survey of 200 files says it once and then how many files
+it concerns."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from .config import Config
 from .data.pairs import density_note
-from .io.las import units_warning
+from .io.las import header_box_note, units_warning
 
 __all__ = ["DomainCheck", "domain_warnings"]
 
@@ -19,8 +20,9 @@ log = logging.getLogger(__name__)
 
 def domain_warnings(las, n: int, limits, cfg: Config) -> dict[str, str]:
     """What makes a file of ``n`` points within raw XY ``limits`` unlike the training tiles, by
-    kind: ``units`` (a CRS not in metres), ``density`` (far from ``grid.tile_density``)."""
-    said = {"units": units_warning(las)}
+    kind: ``units`` (a CRS not in metres), ``density`` (far from ``grid.tile_density``); and
+    ``header`` (its header's box does not hold its points, which misleads the survey)."""
+    said = {"units": units_warning(las), "header": header_box_note(las, limits)}
     (x0, x1), (y0, y1) = limits
     sx, sy = las.header.scales[:2]
     area = (x1 - x0) * sx * (y1 - y0) * sy

@@ -23,6 +23,8 @@ __all__ = [
     "PointArrays",
     "crs_epsg",
     "crs_units",
+    "header_box",
+    "header_box_note",
     "is_compressed",
     "max_classification",
     "read_las",
@@ -348,6 +350,43 @@ def units_warning(las: laspy.LasData) -> str | None:
         "radii, training-tile windows) are applied to the coordinates as metres, so the model "
         "sees this file at another scale; reproject it to a metric CRS first (e.g. PDAL's "
         "filters.reprojection)"
+    )
+
+
+def header_box(header) -> tuple[np.ndarray, np.ndarray] | None:
+    """The XY box a LAS header states, in raw integer units (lo, hi), or None when it cannot be
+    a box of points (not finite, inverted, or all zero - writers that leave it unset)."""
+    lo, hi = np.asarray(header.mins[:2], float), np.asarray(header.maxs[:2], float)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or (lo > hi).any():
+        return None
+    if not lo.any() and not hi.any():
+        return None
+    scale, offset = np.asarray(header.scales[:2]), np.asarray(header.offsets[:2])
+    return np.round((lo - offset) / scale), np.round((hi - offset) / scale)
+
+
+def header_box_note(las, limits) -> str | None:
+    """What to tell about a file whose header's XY box does not hold its points (raw XY
+    ``limits``, ``((X min, X max), (Y min, Y max))``), or None: surveys are grouped by the
+    headers' boxes (``uxbseg.survey``), so such a file may be predicted apart from its
+    neighbours. None too for a header without a usable box (:func:`header_box`), whose
+    points' box the survey takes instead."""
+    box = header_box(las.header)
+    if box is None:  # no box at all: the survey takes the points' (and says so)
+        return None
+    (x0, x1), (y0, y1) = limits
+    (blx, bly), (bhx, bhy) = box
+    if x0 >= blx - 1 and y0 >= bly - 1 and x1 <= bhx + 1 and y1 <= bhy + 1:
+        return None
+    h = las.header
+    stated = f"x {h.mins[0]:.2f}..{h.maxs[0]:.2f}, y {h.mins[1]:.2f}..{h.maxs[1]:.2f}"
+    sx, sy = h.scales[:2]
+    ox, oy = h.offsets[:2]
+    actual = f"x {x0 * sx + ox:.2f}..{x1 * sx + ox:.2f}, y {y0 * sy + oy:.2f}..{y1 * sy + oy:.2f}"
+    return (
+        f"its header states the box {stated}, its points span {actual}: surveys are found "
+        "from the headers, so it may be predicted apart from its neighbours or without their "
+        "points; rewrite the header (e.g. pdal translate, or lasinfo -repair_bb)"
     )
 
 
