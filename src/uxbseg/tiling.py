@@ -152,8 +152,11 @@ def tile_dataset(
         pairs, desc="tile", unit="pair", disable=not progress, **progress_options()
     ):
         las = read_las(pair.las)
-        mins, maxs = las.header.mins, las.header.maxs
-        extent = (float(maxs[0] - mins[0]), float(maxs[1] - mins[1]))
+        sx, sy = las.header.scales[:2]  # the points' extent (a header's box may be stale)
+        X, Y = np.asarray(las.X), np.asarray(las.Y)
+        extent = (
+            (float(X.max() - X.min()) * sx, float(Y.max() - Y.min()) * sy) if len(X) else (0, 0)
+        )
         folders = _cut_pair(pair, las, side, out / split)
         if folders is None:
             folder = out / split / pair.pair_id
