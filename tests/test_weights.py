@@ -87,3 +87,18 @@ def test_a_mistyped_input_is_refused_before_the_model_is_built(trained_run, tmp_
     err = capsys.readouterr().err
     assert f"error: {tmp_path / 'a.las'}: no such file or folder (and 1 more); check" in err
     assert not out.exists()  # nothing made, nothing run
+
+
+def test_weights_of_other_shapes_are_named_briefly(trained_run, tmp_path):
+    result, _ = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(result.run_dir, run)
+    state = torch.load(result.run_dir / f"{result.best_weights.stem}.pth", weights_only=True)
+    key = next(k for k, v in state.items() if v.ndim == 1 and v.is_floating_point())
+    state[key] = torch.zeros(len(state[key]) + 1)
+    torch.save(state, run / "wider.pth")
+    with pytest.raises(BadDataError) as exc:
+        load_model(run / "wider.pth")
+    text = str(exc.value)
+    assert f"size mismatch for {key}" in text and "pass weights together" in text
+    assert len(text) < 600

@@ -117,7 +117,7 @@ def _lightning_weights(path: Path, ckpt: dict) -> dict:
 
 def _read_state(path: Path, map_location) -> dict:
     """The state dict in ``path``, read as tensors only (never unpickling code)."""
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             return load_file(str(path), device=str(map_location))
         except Exception as exc:
@@ -161,7 +161,16 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     cfg.model.pretrained_2d = None  # the weights file holds every parameter
     state = _read_state(path, map_location)
     model = UXBFusionModel.from_config(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of other shapes (strict or not)
+        sizes = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        more = f" and {len(sizes) - 2} more" if len(sizes) > 2 else ""
+        raise BadDataError(
+            f"{path}: weights do not fit the model its configuration describes: "
+            f"{'; '.join(sizes[:2]) or str(exc).splitlines()[0]}{more}; pass weights together "
+            "with the run's config.yaml they were trained with"
+        ) from exc
     if missing or unexpected:
         said = [f"{len(missing)} missing ({_some(missing)})"] if missing else []
         said += [f"{len(unexpected)} not in the model ({_some(unexpected)})"] if unexpected else []

@@ -148,8 +148,10 @@ def _warn_if_too_big_for_the_cpu(cfg: Config) -> bool:
     the seed's size (voxels x feature_size x batch): the seed's step takes minutes there and
     tens of GiB."""
     accelerator = cfg.trainer.accelerator
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return False
+    if accelerator != "cpu":  # Lightning's auto takes a GPU (CUDA or Apple's MPS) when there is one
+        mps = getattr(torch.backends, "mps", None)
+        if accelerator != "auto" or torch.cuda.is_available() or (mps and mps.is_available()):
+            return False
     d, h, w = cfg.grid.shape
     size = d * h * w * cfg.model.feature_size * cfg.data.batch_size
     if size * 16 < SEED_SIZE:
@@ -175,12 +177,13 @@ def _require_validation_split(root, cfg: Config) -> None:
     if val.is_dir() or not train_dir.is_dir():  # a missing train/ is find_pairs' to report
         return
     side = f"{cfg.grid.tile_extent:g}" if cfg.grid.tile_extent else "S"
+    what_s = "; S: your tiles' side, in CRS units" if side == "S" else ""
     raise BadDataError(
         f"{val}: no validation split (training picks its best epoch and stops early by the loss "
         f"on it, as the original script did); add labelled pairs there, or make one from "
         f"{cfg.data.train_split}/: uxbseg tile {root} NEW_ROOT --side {side} --hold-out 0.2 "
-        "(whole blocks of ground move to test/; S: your tiles' side, in CRS units), or name "
-        "another split with --set data.val_split=NAME"
+        f"(whole blocks of ground move to test/{what_s}), or name another "
+        "split with --set data.val_split=NAME"
     )
 
 
