@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU run for a lent device (see DEVELOPERS.md), sized for the 15 minutes of device
 # time (one call of ~9 minutes; a compiled variant costs ~6 minutes: ~280 s to compile the
-# training step, ~80 s more for the inference graph). In order of importance, so that a call cut
-# by its time limit keeps the most:
+# training step, ~80 s more for the inference graph; then gpu_smoke.sh in a second call). In
+# order of importance, so that a call cut by its time limit keeps the most:
 # 1. the seed architecture as written against the fast path compiled: bf16 + fast fusion +
 #    channels_last (the norm traced as var_mean, fused by Inductor) + SDPA window attention in
 #    training (the mask broadcast, never one per window of the batch) + the few-channel first
@@ -12,15 +12,16 @@
 #    forward. Eighteenth session (H200, torch 2.11, batch 4 for both, no profile): 4.56x
 #    training, 3.68x forward, 43.1 / 13.7 GiB;
 # 2. the same fast path in eager mode at batch 1 (the seed's batch: peak memory against the
-#    seed's), after --check (its 3D logits against the plain fp32 path, same weights);
-# 3. the kernels alone at the seed's sizes, batch 4 (seconds): the first convs (cuDNN against
-#    the unfolded matrix product), the instance norms, the window attention (MONAI's vs SDPA).
+#    seed's), after --check (its 3D logits against the plain fp32 path, same weights).
 # Measured already (BENCHMARKS.md), rerun with more time:
+#   python3 -m benchmarks kernels --config seed --batch 4 --repeats 3   (eighteenth session)
 #   python3 -m benchmarks train --config seed --steps 5 --fast-batch 1 4 --profile 15
 #   python3 -m benchmarks data --config seed --tiles 16 --workers 0 4 8 14
 #   the compile's start-up from a warm Inductor cache: a second process of step 1
-# Writes everything to $OUT/gpu.log. Then, if the machine is still warm and ~2 minutes are left,
-# bash benchmarks/gpu_smoke.sh in a second call: the product end to end on the card.
+# Writes everything to $OUT/gpu.log (about 9 minutes). Then at once, while the machine is warm
+# (it goes back after 30 s idle), a second call: bash benchmarks/gpu_smoke.sh (about 2 minutes):
+# the product itself on the card (Lightning's bf16 training with SDPA attention, predict and
+# evaluate with cuDNN autotuning and batched windows), which has never run on a GPU.
 # Usage on the device: bash benchmarks/gpu_check.sh   (needs the project importable: pip install -e .,
 # or PYTHONPATH=src with its dependencies installed). BATCH=4 FBATCH=4 bash ... repeats the
 # eighteenth session's measurement (43.1 GiB at batch 4 on an H200; batch 8 needs an estimated
@@ -39,9 +40,8 @@ FBATCH=${FBATCH:-16}
   python3 -c "import torch, transformers, monai; print('torch', torch.__version__, \
 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), \
 'transformers', transformers.__version__, 'monai', monai.__version__)"
-  python3 -m benchmarks train --config seed --steps 5 --fast-batch "$BATCH" --forward-batch "$FBATCH" --compile --profile 30 \
-    --only "seed as written" "$BEST + compile"
+  python3 -m benchmarks train --config seed --steps 5 --fast-batch "$BATCH" \
+    --forward-batch "$FBATCH" --compile --profile 30 --only "seed as written" "$BEST + compile"
   python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --check \
     --only "seed as written" "$BEST"
-  python3 -m benchmarks kernels --config seed --batch 4 --repeats 3
 } 2>&1 | tee "$OUT/gpu.log"
