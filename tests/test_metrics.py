@@ -55,3 +55,22 @@ def test_absent_class_gives_nan_and_bad_input_is_refused():
         iou_interval(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="level"):
         iou_interval(tiles, level=95)
+
+
+def test_the_report_of_one_tile_has_no_interval_and_an_absent_class_no_span():
+    from uxbseg.evaluate import format_result
+
+    cm = np.array([[90, 5, 0], [3, 7, 0], [0, 0, 0]])  # no structure at all
+    level = {
+        "metrics": metrics_from_confusion(cm),
+        "baseline": metrics_from_confusion(np.array([[95, 0, 0], [10, 0, 0], [0, 0, 0]])),
+        "confusion": cm.tolist(),
+        "iou_interval": iou_interval([cm]),
+    }
+    assert np.isnan(level["iou_interval"]["structure"]).all()
+    one = format_result({"split": "test", "tiles": 1, "points": level})
+    assert one.startswith("test: 1 tile\n")
+    assert "IoU, 95 % interval: none from one tile" in one
+    two = format_result({"split": "test", "tiles": 2, "points": level})
+    assert two.startswith("test: 2 tiles\n") and "interval over the 2 tiles" in two
+    assert "structure -" in two and "nan" not in two.split("IoU, 95 %")[1]

@@ -316,7 +316,8 @@ def format_result(result: dict) -> str:
             rows[f"{lvl} (all-ground)"] = result[lvl]["baseline"]
     if "survey" in result:
         rows["points (as surveys)"] = result["survey"]["points"]["metrics"]
-    lines = [f"{result['split']}: {result['tiles']} tiles", format_metrics_table(rows)]
+    n = result["tiles"]
+    lines = [f"{result['split']}: {n} tile{'s' * (n != 1)}", format_metrics_table(rows)]
     if "windows" in result:
         win = result["windows"]
         lines.append(
@@ -335,15 +336,19 @@ def format_result(result: dict) -> str:
                 f"confusion ({lvl}; rows truth, cols prediction: ground, plazuela, "
                 f"structure): {result[lvl]['confusion']}"
             )
+
+    def span(lo: float, hi: float) -> str:
+        return f"{lo:.2f}-{hi:.2f}" if np.isfinite(lo) and np.isfinite(hi) else "-"
+
     spans = [
         f"{lvl} "
-        + ", ".join(
-            f"{name} {lo:.2f}-{hi:.2f}" for name, (lo, hi) in result[lvl]["iou_interval"].items()
-        )
+        + ", ".join(f"{name} {span(*b)}" for name, b in result[lvl]["iou_interval"].items())
         for lvl in ("voxels", "points")
         if lvl in result
     ]
-    if spans:
+    if spans and result["tiles"] < 2:
+        lines.append("IoU, 95 % interval: none from one tile (a bootstrap over 2 tiles or more)")
+    elif spans:
         lines.append(
             f"IoU, 95 % interval over the {result['tiles']} tiles (bootstrap; how far another "
             f"split like this one could move it): " + "; ".join(spans)
