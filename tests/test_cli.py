@@ -191,3 +191,24 @@ def test_a_gpu_out_of_memory_in_evaluate_names_the_batch(
     err = capsys.readouterr().err
     assert "error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB.); lower" in err
     assert "line two" not in err
+
+
+def test_device_picks_where_the_model_runs(trained_run, tiny_dataset, tmp_path, capsys):
+    las = next((tiny_dataset / "predict" / "pair_0000").glob("*.las"))
+    weights = str(trained_run[0].best_weights)
+    args = ["predict", "--weights", weights, "--input", str(las), "--out", str(tmp_path / "o")]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert (tmp_path / "o" / f"pred_{las.stem}.las").is_file()
+    with pytest.raises(SystemExit) as exc:  # not a device's name: a usage error
+        main([*args, "--device", "gpu"])
+    assert exc.value.code == 2
+    assert (
+        "give auto, cpu, cuda, cuda:N (the N-th GPU) or mps, got 'gpu'" in capsys.readouterr().err
+    )
+    missing = f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"
+    assert (
+        main(["evaluate", "--weights", weights, "--data", str(tiny_dataset), "--device", missing])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert f"error: --device {missing}: this machine has " in err and "--device cpu" in err

@@ -110,12 +110,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_result
     from .io.weights import load_model
 
+    device = _device(args.device)
     model, cfg = _with_adjustment(*load_model(args.weights), args)
     result = evaluate(
         model,
         cfg,
         args.data,
         args.split,
+        device=device,
         progress=not args.json,
         tta=args.tta,
         window=args.window,
@@ -286,6 +288,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     jobs = _predict_jobs(args, weights_config(args.weights))
     out = args.out or (args.data / "predict_out" if args.data else Path("predict_out"))
     check_jobs(jobs, out)  # conflicting arguments fail before the model is built
+    device = _device(args.device)
     model, cfg = _with_adjustment(*load_model(args.weights), args)
     codes = args.codes
     results = predict_files(
@@ -304,6 +307,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         survey=not args.no_survey,
         report=args.report,
         resume=args.resume,
+        device=device,
     )
     failed = [r for r in results if r.error]
     for r in results:
@@ -341,6 +345,48 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.report is not None:
         print(f"pictures: {args.report / 'report.html'}")
     return 1 if failed else 0
+
+
+def _device_text(text: str) -> str:
+    """``--device``'s form (its presence on this machine is checked by :func:`_device`)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(
+            f"give auto, cpu, cuda, cuda:N (the N-th GPU) or mps, got {text!r}"
+        )
+    return text
+
+
+def _device(text: str):
+    """The torch device ``--device`` names: auto = the first CUDA GPU if there is one, else the
+    CPU; a GPU this machine lacks is an error that says what it has."""
+    import torch
+
+    from .errors import BadDataError
+
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(text)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            has = f"{count} CUDA GPU(s): cuda:0..cuda:{count - 1}" if count else "no CUDA GPU"
+            raise BadDataError(f"--device {text}: this machine has {has}; or give --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BadDataError(f"--device {text}: Apple's MPS is not available here; give cpu")
+    return device
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        type=_device_text,
+        default="auto",
+        metavar="auto|cpu|cuda[:N]|mps",
+        help="where the model runs (default auto: the first CUDA GPU if there is one, else the "
+        "CPU); e.g. cpu to leave a GPU to a training run, cuda:1 for the second GPU",
+    )
 
 
 def _decision_args(p: argparse.ArgumentParser) -> None:
@@ -441,6 +487,7 @@ def add_prediction_commands(sub) -> None:
         "pictures those tiles with predict's classes; they go through the model twice",
     )
     _window_args(p)
+    _device_arg(p)
     _decision_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -528,6 +575,7 @@ def add_prediction_commands(sub) -> None:
         "what it finishes in OUT/.uxbseg-predict.jsonl",
     )
     _window_args(p)
+    _device_arg(p)
     _decision_args(p)
     p.set_defaults(func=_cmd_predict)
 
