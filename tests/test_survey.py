@@ -70,7 +70,7 @@ def test_a_file_whose_header_states_no_box_joins_its_survey_by_its_points(tmp_pa
         f.seek(179)
         f.write(struct.pack("<6d", *[0.0] * 6))
     assert laspy.open(b).header.maxs[0] == 0.0
-    with caplog.at_level(logging.WARNING, logger="uxbseg.survey"):
+    with caplog.at_level(logging.WARNING, logger="uxbseg.io.las"):
         files = read_headers([(a, None), (b, None)])
         surveys = find_surveys(files, 100.0, PointStore(tmp_path / "store"))
     assert files[1].bounds == pytest.approx((100.0, 0.0, 200.0, 100.0))  # its points' box

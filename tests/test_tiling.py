@@ -2,6 +2,7 @@
 
 import filecmp
 import shutil
+import struct
 
 import laspy
 import numpy as np
@@ -174,3 +175,27 @@ def test_hold_out_moves_whole_blocks_of_training_tiles_to_test(tiny_dataset, tmp
                  "--hold-out", "0.2"]) == 1  # fmt: skip
     assert "include --split train" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_hold_out_places_a_tile_whose_header_states_no_box_by_its_points(
+    tiny_dataset, tmp_path, capsys
+):
+    """Two 100 m training pairs side by side at (5000, 5000), copied whole by tile; one LAS
+    header's box left unset (zeros). Its block comes from its points: both tiles lie in one
+    1000 m block, so holding out half of them would leave nothing to train on."""
+    root = tmp_path / "src"
+    for i, pair in enumerate(sorted((tiny_dataset / "train").glob("pair_*"))[:2]):
+        dst = root / "train" / pair.name
+        shutil.copytree(pair, dst)
+        path = next(dst.glob("*.las"))
+        las = laspy.read(path)
+        las.x = np.asarray(las.x) - las.x.min() + 5000.0 + 100.0 * i
+        las.y = np.asarray(las.y) - las.y.min() + 5000.0
+        las.write(path)
+    with open(path, "r+b") as f:  # the second pair's header: max/min x, y, z all zero
+        f.seek(179)
+        f.write(struct.pack("<6d", *[0.0] * 6))
+    args = ["tile", str(root), str(tmp_path / "out"), "--side", "100", "--hold-out", "0.5"]
+    assert main([*args, "--block", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "lie in 1 block(s) of 1000" in err  # not two: (0, 0) from the zeros

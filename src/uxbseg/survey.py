@@ -36,7 +36,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import BadDataError
-from .io.las import POINT_FIELDS, PointArrays, crs_epsg, header_box, read_point_fields
+from .io.las import POINT_FIELDS, PointArrays, crs_epsg, read_point_fields, xy_box
 from .io.raster import TPI_RADIUS_M
 from .windows import WindowPlan, crs_bounds, plan_for
 
@@ -84,7 +84,7 @@ class SurveyFile:
                 h = reader.header
                 if h.point_count == 0:
                     return None
-                lo, hi = _xy_box(path, reader)
+                lo, hi = xy_box(reader, path)
                 return cls(
                     path,
                     image,
@@ -96,36 +96,6 @@ class SurveyFile:
                 )
         except Exception:  # unreadable: predict names it when it reads the file
             return None
-
-
-def _xy_box(path: Path, reader) -> tuple:
-    """The XY box (mins, maxs; CRS units) of the file open in ``reader``: its header's, or its
-    points' where the header states none (unset, inverted, not finite: warned of where the
-    points' differs)."""
-    h = reader.header
-    if header_box(h) is not None:
-        return h.mins, h.maxs
-    lo, hi = _points_box(reader)
-    stated = np.r_[h.mins[:2], h.maxs[:2]]
-    if not np.allclose(np.r_[lo, hi], stated, rtol=0, atol=max(h.scales[:2])):
-        log.warning(
-            "%s: its header states no usable box (x %s..%s, y %s..%s); the survey takes its "
-            "points' (rewrite the header: e.g. pdal translate)",
-            path, h.mins[0], h.maxs[0], h.mins[1], h.maxs[1],
-        )  # fmt: skip
-    return lo, hi
-
-
-def _points_box(reader, chunk: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """The XY box (CRS units) of the points of an open LAS ``reader``, read a chunk at a time."""
-    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
-    for pts in reader.chunk_iterator(chunk):
-        for i, raw in enumerate((pts.X, pts.Y)):
-            raw = np.asarray(raw)
-            lo[i], hi[i] = min(lo[i], raw.min()), max(hi[i], raw.max())
-    h = reader.header
-    scale, offset = np.asarray(h.scales[:2]), np.asarray(h.offsets[:2])
-    return lo * scale + offset, hi * scale + offset
 
 
 @dataclass

@@ -27,7 +27,7 @@ from PIL import Image
 from .data.pairs import LAS_PATTERNS, Pair, find_pairs, find_splits
 from .data.voxelize import raw_xy_limits
 from .errors import BadDataError
-from .io.las import PointArrays, read_las
+from .io.las import PointArrays, read_las, xy_box
 from .io.raster import open_image
 from .run_dirs import require_folder
 from .runtime import progress_options
@@ -195,8 +195,8 @@ def hold_out(
     keys = []
     for _, folder in tiles:
         las = next(p for pat in LAS_PATTERNS for p in sorted(folder.glob(pat)))
-        with laspy.open(las) as reader:
-            mins, maxs = reader.header.mins, reader.header.maxs
+        with laspy.open(las) as reader:  # a copied pair's header may state no box
+            mins, maxs = xy_box(reader, las)
         cx, cy = (mins[0] + maxs[0]) / 2, (mins[1] + maxs[1]) / 2
         keys.append((math.floor(cx / block), math.floor(cy / block)))
     count = Counter(keys)

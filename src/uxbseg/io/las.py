@@ -33,6 +33,7 @@ __all__ = [
     "read_raw_vlrs",
     "units_warning",
     "write_classified",
+    "xy_box",
 ]
 
 
@@ -363,6 +364,36 @@ def header_box(header) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     scale, offset = np.asarray(header.scales[:2]), np.asarray(header.offsets[:2])
     return np.round((lo - offset) / scale), np.round((hi - offset) / scale)
+
+
+def xy_box(reader, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The XY box (mins, maxs; CRS units) of the LAS file ``path`` open in ``reader``
+    (``laspy.open``): its header's, or its points' (read a chunk at a time) where the header
+    states none (:func:`header_box`), with a warning where the points' box differs."""
+    h = reader.header
+    if header_box(h) is not None:
+        return np.asarray(h.mins[:2]), np.asarray(h.maxs[:2])
+    lo, hi = _points_box(reader)
+    stated = np.r_[h.mins[:2], h.maxs[:2]]
+    if not np.allclose(np.r_[lo, hi], stated, rtol=0, atol=max(h.scales[:2])):
+        log.warning(
+            "%s: its header states no usable box (x %s..%s, y %s..%s); its points' box is "
+            "taken (rewrite the header: e.g. pdal translate)",
+            path, h.mins[0], h.maxs[0], h.mins[1], h.maxs[1],
+        )  # fmt: skip
+    return lo, hi
+
+
+def _points_box(reader, chunk: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """The XY box (CRS units) of the points of an open LAS ``reader``, read a chunk at a time."""
+    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
+    for pts in reader.chunk_iterator(chunk):
+        for i, raw in enumerate((pts.X, pts.Y)):
+            raw = np.asarray(raw)
+            lo[i], hi[i] = min(lo[i], raw.min()), max(hi[i], raw.max())
+    h = reader.header
+    scale, offset = np.asarray(h.scales[:2]), np.asarray(h.offsets[:2])
+    return lo * scale + offset, hi * scale + offset
 
 
 def header_box_note(las, limits) -> str | None:
