@@ -212,3 +212,25 @@ def test_device_picks_where_the_model_runs(trained_run, tiny_dataset, tmp_path, 
     )
     err = capsys.readouterr().err
     assert f"error: --device {missing}: this machine has " in err and "--device cpu" in err
+
+
+def test_env_says_what_uxbseg_runs_on(capsys, tmp_path, monkeypatch):
+    import json
+
+    import laspy
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    (tmp_path / "inductor").mkdir()
+    (tmp_path / "inductor" / "kernel.bin").write_bytes(b"\0" * 2**20)  # 1 MiB
+    assert main(["env", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)
+    assert env["packages"]["torch"] == str(torch.__version__)
+    assert env["packages"]["laspy"] == laspy.__version__ and env["cores"] >= 1
+    assert "Lazrs" in env["laz_backends"]  # lazrs is a dependency: LAZ is readable
+    assert env["caches"]["inductor"] == {"folder": str(tmp_path / "inductor"), "mib": 1.0}
+    assert env["model_runs_on"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert len(env["gpus"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert main(["env"]) == 0
+    text = capsys.readouterr().out
+    assert f"predict and evaluate run the model on: {env['model_runs_on']}" in text
+    assert "LAZ backends: " in text and f"inductor cache: {tmp_path / 'inductor'} (1 MiB)" in text

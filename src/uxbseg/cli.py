@@ -35,6 +35,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_env(args: argparse.Namespace) -> int:
+    from .environment import describe_environment, format_environment
+
+    env = describe_environment()
+    if args.json:
+        import json
+
+        print(json.dumps(env, indent=2))
+    else:
+        print(format_environment(env))
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect_report import dataset_notes, format_reports, inspect_dataset, reports_to_dict
 
@@ -131,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_tile)
 
     _add_later_commands(sub)
+    s = sub.add_parser(
+        "env",
+        help="what uxbseg runs on: versions, GPUs, caches",
+        description="Print the versions of uxbseg and the libraries it uses, the CPU cores "
+        "and memory, the GPUs torch sees (name, memory, bf16) and where predict and evaluate "
+        "would run the model, the LAZ backends, and the voxel and compile caches with their "
+        "size. For checking a GPU set-up, and for a bug report.",
+    )
+    s.add_argument("--json", action="store_true", help="the same as JSON")
+    s.set_defaults(func=_cmd_env)
     return p
 
 
