@@ -3,6 +3,7 @@ test-time augmentation) on the device, under bf16 autocast on a GPU."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from .io.raster import (
     normalise_rgb,
     tpi,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MIRRORS",
@@ -68,8 +71,14 @@ def autotune_convs(device: torch.device) -> None:
 
 
 def model_for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` on ``device`` in evaluation mode, with :func:`autotune_convs`."""
+    """``model`` on ``device`` in evaluation mode, with :func:`autotune_convs`; says where."""
     autotune_convs(device)
+    if device.type == "cuda":
+        bf16 = "bf16" if torch.cuda.is_bf16_supported() else "float32"
+        where = f"{device} ({torch.cuda.get_device_name(device)}, {bf16})"
+    else:
+        where = f"the {device.type.upper()} (float32, {torch.get_num_threads()} threads)"
+    log.info("the model runs on %s; --device chooses", where)
     return model.to(device).eval()
 
 
