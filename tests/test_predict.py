@@ -510,12 +510,14 @@ def test_evaluate_names_every_incomplete_pair_before_any_tile(
     )
 
 
-def test_inference_autotunes_cudnn_on_a_gpu_only(monkeypatch):
+def test_inference_autotunes_cudnn_on_a_gpu_only(monkeypatch, caplog):
     from uxbseg.inference import autotune_convs, model_for_inference
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
     model = torch.nn.Conv3d(1, 1, 1).train()
-    out = model_for_inference(model, torch.device("cpu"))
+    with caplog.at_level("INFO", logger="uxbseg.inference"):
+        out = model_for_inference(model, torch.device("cpu"))
+    assert f"the model runs on the CPU (float32, {torch.get_num_threads()} threads)" in caplog.text
     assert out is model and not out.training
     assert torch.backends.cudnn.benchmark is False  # no process-wide change on the CPU
     autotune_convs(torch.device("cuda"))  # a device object: no GPU needed to set the flag
