@@ -414,3 +414,12 @@ def test_a_seed_size_model_on_the_cpu_is_warned_of(caplog):
         big_tiny = load_config("tiny", ["grid.shape=[32,256,256]", "model.feature_size=24"])
         assert _warn_if_too_big_for_the_cpu(big_tiny)  # 2 x 8.4 M voxels x 24: 50 %
         assert "(50% of the original script's size)" in caplog.text
+
+
+def test_training_says_where_it_runs(tmp_path):
+    from uxbseg.training.train import where_trainer_runs
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    said = where_trainer_runs(trainer)
+    assert said == f"cpu ({torch.get_num_threads()} threads), precision 32-true"

@@ -39,6 +39,7 @@ __all__ = [
     "TrainResult",
     "ValidatedEMA",
     "train",
+    "where_trainer_runs",
 ]
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ def train(
     metrics_csv = run_dir / "metrics.csv"
     earlier = _read_rows(metrics_csv) if resume else []
     trainer = _trainer(cfg, run_dir, callbacks, progress)
+    log.info("training on %s", where_trainer_runs(trainer))
     if tc.surface_pretrain_steps and ckpt_path is None:  # a resumed run has its branch already
         seconds = pretrain_surface(task.model, dm.train_ds, cfg, _precision(cfg), progress)
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
@@ -331,6 +333,16 @@ def _prepend_rows(path: Path, earlier: list[dict[str, str]]) -> None:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def where_trainer_runs(trainer: pl.Trainer) -> str:
+    """The device(s) and precision a Lightning trainer runs on, in words (Lightning's own
+    start-up lines are quiet unless --verbose)."""
+    dev = trainer.strategy.root_device
+    what = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+    what = what or f"{torch.get_num_threads()} threads"
+    n = trainer.num_devices
+    return f"{dev.type}{f' x {n}' if n > 1 else ''} ({what}), precision {trainer.precision}"
 
 
 def _trainer(cfg: Config, run_dir: Path, callbacks: list[Callback], progress: bool) -> pl.Trainer:
