@@ -4,9 +4,9 @@
 # training, the fused AdamW and predict's autocast on CUDA at all).
 # 1. uxbseg demo with a 0.5-minute budget on 4 synthetic tiles: synth, surface pre-training,
 #    training, evaluate, predict - on the GPU (trainer.accelerator: auto);
-# 2. predict --tta --probabilities with the same weights, on the GPU and on the CPU
-#    (CUDA_VISIBLE_DEVICES=""), and the two compared point by point: class agreement and the
-#    largest probability difference (bf16 autocast against float32);
+# 2. predict --tta --probabilities with the same weights, on the GPU and on the CPU (--device
+#    auto and cpu), and the two compared point by point: class agreement and the largest
+#    probability difference (bf16 autocast against float32);
 # 3. predict --window 50 --batch 4 on the GPU: each 100 m tile cut into 9 windows (3 a side at
 #    the default overlap 0.25), run 4 at a time under autocast while the next are prepared in a
 #    thread (predict's large-file path).
@@ -31,13 +31,12 @@ run() {
 }
 {
   nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
+  run python3 -m uxbseg env
   run python3 -m uxbseg demo --out "$WORK" --minutes 0.5 --train-tiles 4
-  for where in gpu cpu; do
-    if [ "$where" = cpu ]; then export CUDA_VISIBLE_DEVICES=""; fi
+  for where in auto cpu; do  # auto: the GPU where there is one
     run python3 -m uxbseg predict --weights "$WEIGHTS" --data "$WORK/data" --tta \
-      --probabilities --out "$WORK/pred_$where"
+      --probabilities --device "$where" --out "$WORK/pred_$where"
   done
-  unset CUDA_VISIBLE_DEVICES
   run python3 -m uxbseg predict --weights "$WEIGHTS" --data "$WORK/data" --window 50 --batch 4 \
     --out "$WORK/pred_windows"
   run python3 -m uxbseg evaluate --weights "$WEIGHTS" --data "$WORK/data" --window 50 --batch 4 \
@@ -58,7 +57,7 @@ import laspy
 import numpy as np
 
 work = Path(sys.argv[1])
-for gpu in sorted((work / "pred_gpu").glob("pred_*.la[sz]")):
+for gpu in sorted((work / "pred_auto").glob("pred_*.la[sz]")):
     a, b = laspy.read(gpu), laspy.read(work / "pred_cpu" / gpu.name)
     probs = [n for n in a.point_format.extra_dimension_names if n.startswith("prob_")]
     diff = max(float(np.abs(np.asarray(a[n]) - np.asarray(b[n])).max()) for n in probs)
@@ -70,4 +69,7 @@ for folder in sorted((work / "pred_windows").glob("*.windows")):
     print(f"{folder.name}: {n} window grids, {points} points classified")
 EOF
 } 2>&1 | tee "$OUT/smoke.log"
-exit "${PIPESTATUS[0]}"
+status=${PIPESTATUS[0]}
+# where each step ran, as the commands said (training: device and precision; the model: device)
+grep -E "training on |the model runs on " "$OUT/smoke.log" | sort | uniq -c
+exit "$status"
