@@ -219,12 +219,15 @@ def test_env_says_what_uxbseg_runs_on(capsys, tmp_path, monkeypatch):
 
     import laspy
 
+    import uxbseg
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     (tmp_path / "inductor").mkdir()
     (tmp_path / "inductor" / "kernel.bin").write_bytes(b"\0" * 2**20)  # 1 MiB
     assert main(["env", "--json"]) == 0
     env = json.loads(capsys.readouterr().out)
     assert env["packages"]["torch"] == str(torch.__version__)
+    assert env["packages"]["uxbseg"] == uxbseg.__version__
     assert env["packages"]["laspy"] == laspy.__version__ and env["cores"] >= 1
     assert "Lazrs" in env["laz_backends"]  # lazrs is a dependency: LAZ is readable
     assert env["caches"]["inductor"] == {"folder": str(tmp_path / "inductor"), "mib": 1.0}

@@ -56,6 +56,7 @@ def describe_environment() -> dict:
     import laspy
     import torch
 
+    from . import __version__
     from .data.cache import default_cache_dir
     from .runtime import user_cache_dir
 
@@ -80,7 +81,8 @@ def describe_environment() -> dict:
         "platform": platform.platform(),
         "cores": cores,
         "memory_gib": None if (m := _memory_gib()) is None else round(m, 1),
-        "packages": {name: _version(name) for name in PACKAGES},
+        # uxbseg's own from the package (it may run from a source tree, not installed)
+        "packages": {name: _version(name) for name in PACKAGES} | {"uxbseg": __version__},
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "gpus": gpus,
