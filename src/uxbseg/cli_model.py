@@ -364,9 +364,10 @@ def _device(text: str):
     import torch
 
     from .errors import BadDataError
+    from .inference import default_device
 
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     device = torch.device(text)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

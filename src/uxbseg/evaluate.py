@@ -17,7 +17,7 @@ from .decision import decide
 from .domain import DomainCheck
 from .errors import BadDataError
 from .finds import FIND_MIN_AREA, FOUND_COVER, object_counts, score_auc
-from .inference import infer_tile, model_for_inference
+from .inference import default_device, infer_tile, model_for_inference
 from .io.las import PointArrays, read_las
 from .io.raster import load_image, load_mask, mask_window, read_mask_values
 from .metrics import format_metrics_table, iou_interval, metrics_from_confusion
@@ -87,7 +87,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model = model_for_inference(model, device)
     pairs = find_pairs(root, split, cfg.data.image_glob, cfg.data.mask_glob)
     if not pairs:

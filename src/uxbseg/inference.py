@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MIRRORS",
     "autotune_convs",
+    "default_device",
     "infer_tile",
     "infer_tiles",
     "model_for_inference",
@@ -59,6 +60,11 @@ def _device_autocast(device: torch.device):
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
+
+
+def default_device() -> torch.device:
+    """Where predict and evaluate run the model unless told: the first CUDA GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def autotune_convs(device: torch.device) -> None:

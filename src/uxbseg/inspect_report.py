@@ -16,6 +16,7 @@ from .data.pairs import (
     tile_extent,
 )
 from .errors import BadDataError
+from .tiling import hold_out_command
 from .windows import WINDOW_TRIGGER
 
 __all__ = ["dataset_notes", "format_reports", "inspect_dataset", "reports_to_dict"]
@@ -133,9 +134,8 @@ def dataset_notes(
         side = tile_extent(reports["train"])
         notes.append(
             f"no {val_split}/ split: `uxbseg train` validates on it (best epoch, early stopping) "
-            f"and does not start without it; make one from train/ with `uxbseg tile {root} "
-            f"NEW_ROOT --side {'S' if side is None else f'{side:g}'} --hold-out 0.2` (whole "
-            f"blocks of ground move to {val_split}/)"
+            f"and does not start without it; make one from train/ with "
+            f"`{hold_out_command(root, side)}` (whole blocks of ground move to test/)"
         )
     return notes
 

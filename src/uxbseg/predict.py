@@ -26,7 +26,7 @@ from .finds import (
     write_finds,
     write_finds_geojson,
 )
-from .inference import infer_tile, model_for_inference, render_tpi_image
+from .inference import default_device, infer_tile, model_for_inference, render_tpi_image
 from .io.files import replacing
 from .io.las import (
     PointArrays,
@@ -367,7 +367,7 @@ def predict_files(
 
     check_jobs(jobs, out_dir)
     side = resolve_window(window, cfg)
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     batch = window_batch(batch, overlap, cfg, device)
     settings = run_settings(
         model,

@@ -171,6 +171,14 @@ def tile_dataset(
     return done
 
 
+def hold_out_command(root: str | Path, side: float | None) -> str:
+    """The ``uxbseg tile`` command that makes a test split of ``root``'s training tiles of
+    ``side`` (S where it is not known): what ``train`` and ``inspect`` tell a dataset without
+    one."""
+    s = "S" if side is None else f"{side:g}"
+    return f"uxbseg tile {root} NEW_ROOT --side {s} --hold-out 0.2"
+
+
 HELD_SUFFIX = "_from_train"
 """Added to the folder name of a training tile moved to test/ (a test pair may share its id)."""
 

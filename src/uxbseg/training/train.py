@@ -30,6 +30,7 @@ from ..errors import BadDataError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from ..run_dirs import require_folder
 from ..runtime import training_refresh_rate
+from ..tiling import hold_out_command
 from .surface_pretrain import pretrain_surface
 from .task import UXBSegmentationTask
 
@@ -177,14 +178,13 @@ def _require_validation_split(root, cfg: Config) -> None:
     train_dir = Path(root) / cfg.data.train_split
     if val.is_dir() or not train_dir.is_dir():  # a missing train/ is find_pairs' to report
         return
-    side = f"{cfg.grid.tile_extent:g}" if cfg.grid.tile_extent else "S"
-    what_s = "; S: your tiles' side, in CRS units" if side == "S" else ""
+    side = cfg.grid.tile_extent
+    what_s = "" if side else "; S: your tiles' side, in CRS units"
     raise BadDataError(
         f"{val}: no validation split (training picks its best epoch and stops early by the loss "
         f"on it, as the original script did); add labelled pairs there, or make one from "
-        f"{cfg.data.train_split}/: uxbseg tile {root} NEW_ROOT --side {side} --hold-out 0.2 "
-        f"(whole blocks of ground move to test/{what_s}), or name another "
-        "split with --set data.val_split=NAME"
+        f"{cfg.data.train_split}/: {hold_out_command(root, side)} (whole blocks of ground move "
+        f"to test/{what_s}), or name another split with --set data.val_split=NAME"
     )
 
 
