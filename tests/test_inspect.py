@@ -157,3 +157,15 @@ def test_density_note_names_the_ratio():
     assert "100x sparser than the training tiles (6)" in sparse
     assert "8x denser" in density_note(48.0, 6.0, "train/")
     assert density_note(0.0, 6.0, "x") is None and density_note(1.0, 0.0, "x") is None
+
+
+def test_a_16_bit_image_is_noted_with_how_it_is_read(broken, capsys):
+    """Pillow would turn a 16-bit TPI image white; inspect says how uxbseg reads it instead."""
+    image = next((broken / "test" / "pair_0000").glob("tpi_100m_*.png"))
+    grey = np.asarray(Image.open(image).convert("L")).astype(np.uint16)
+    Image.fromarray(grey * 257).save(image)
+    assert main(["inspect", str(broken), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    (note,) = [line for line in out.splitlines() if "greyscale image" in line]
+    assert note.startswith("  note pair_0000: image: 16-bit greyscale image, values")
+    assert "read as 8 bits (value / 256)" in note

@@ -10,6 +10,7 @@ from uxbseg.io.raster import (
     IMAGENET_STD,
     colourise_tpi,
     dem_from_points,
+    image_depth_note,
     load_image,
     load_mask,
     open_image,
@@ -40,6 +41,73 @@ def test_corrupt_png_is_bad_data(tmp_path):
     (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(BadDataError, match=r"x\.png"):
         load_image(tmp_path / "x.png")
+
+
+def _grey(rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, (24, 32)).astype(np.uint8)
+
+
+def test_a_16_bit_tpi_image_is_read_by_its_range_not_clipped_white(tmp_path):
+    grey = _grey(np.random.default_rng(0))
+    Image.fromarray(grey).save(tmp_path / "8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "16.png")  # 0..65535
+    assert Image.open(tmp_path / "16.png").mode == "I;16"
+    # Pillow's own conversion clips at 255: the image would be white
+    assert (np.asarray(Image.open(tmp_path / "16.png").convert("RGB")) == 255).mean() > 0.9
+    rgb = np.asarray(open_image(tmp_path / "16.png", "RGB"))
+    np.testing.assert_array_equal(rgb, np.repeat(grey[..., None], 3, axis=2))
+    np.testing.assert_array_equal(
+        load_image(tmp_path / "16.png", 8), load_image(tmp_path / "8.png", 8)
+    )
+    note = image_depth_note(tmp_path / "16.png")
+    assert note.startswith("16-bit greyscale image, values") and "value / 256" in note
+    assert image_depth_note(tmp_path / "8.png") is None
+
+
+def test_8_bit_values_in_a_16_bit_file_are_read_as_they_are(tmp_path):
+    grey = _grey(np.random.default_rng(1))
+    Image.fromarray(grey.astype(np.uint16)).save(tmp_path / "16.png")
+    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "16.png", "L")), grey)
+    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "16.png", "RGB"))[..., 1], grey)
+    assert "read as they are" in image_depth_note(tmp_path / "16.png")
+
+
+def test_a_16_bit_image_that_keeps_few_grey_levels_is_noted_with_the_fix(tmp_path):
+    narrow = 1000 + _grey(np.random.default_rng(2)).astype(np.uint16) // 40  # 7 values
+    Image.fromarray(narrow).save(tmp_path / "16.png")
+    note = image_depth_note(tmp_path / "16.png")
+    assert "only 1 grey level(s) remain of 7" in note and "gdal_translate -ot Byte -scale" in note
+
+
+def test_float_images_0_to_1_are_scaled_and_a_float_tpi_in_metres_refused(tmp_path):
+    grey = _grey(np.random.default_rng(3))
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "unit.tif")
+    np.testing.assert_array_equal(
+        np.asarray(open_image(tmp_path / "unit.tif", "RGB"))[..., 0], grey
+    )
+    assert "value x 255" in image_depth_note(tmp_path / "unit.tif")
+    metres = grey.astype(np.float32) / 32 - 4  # a TPI of -4..4 m
+    Image.fromarray(metres).save(tmp_path / "tpi.tif")
+    with pytest.raises(
+        BadDataError, match=r"tpi\.tif: float greyscale image, values -4\.\.3\.96875"
+    ):
+        load_image(tmp_path / "tpi.tif")
+    assert image_depth_note(tmp_path / "tpi.tif") is None  # open_image's error says it
+    nan = metres.copy()
+    nan[0, 0] = np.nan
+    Image.fromarray(nan).save(tmp_path / "nan.tif")
+    with pytest.raises(BadDataError, match="NaN"):
+        open_image(tmp_path / "nan.tif", "RGB")
+
+
+def test_a_16_bit_mask_keeps_its_class_values(tmp_path):
+    m = np.zeros((8, 8), np.uint16)
+    m[:4] = 76
+    m[6:] = 150
+    Image.fromarray(m).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(
+        load_mask(tmp_path / "m.png", (8, 8)), (m == 76) * 1 + (m == 150) * 2
+    )
 
 
 def test_tpi_plane_is_zero_and_bump_positive():

@@ -10,7 +10,7 @@ import numpy as np
 from ..classes import CLASSES
 from ..errors import BadDataError
 from ..io.las import read_las, units_warning
-from ..io.raster import open_image
+from ..io.raster import image_depth_note, open_image
 from .overlap import GroundRaster
 
 __all__ = [
@@ -244,6 +244,9 @@ def check_pair(pair: Pair) -> PairReport:
         try:
             im = open_image(pair.image, "RGB")
             rep.image_size = im.size
+            depth = image_depth_note(pair.image)
+            if depth:
+                rep.notes.append(f"image: {depth}")
         except BadDataError as exc:
             probs.append(
                 Problem(

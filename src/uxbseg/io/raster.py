@@ -22,8 +22,10 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "TPI_CLIP_M",
     "TPI_RADIUS_M",
+    "WIDE_GREY_MODES",
     "colourise_tpi",
     "dem_from_points",
+    "image_depth_note",
     "image_window",
     "load_image",
     "load_mask",
@@ -85,11 +87,79 @@ def open_image(path: str | Path, mode: str) -> Image.Image:
                     "tile), or predict without --image to render the TPI from the points"
                 )
             im.load()
+            if mode != "L" and im.mode in WIDE_GREY_MODES:
+                im = _eight_bit(im, path)[0]
             return im.convert(mode)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadDataError(
             f"{path}: not a readable image ({exc}); re-export the PNG or remove the pair"
         ) from exc
+
+
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""Pillow's modes of greyscale images of more than 8 bits (16-bit PNG, 32-bit and float TIFF),
+which Pillow's own conversion to RGB clips at 255: a 16-bit TPI image spanning its range
+would come out white."""
+
+_EXPORT_8BIT = (
+    "export the TPI image as an 8-bit PNG with its values stretched to 0-255 "
+    "(e.g. gdal_translate -ot Byte -scale)"
+)
+
+
+def _eight_bit(im: Image.Image, path: Path) -> tuple[Image.Image, str]:
+    """A greyscale image of more than 8 bits (:data:`WIDE_GREY_MODES`) as 8-bit ``L``, and how it
+    was read, for ``inspect``.
+
+    Values within 0..255 are taken as they are (8-bit values in a wider file; Pillow's own
+    conversion does the same); integers up to 65535 are divided by 256 and floats within 0..1
+    multiplied by 255, as scikit-image's ``img_as_ubyte`` does; other ranges (a float TPI in
+    metres, negative values) have no known colours and are refused.
+    """
+    v = np.asarray(im)
+    kind = "float" if im.mode == "F" else "16-bit" if im.mode.startswith("I;16") else "integer"
+    if v.size == 0:
+        return im.convert("L"), f"{kind} greyscale image, empty"
+    if not np.isfinite(v).all():
+        raise BadDataError(
+            f"{path}: {kind} greyscale image holds NaN or infinite values; " + _EXPORT_8BIT
+        )
+    lo, hi = v.min().item(), v.max().item()
+    seen = f"{kind} greyscale image, values {lo:g}..{hi:g}"
+    if lo >= 0 and hi <= 255 and not (im.mode == "F" and hi <= 1):
+        out, how = np.rint(v), "read as they are (8-bit values in a wider file)"
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        out, how = np.rint(v * 255.0), "read as 8 bits (value x 255)"
+    elif im.mode != "F" and lo >= 0 and hi <= 65535:
+        out, how = v.astype(np.int64) >> 8, "read as 8 bits (value / 256)"
+    else:
+        ranges = "neither within 0..1 nor 0..255" if im.mode == "F" else "not within 0..65535"
+        raise BadDataError(f"{path}: {seen} ({ranges}): their colours are unknown; {_EXPORT_8BIT}")
+    return Image.fromarray(out.astype(np.uint8), "L"), f"{seen}: {how}"
+
+
+def image_depth_note(path: str | Path) -> str | None:
+    """How an image of more than 8 bits a channel is read (:func:`open_image`), or None for an
+    8-bit image; ``inspect`` lists it."""
+    path = Path(path)
+    try:
+        with _pixel_limit(MAX_IMAGE_PIXELS), Image.open(path) as im:
+            if im.mode not in WIDE_GREY_MODES:
+                return None
+            im.load()
+            grey, note = _eight_bit(im, path)
+            v = np.asarray(im)
+            levels = np.count_nonzero(np.bincount(np.asarray(grey).ravel(), minlength=256))
+            distinct = (
+                len(np.unique(v))
+                if im.mode == "F"
+                else np.count_nonzero(np.bincount(v.ravel().astype(np.int64)))
+            )
+            if levels < min(16, distinct):
+                note += f"; only {levels} grey level(s) remain of {distinct}: {_EXPORT_8BIT}"
+            return note
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, BadDataError):
+        return None  # open_image reports it
 
 
 def load_image(path: str | Path, size: int = 512) -> np.ndarray:
