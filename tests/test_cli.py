@@ -211,7 +211,11 @@ def test_device_picks_where_the_model_runs(trained_run, tiny_dataset, tmp_path, 
         == 1
     )
     err = capsys.readouterr().err
-    assert f"error: --device {missing}: this machine has " in err and "--device cpu" in err
+    assert f"error: --device {missing}: " in err and err.rstrip().endswith("or give --device cpu")
+    if torch.version.cuda is None:  # this CPU-only build: the fix is another torch, not a flag
+        assert f"this torch ({torch.__version__}) is a build without CUDA; install a CUDA" in err
+    else:
+        assert "torch sees" in err
 
 
 def test_env_says_what_uxbseg_runs_on(capsys, tmp_path, monkeypatch):
@@ -237,3 +241,28 @@ def test_env_says_what_uxbseg_runs_on(capsys, tmp_path, monkeypatch):
     text = capsys.readouterr().out
     assert f"predict and evaluate run the model on: {env['model_runs_on']}" in text
     assert "LAZ backends: " in text and f"inductor cache: {tmp_path / 'inductor'} (1 MiB)" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch uses the GPU here")
+def test_an_nvidia_gpu_torch_cannot_use_is_named_with_the_fix(monkeypatch, capsys, caplog):
+    from uxbseg import environment, inference
+
+    monkeypatch.setattr(environment, "_nvidia_driver", lambda: None)
+    assert environment.unused_gpu() is None  # no driver: nothing to say
+    driver = "NVRM version: NVIDIA UNIX x86_64 Kernel Module 580.159.04"
+    monkeypatch.setattr(environment, "_nvidia_driver", lambda: driver)
+    why = environment.unused_gpu()
+    assert why.startswith(f"this machine has an NVIDIA driver ({driver}) but ")
+    if torch.version.cuda is None:  # this CPU-only build
+        assert f"this torch ({torch.__version__}) is built without CUDA" in why
+        assert "install a CUDA build of torch" in why
+    else:
+        assert "sees no GPU" in why
+    assert main(["env"]) == 0
+    assert f"  but {why}" in capsys.readouterr().out
+    inference._warn_unused_gpu.cache_clear()
+    with caplog.at_level("WARNING", logger="uxbseg.inference"):
+        assert inference.default_device().type == "cpu"
+        inference.default_device()  # said once
+    assert [r.getMessage() for r in caplog.records] == [why]
+    inference._warn_unused_gpu.cache_clear()

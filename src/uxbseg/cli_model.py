@@ -372,10 +372,19 @@ def _device(text: str):
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (device.index or 0) >= count:
-            has = f"{count} CUDA GPU(s): cuda:0..cuda:{count - 1}" if count else "no CUDA GPU"
-            raise BadDataError(f"--device {text}: this machine has {has}; or give --device cpu")
+            if count:
+                gpus = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"
+                why = f"torch sees {count} CUDA GPU(s) here ({gpus}); give one of them"
+            elif torch.version.cuda is None:
+                why = (
+                    f"this torch ({torch.__version__}) is a build without CUDA; install a CUDA "
+                    "build of torch (pytorch.org shows the command) to run on a GPU"
+                )
+            else:
+                why = "torch sees no CUDA GPU here (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+            raise BadDataError(f"--device {text}: {why}, or give --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise BadDataError(f"--device {text}: Apple's MPS is not available here; give cpu")
+        raise BadDataError(f"--device {text}: Apple's MPS is not available here; give --device cpu")
     return device
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["describe_environment", "format_environment"]
+__all__ = ["describe_environment", "format_environment", "unused_gpu"]
 
 PACKAGES = (
     "uxbseg",
@@ -50,6 +51,41 @@ def _folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver this machine has (Linux's ``/proc/driver/nvidia/version``, or
+    ``nvidia-smi`` on the PATH), in words; None where there is none."""
+    try:
+        first = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
+        return " ".join(first.split()[:8])
+    except (OSError, IndexError):
+        pass
+    smi = shutil.which("nvidia-smi")
+    return f"nvidia-smi at {smi}" if smi else None
+
+
+def unused_gpu() -> str | None:
+    """Why torch sees no CUDA GPU on a machine that has an NVIDIA driver, and the fix (a torch
+    built without CUDA is the usual cause); None where torch sees one, or there is no driver."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    driver = _nvidia_driver()
+    if driver is None:
+        return None
+    if torch.version.cuda is None:
+        return (
+            f"this machine has an NVIDIA driver ({driver}) but this torch ({torch.__version__}) "
+            "is built without CUDA, so everything runs on the CPU; install a CUDA build of "
+            "torch (pytorch.org shows the command for your CUDA version)"
+        )
+    return (
+        f"this machine has an NVIDIA driver ({driver}) but torch (CUDA {torch.version.cuda}) "
+        "sees no GPU, so everything runs on the CPU: the driver may be older than torch's CUDA "
+        "(nvidia-smi shows the CUDA version it supports), or CUDA_VISIBLE_DEVICES hides the GPUs"
+    )
+
+
 def describe_environment() -> dict:
     """Versions, cores and memory, the GPUs torch sees (name, memory, bf16), where predict and
     evaluate would run the model by default, the LAZ backends, and the caches' folders."""
@@ -88,6 +124,7 @@ def describe_environment() -> dict:
         "gpus": gpus,
         "mps": bool(mps and mps.is_available()),
         "model_runs_on": gpus[0]["device"] if gpus else "cpu",
+        "unused_gpu": unused_gpu(),
         "laz_backends": [str(b.name) for b in laspy.LazBackend.detect_available()],
         "caches": {
             "voxels": {"folder": str(voxels), "mib": round(_folder_mib(voxels), 1)},
@@ -117,6 +154,8 @@ def format_environment(env: dict) -> str:
     else:
         mps = "; Apple MPS available" if env["mps"] else ""
         lines.append(f"no CUDA GPU visible to torch{mps}")
+        if env.get("unused_gpu"):
+            lines.append(f"  but {env['unused_gpu']}")
     lines.append(
         f"predict and evaluate run the model on: {env['model_runs_on']} (--device to choose); "
         "train: trainer.accelerator"

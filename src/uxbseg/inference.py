@@ -3,6 +3,7 @@ test-time augmentation) on the device, under bf16 autocast on a GPU."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -63,8 +64,21 @@ def _device_autocast(device: torch.device):
 
 
 def default_device() -> torch.device:
-    """Where predict and evaluate run the model unless told: the first CUDA GPU, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Where predict and evaluate run the model unless told: the first CUDA GPU, else the CPU
+    (with a warning when the machine has an NVIDIA GPU torch cannot use)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    _warn_unused_gpu()
+    return torch.device("cpu")
+
+
+@functools.cache
+def _warn_unused_gpu() -> None:
+    from .environment import unused_gpu
+
+    why = unused_gpu()
+    if why:
+        log.warning("%s", why)
 
 
 def autotune_convs(device: torch.device) -> None:

@@ -26,6 +26,7 @@ from ..config import Config, save_config
 from ..data.datamodule import UXBDataModule, checked_reports
 from ..data.overlap import LEAK_SHARE, same_ground_pairs
 from ..data.pairs import tile_density, tile_extent
+from ..environment import unused_gpu
 from ..errors import BadDataError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from ..run_dirs import require_folder
@@ -172,6 +173,15 @@ def _warn_if_too_big_for_the_cpu(cfg: Config) -> bool:
     return True
 
 
+def _warn_if_gpu_unused(cfg: Config) -> None:
+    """Warn when Lightning's ``auto`` accelerator will take the CPU on a machine whose NVIDIA
+    GPU torch cannot use (:func:`~uxbseg.environment.unused_gpu`)."""
+    if cfg.trainer.accelerator == "auto" and not torch.cuda.is_available():
+        why = unused_gpu()
+        if why:
+            log.warning("%s", why)
+
+
 def _require_validation_split(root, cfg: Config) -> None:
     """Refuse, before any work, a dataset without its validation split, saying how to make one."""
     val = Path(root) / cfg.data.val_split
@@ -229,6 +239,7 @@ def train(
     run_dir = require_folder(run_dir)
     skip = cfg.data.skip_bad if skip_bad is None else skip_bad
     _require_validation_split(root, cfg)
+    _warn_if_gpu_unused(cfg)
     _warn_if_too_big_for_the_cpu(cfg)
     train_reports = checked_reports(root, cfg.data.train_split, cfg, skip)
     train_pairs = [r.pair for r in train_reports]
