@@ -143,6 +143,28 @@ def test_train_without_a_validation_split_says_how_to_make_one(tmp_path, capsys)
     assert not out.exists()  # refused before any work
 
 
+def test_train_refuses_devices_this_machine_lacks_before_any_work(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_dataset), "--config", "tiny", "--out", str(out)]
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not cuda:
+        assert main([*args, "--set", "trainer.accelerator=gpu"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: trainer.accelerator=gpu: ")
+        assert (
+            "set trainer.accelerator=auto (a GPU when torch sees one, else the CPU) or cpu" in err
+        )
+    else:
+        assert main([*args, "--set", f"trainer.devices={cuda + 1}"]) == 1
+        assert f"torch sees {cuda} CUDA GPU(s) here" in capsys.readouterr().err
+    assert not out.exists()  # nothing written
+    # a name Lightning does not know: its own words, as an error, not a traceback
+    assert main([*args, "--set", "trainer.accelerator=gpuu", "--set", "trainer.max_epochs=1"]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]  # after the data checks' log lines
+    assert err.startswith("error: Lightning refused the trainer's settings (")
+    assert "accelerator='gpuu'" in err and "trainer.accelerator=gpuu, trainer.devices=1" in err
+
+
 def _allocate_too_much(*args, **kwargs):
     torch.empty(2**46, dtype=torch.uint8)  # 64 TiB: the CPU allocator refuses at once
 
@@ -213,7 +235,7 @@ def test_device_picks_where_the_model_runs(trained_run, tiny_dataset, tmp_path, 
     err = capsys.readouterr().err
     assert f"error: --device {missing}: " in err and err.rstrip().endswith("or give --device cpu")
     if torch.version.cuda is None:  # this CPU-only build: the fix is another torch, not a flag
-        assert f"this torch ({torch.__version__}) is a build without CUDA; install a CUDA" in err
+        assert f"this torch ({torch.__version__}) is built without CUDA; install a CUDA" in err
     else:
         assert "torch sees" in err
 

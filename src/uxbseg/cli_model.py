@@ -363,6 +363,7 @@ def _device(text: str):
     CPU; a GPU this machine lacks is an error that says what it has."""
     import torch
 
+    from .environment import why_no_gpu
     from .errors import BadDataError
     from .inference import default_device
 
@@ -375,13 +376,8 @@ def _device(text: str):
             if count:
                 gpus = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"
                 why = f"torch sees {count} CUDA GPU(s) here ({gpus}); give one of them"
-            elif torch.version.cuda is None:
-                why = (
-                    f"this torch ({torch.__version__}) is a build without CUDA; install a CUDA "
-                    "build of torch (pytorch.org shows the command) to run on a GPU"
-                )
             else:
-                why = "torch sees no CUDA GPU here (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+                why = why_no_gpu()
             raise BadDataError(f"--device {text}: {why}, or give --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise BadDataError(f"--device {text}: Apple's MPS is not available here; give --device cpu")

@@ -10,7 +10,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["describe_environment", "format_environment", "unused_gpu"]
+__all__ = ["describe_environment", "format_environment", "unused_gpu", "why_no_gpu"]
 
 PACKAGES = (
     "uxbseg",
@@ -84,6 +84,21 @@ def unused_gpu() -> str | None:
         "sees no GPU, so everything runs on the CPU: the driver may be older than torch's CUDA "
         "(nvidia-smi shows the CUDA version it supports), or CUDA_VISIBLE_DEVICES hides the GPUs"
     )
+
+
+def why_no_gpu() -> str:
+    """Why torch sees no CUDA GPU here, in words, with the fix where one is known."""
+    import torch
+
+    why = unused_gpu()
+    if why:
+        return why
+    if torch.version.cuda is None:
+        return (
+            f"this torch ({torch.__version__}) is built without CUDA; install a CUDA build of "
+            "torch (pytorch.org shows the command) to run on a GPU"
+        )
+    return "torch sees no CUDA GPU here (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
 
 
 def describe_environment() -> dict:

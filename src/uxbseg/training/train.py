@@ -21,13 +21,14 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from ..config import Config, save_config
 from ..data.datamodule import UXBDataModule, checked_reports
 from ..data.overlap import LEAK_SHARE, same_ground_pairs
 from ..data.pairs import tile_density, tile_extent
-from ..environment import unused_gpu
-from ..errors import BadDataError
+from ..environment import unused_gpu, why_no_gpu
+from ..errors import BadDataError, ConfigError
 from ..io.weights import BEST_WEIGHTS_NAME, save_weights
 from ..run_dirs import require_folder
 from ..runtime import training_refresh_rate
@@ -173,6 +174,26 @@ def _warn_if_too_big_for_the_cpu(cfg: Config) -> bool:
     return True
 
 
+def _require_devices(cfg: Config) -> None:
+    """Refuse, before any work, a ``trainer.accelerator`` / ``trainer.devices`` that this
+    machine cannot give (Lightning would say so with a traceback once the data is read),
+    saying what it has."""
+    acc, n = cfg.trainer.accelerator, cfg.trainer.devices
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = getattr(torch.backends, "mps", None)
+    mps = bool(mps and mps.is_available())
+    auto = "set trainer.accelerator=auto (a GPU when torch sees one, else the CPU) or cpu"
+    if acc in ("gpu", "cuda") and not cuda and not (acc == "gpu" and mps):
+        raise ConfigError(f"trainer.accelerator={acc}: {why_no_gpu()}; {auto}")
+    if acc == "mps" and not mps:
+        raise ConfigError(f"trainer.accelerator=mps: Apple's MPS is not available here; {auto}")
+    if acc in ("gpu", "cuda", "auto") and cuda and n > cuda:
+        raise ConfigError(
+            f"trainer.devices={n}: torch sees {cuda} CUDA GPU(s) here; set trainer.devices="
+            f"{cuda} or fewer (`uxbseg env` lists them)"
+        )
+
+
 def _warn_if_gpu_unused(cfg: Config) -> None:
     """Warn when Lightning's ``auto`` accelerator will take the CPU on a machine whose NVIDIA
     GPU torch cannot use (:func:`~uxbseg.environment.unused_gpu`)."""
@@ -239,6 +260,7 @@ def train(
     run_dir = require_folder(run_dir)
     skip = cfg.data.skip_bad if skip_bad is None else skip_bad
     _require_validation_split(root, cfg)
+    _require_devices(cfg)
     _warn_if_gpu_unused(cfg)
     _warn_if_too_big_for_the_cpu(cfg)
     train_reports = checked_reports(root, cfg.data.train_split, cfg, skip)
@@ -357,6 +379,20 @@ def where_trainer_runs(trainer: pl.Trainer) -> str:
 
 
 def _trainer(cfg: Config, run_dir: Path, callbacks: list[Callback], progress: bool) -> pl.Trainer:
+    tc = cfg.trainer
+    try:
+        return _lightning_trainer(cfg, run_dir, callbacks, progress)
+    except (MisconfigurationException, ValueError) as exc:  # e.g. an accelerator it lacks
+        raise ConfigError(
+            f"Lightning refused the trainer's settings ({exc}): trainer.accelerator="
+            f"{tc.accelerator}, trainer.devices={tc.devices}, trainer.strategy={tc.strategy}; "
+            "`uxbseg env` shows this machine's devices"
+        ) from exc
+
+
+def _lightning_trainer(
+    cfg: Config, run_dir: Path, callbacks: list[Callback], progress: bool
+) -> pl.Trainer:
     tc = cfg.trainer
     return pl.Trainer(
         accelerator=tc.accelerator,
