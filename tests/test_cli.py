@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from uxbseg.cli import main
 
@@ -119,6 +120,8 @@ def test_the_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
     assert len(list((out / "report").glob("pair_*.png"))) == 8  # the test tiles
     weights = list((out / "run").glob("*_best.safetensors"))
     assert len(weights) == 1
+    ran = yaml.safe_load((out / "run" / "config.yaml").read_text())["trainer"]["accelerator"]
+    assert ran == ("auto" if torch.cuda.is_available() else "cpu")  # never Apple's MPS
     sources = sorted((out / "data" / "predict").glob("pair_*/*.las"))
     written = sorted((out / "predict_out").glob("pred_*.las"))
     assert len(sources) == len(written) == 4

@@ -39,8 +39,15 @@ def run_demo(
     if not (data / "train").is_dir():
         print(f"[1/4] writing a synthetic dataset to {data} ...", flush=True)
         synth_dataset(data, {"train": train_tiles, "test": 8, "predict": 4}, seed=seed)
-    cfg = load_config("tiny", [f"trainer.max_time_minutes={minutes}"])
-    where = "a GPU" if torch.cuda.is_available() else "the CPU"  # trainer.accelerator: auto
+    # a CUDA GPU when there is one, else the CPU: not Apple's MPS, which Lightning's auto would
+    # take on a Mac, and on which the model is untested
+    gpu = torch.cuda.is_available()
+    overrides = [
+        f"trainer.max_time_minutes={minutes}",
+        f"trainer.accelerator={'auto' if gpu else 'cpu'}",
+    ]
+    cfg = load_config("tiny", overrides)
+    where = "a GPU" if gpu else "the CPU"
     print(f"[2/4] training configs/tiny.yaml on {where} for at most {minutes:g} min", flush=True)
     result = train(data, cfg, new_run_dir(out), progress=progress)
     if result.best_weights is None:
