@@ -143,6 +143,13 @@ def _precision(cfg: Config) -> str:
     return "32-true"
 
 
+MPS_NOTE = (
+    "training on Apple's MPS, on which this model is untested (torch implements 3D transposed "
+    "convolutions there from 2.8, in float32): if an operator is missing, set "
+    "PYTORCH_ENABLE_MPS_FALLBACK=1 (that operator on the CPU) or --set trainer.accelerator=cpu"
+)
+"""What train says when Lightning's ``auto`` accelerator takes Apple's MPS (a Mac)."""
+
 SEED_SIZE = 32 * 256 * 256 * 96
 """The seed model's size for the CPU check: grid voxels x SwinUNETR feature_size x batch."""
 
@@ -320,6 +327,8 @@ def train(
     earlier = _read_rows(metrics_csv) if resume else []
     trainer = _trainer(cfg, run_dir, callbacks, progress)
     log.info("training on %s", where_trainer_runs(trainer))
+    if trainer.strategy.root_device.type == "mps":
+        log.warning("%s", MPS_NOTE)
     if tc.surface_pretrain_steps and ckpt_path is None:  # a resumed run has its branch already
         seconds = pretrain_surface(task.model, dm.train_ds, cfg, _precision(cfg), progress)
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
