@@ -169,3 +169,29 @@ def test_a_16_bit_image_is_noted_with_how_it_is_read(broken, capsys):
     (note,) = [line for line in out.splitlines() if "greyscale image" in line]
     assert note.startswith("  note pair_0000: image: 16-bit greyscale image, values")
     assert "read as 8 bits (value / 256)" in note
+
+
+def test_an_image_of_another_shape_than_its_points_is_noted(broken, capsys):
+    """The points fill the western 60 % of the tile (a survey's edge tile) while the square
+    image covers all of it: laid over the points' box, the image is misplaced on them."""
+    las_path = next((broken / "test" / "pair_0001").glob("*.las"))
+    las = laspy.read(las_path)
+    x = np.asarray(las.x)
+    las.points = las.points[x <= x.min() + 0.6 * (x.max() - x.min())]
+    las.write(las_path)
+    assert main(["inspect", str(broken), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    (note,) = [line for line in out.splitlines() if "the image is" in line]
+    assert note.startswith(
+        "  note pair_0001: the image is 512 x 512 pixels (1.00:1) but the points"
+    )
+    assert "(0.60:1)" in note and "crop the image to the points' box" in note
+
+
+def test_aspect_note_tolerates_points_short_of_the_edges():
+    from uxbseg.data.pairs import aspect_note
+
+    assert aspect_note((512, 512), (99.2, 100.0)) is None  # within 5 %
+    assert aspect_note((512, 256), (200.0, 100.0)) is None  # the same shape
+    assert "(1.00:1)" in aspect_note((512, 512), (100.0, 80.0))
+    assert aspect_note(None, (1.0, 1.0)) is None and aspect_note((5, 5), (0.0, 1.0)) is None

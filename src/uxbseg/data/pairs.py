@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from ..io.raster import image_depth_note, open_image
 from .overlap import GroundRaster
 
 __all__ = [
+    "ASPECT_TOLERANCE",
     "DENSITY_TRIGGER",
     "Pair",
     "PairReport",
     "Problem",
+    "aspect_note",
     "check_pair",
     "density_note",
     "find_pairs",
@@ -287,4 +290,32 @@ def check_pair(pair: Pair) -> PairReport:
                 "export image and mask on the same raster",
             )
         )
+    shape = aspect_note(rep.image_size, rep.extent)
+    if shape:
+        rep.notes.append(shape)
     return rep
+
+
+ASPECT_TOLERANCE = 0.05
+"""How far (relative) an image's width / height may differ from its points' X / Y extent
+before ``inspect`` notes it: a tile's points rarely reach its edges exactly."""
+
+
+def aspect_note(
+    image_size: tuple[int, int] | None, extent: tuple[float, float] | None
+) -> str | None:
+    """A note when an image's shape is not that of the points' XY box it is laid over (the
+    image is stretched over the box, as in the original script: an image covering more ground
+    than the points, e.g. a survey's edge tile, then lies misplaced on them); None when they
+    agree within :data:`ASPECT_TOLERANCE` or either is unknown."""
+    if not image_size or not extent or min(*image_size, *extent) <= 0:
+        return None
+    (w, h), (ex, ey) = image_size, extent
+    if abs(math.log((w / h) / (ex / ey))) <= math.log1p(ASPECT_TOLERANCE):
+        return None
+    return (
+        f"the image is {w} x {h} pixels ({w / h:.2f}:1) but the points span {ex:.1f} x "
+        f"{ey:.1f} units ({ex / ey:.2f}:1): uxbseg lays the image over the points' box, so if "
+        "it covers other ground (a survey's edge tile whose points fill only part of it), its "
+        "pixels and the points disagree; crop the image to the points' box"
+    )
