@@ -522,3 +522,23 @@ def test_inference_autotunes_cudnn_on_a_gpu_only(monkeypatch, caplog):
     assert torch.backends.cudnn.benchmark is False  # no process-wide change on the CPU
     autotune_convs(torch.device("cuda"))  # a device object: no GPU needed to set the flag
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_an_image_of_another_shape_than_the_points_is_warned_of(weights, tiny_dataset, tmp_path,
+                                                                  caplog):  # fmt: skip
+    pair = tiny_dataset / "predict" / "pair_0000"
+    src = laspy.read(next(pair.glob("*.las")))
+    x = np.asarray(src.x)
+    src.points = src.points[x <= x.min() + 0.5 * (x.max() - x.min())]  # the western half
+    src.write(tmp_path / "half.las")
+    image = next(pair.glob("tpi_100m_*.png"))  # the whole tile's
+    args = ["predict", "--weights", str(weights), "--input", str(tmp_path / "half.las")]
+    with caplog.at_level("WARNING", logger="uxbseg.domain"):
+        assert main([*args, "--image", str(image), "--out", str(tmp_path / "o")]) == 0
+    (said,) = [r.getMessage() for r in caplog.records if "the image is" in r.getMessage()]
+    assert said.startswith(f"{tmp_path / 'half.las'}: the image is 512 x 512 pixels (1.00:1)")
+    assert "(0.50:1)" in said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="uxbseg.domain"):  # rendered from the points: none
+        assert main([*args, "--out", str(tmp_path / "o2")]) == 0
+    assert not [r for r in caplog.records if "the image is" in r.getMessage()]

@@ -1,5 +1,6 @@
 """How unlike the training tiles a point cloud is: a CRS not in metres, or a point density far from
-theirs (and a header whose box does not hold the points). Each kind of warning is logged in full
+theirs (and a header whose box does not hold the points, or an image of another shape than the
+points' box, laid over it). Each kind of warning is logged in full
 for the first file, then counted, so a survey of 200 files says it once and then how many files
 it concerns."""
 
@@ -10,21 +11,28 @@ from collections import Counter
 from pathlib import Path
 
 from .config import Config
-from .data.pairs import density_note
+from .data.pairs import aspect_note, density_note
 from .io.las import header_box_note, units_warning
+from .io.raster import image_size
 
 __all__ = ["DomainCheck", "domain_warnings"]
 
 log = logging.getLogger(__name__)
 
 
-def domain_warnings(las, n: int, limits, cfg: Config) -> dict[str, str]:
+def domain_warnings(
+    las, n: int, limits, cfg: Config, image: str | Path | None = None
+) -> dict[str, str]:
     """What makes a file of ``n`` points within raw XY ``limits`` unlike the training tiles, by
-    kind: ``units`` (a CRS not in metres), ``density`` (far from ``grid.tile_density``); and
-    ``header`` (its header's box does not hold its points, which misleads the survey)."""
+    kind: ``units`` (a CRS not in metres), ``density`` (far from ``grid.tile_density``);
+    ``header`` (its header's box does not hold its points, which misleads the survey); and
+    ``image`` (its ``image`` is not of the points' box's shape, :func:`~uxbseg.data.pairs.
+    aspect_note`)."""
     said = {"units": units_warning(las), "header": header_box_note(las, limits)}
     (x0, x1), (y0, y1) = limits
     sx, sy = las.header.scales[:2]
+    if image is not None:
+        said["image"] = aspect_note(image_size(image), ((x1 - x0) * sx, (y1 - y0) * sy))
     area = (x1 - x0) * sx * (y1 - y0) * sy
     if cfg.grid.tile_density is not None and area > 0:
         said["density"] = density_note(n / area, cfg.grid.tile_density, "the training tiles")
@@ -39,8 +47,10 @@ class DomainCheck:
         self.cfg = cfg
         self.counts: Counter[str] = Counter()
 
-    def __call__(self, path: str | Path, las, n: int, limits) -> None:
-        for kind, text in domain_warnings(las, n, limits, self.cfg).items():
+    def __call__(
+        self, path: str | Path, las, n: int, limits, image: str | Path | None = None
+    ) -> None:
+        for kind, text in domain_warnings(las, n, limits, self.cfg, image).items():
             self.counts[kind] += 1
             first = self.counts[kind] == 1
             log.log(logging.WARNING if first else logging.DEBUG, "%s: %s", path, text)

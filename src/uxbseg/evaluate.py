@@ -117,7 +117,7 @@ def evaluate(
         pts = PointArrays.from_las(las)
         point_truth = las_code_to_class(pts.classification)
         limits = raw_xy_limits(pts)
-        domain(pair.las, las, len(pts), limits)
+        domain(pair.las, las, len(pts), limits, pair.image)
         plan = plan_for(las, limits, side, overlap)
         if plan is None:
             scores, point_score = _tile_scores(model, cfg, pair, pts, point_truth, device, tta)

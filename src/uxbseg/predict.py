@@ -230,7 +230,7 @@ def predict_one(
         raise BadDataError(f"{job.las}: the point cloud is empty; nothing to classify")
     points = PointArrays.from_las(las)
     limits = raw_xy_limits(points)
-    (domain or DomainCheck(cfg))(job.las, las, n, limits)
+    (domain or DomainCheck(cfg))(job.las, las, n, limits, job.image)
     plan = plan_for(las, limits, window, overlap)
     context = None
     if survey is not None and window is not None:

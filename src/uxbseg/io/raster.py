@@ -26,6 +26,7 @@ __all__ = [
     "colourise_tpi",
     "dem_from_points",
     "image_depth_note",
+    "image_size",
     "image_window",
     "load_image",
     "load_mask",
@@ -160,6 +161,16 @@ def image_depth_note(path: str | Path) -> str | None:
             return note
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, BadDataError):
         return None  # open_image reports it
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of an image from its header (nothing decoded), or None where it cannot
+    be read (:func:`open_image` says why)."""
+    try:
+        with _pixel_limit(MAX_IMAGE_PIXELS), Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
 
 
 def load_image(path: str | Path, size: int = 512) -> np.ndarray:
