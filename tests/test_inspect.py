@@ -195,3 +195,35 @@ def test_aspect_note_tolerates_points_short_of_the_edges():
     assert aspect_note((512, 256), (200.0, 100.0)) is None  # the same shape
     assert "(1.00:1)" in aspect_note((512, 512), (100.0, 80.0))
     assert aspect_note(None, (1.0, 1.0)) is None and aspect_note((5, 5), (0.0, 1.0)) is None
+
+
+def test_a_stray_point_far_from_the_tile_is_a_problem(broken, capsys):
+    """One point 2 km east of a 100 m tile would squeeze the tile into 5 % of the grid."""
+    las_path = next((broken / "train" / "pair_0002").glob("*.las"))
+    las = laspy.read(las_path)
+    n = len(las.points)
+    x = np.asarray(las.x).copy()
+    x[n // 2] = x.max() + 2000.0
+    las.x = x
+    las.write(las_path)
+    assert main(["inspect", str(broken), "--split", "train"]) == 1
+    out = capsys.readouterr().out
+    assert str(las_path) in out and f"1 of {n} points lie far outside the others: X spans" in out
+    assert "the tile's content fills 5% of it along X" in out and "filters.crop" in out
+
+
+def test_stray_points_leaves_tiles_of_two_parts_alone():
+    from uxbseg.data.pairs import stray_points
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10_000, 20_000)
+    west = rng.integers(0, 3_000, 19_000)  # a lake between two shores: both parts are real
+    east = rng.integers(9_000, 10_000, 1_000)
+    x = np.concatenate([west, east])
+    assert stray_points(x, y, (0.01, 0.01), (0.0, 0.0)) is None
+    islet = np.concatenate([rng.integers(0, 2_000, 19_990), rng.integers(7_000, 7_010, 10)])
+    assert stray_points(islet, y, (0.01, 0.01), (0.0, 0.0)) is None  # 3.5x the bulk's span
+    x[:5] = 1_000_000  # five points 10 km away
+    said = stray_points(x, y, (0.01, 0.01), (500.0, 0.0))
+    assert said.startswith("5 of 20000 points lie far outside the others: X spans 500.00..10500.00")
+    assert stray_points(x[:999], y[:999], (0.01, 0.01), (0.0, 0.0)) is None  # too few to judge

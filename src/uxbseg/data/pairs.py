@@ -17,6 +17,8 @@ from .overlap import GroundRaster
 __all__ = [
     "ASPECT_TOLERANCE",
     "DENSITY_TRIGGER",
+    "STRAY_FACTOR",
+    "STRAY_SHARE",
     "Pair",
     "PairReport",
     "Problem",
@@ -25,6 +27,7 @@ __all__ = [
     "density_note",
     "find_pairs",
     "find_splits",
+    "stray_points",
     "tile_density",
     "tile_extent",
 ]
@@ -223,6 +226,16 @@ def check_pair(pair: Pair) -> PairReport:
                             "a tile needs points spread in X and Y; remove the pair",
                         )
                     )
+                stray = stray_points(X, Y, (sx, sy), tuple(las.header.offsets[:2]))
+                if stray:
+                    probs.append(
+                        Problem(
+                            str(pair.las),
+                            stray,
+                            "remove those points (e.g. PDAL's filters.crop or filters.outlier) "
+                            "or re-export the tile",
+                        )
+                    )
                 rep.ground = GroundRaster.from_points(las.x, las.y, las.z)
                 rep.units = units_warning(las)
                 if rep.units:
@@ -294,6 +307,50 @@ def check_pair(pair: Pair) -> PairReport:
     if shape:
         rep.notes.append(shape)
     return rep
+
+
+STRAY_SHARE = 0.001
+"""The share of points at either end of an axis that :func:`stray_points` leaves out to find
+where the bulk of a tile lies."""
+
+STRAY_FACTOR = 4.0
+"""How many times wider than the bulk of a tile's points (:data:`STRAY_SHARE`) its box may be
+before :func:`stray_points` calls the points beyond the bulk stray."""
+
+_STRAY_SAMPLE = 131_072
+
+
+def stray_points(
+    X: np.ndarray, Y: np.ndarray, scales: tuple[float, float], offsets: tuple[float, float]
+) -> str | None:
+    """What is wrong when a few points lie far outside the others (a GPS glitch, a point of
+    another tile): the grid and the image span the points' box, so the tile's content is
+    squeezed into part of it. None when the box is no more than :data:`STRAY_FACTOR` times as
+    wide, on both axes, as the span of all but :data:`STRAY_SHARE` of the points at each end
+    (a tile of water with an islet is not refused; a tile of fewer than 1000 points is not
+    judged)."""
+    n = len(X)
+    if n < 1000:
+        return None
+    for name, v, scale, offset in (
+        ("X", X, scales[0], offsets[0]),
+        ("Y", Y, scales[1], offsets[1]),
+    ):
+        sample = np.asarray(v[:: max(1, n // _STRAY_SAMPLE)], dtype=np.int64)
+        lo, hi = np.quantile(sample, [STRAY_SHARE, 1 - STRAY_SHARE])
+        vmin, vmax = int(v.min()), int(v.max())
+        span = max(hi - lo, 1)
+        if vmax - vmin <= STRAY_FACTOR * span:
+            continue
+        far = int(np.count_nonzero((v < lo - span) | (v > hi + span)))
+        return (
+            f"{far} of {n} points lie far outside the others: {name} spans "
+            f"{vmin * scale + offset:.2f}..{vmax * scale + offset:.2f} where all but "
+            f"{2 * STRAY_SHARE:.1%} of the points lie within {lo * scale + offset:.2f}.."
+            f"{hi * scale + offset:.2f}; the grid and the image span all the points' box, so "
+            f"the tile's content fills {span / (vmax - vmin):.0%} of it along {name}"
+        )
+    return None
 
 
 ASPECT_TOLERANCE = 0.05
