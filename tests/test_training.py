@@ -423,3 +423,33 @@ def test_training_says_where_it_runs(tmp_path):
                          enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
     said = where_trainer_runs(trainer)
     assert said == f"cpu ({torch.get_num_threads()} threads), precision 32-true"
+
+
+def test_a_split_without_plazuela_or_structure_points_is_warned_of(tiny_dataset, tmp_path, caplog):
+    """Read as train reads it: each tile's LAS codes from its check; a class no tile holds is
+    named, with what that means for training or for validation."""
+    import laspy
+
+    from uxbseg.data.pairs import check_pair
+    from uxbseg.training.train import _warn_of_missing_classes
+
+    reports = [check_pair(p) for p in find_pairs(tiny_dataset, "train")]
+    with caplog.at_level("WARNING", logger="uxbseg.training.train"):
+        assert _warn_of_missing_classes(tiny_dataset, "train", reports, validation=False) == []
+    assert not caplog.records
+    root = tmp_path / "d"
+    shutil.copytree(tiny_dataset / "train", root / "train")
+    for las_path in (root / "train").glob("pair_*/*.las"):
+        las = laspy.read(las_path)
+        las.classification[las.classification == 27] = 2  # every plazuela point made ground
+        las.write(las_path)
+    reports = [check_pair(p) for p in find_pairs(root, "train")]
+    with caplog.at_level("WARNING", logger="uxbseg.training.train"):
+        assert _warn_of_missing_classes(root, "train", reports, validation=False) == ["plazuela"]
+        assert _warn_of_missing_classes(root, "train", reports, validation=True) == ["plazuela"]
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith(
+        f"no tile of {root / 'train'} holds a point of plazuela (LAS code 27)"
+    )
+    assert "the model cannot learn what it never sees" in said[0]
+    assert "validation cannot score it" in said[1]

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from ..classes import CLASSES
 from ..config import Config, save_config
 from ..data.datamodule import UXBDataModule, checked_reports
 from ..data.overlap import LEAK_SHARE, same_ground_pairs
@@ -226,6 +227,29 @@ def _require_validation_split(root, cfg: Config) -> None:
     )
 
 
+def _warn_of_missing_classes(root, split: str, reports: list, validation: bool) -> list[str]:
+    """Warn when no tile of a split holds a point of plazuela or structure (by its LAS code):
+    the model cannot learn a class it never sees, nor validation score it. Returns the names
+    of the classes missing."""
+    codes: set[int] = set().union(*(r.las_classes for r in reports))
+    missing = [c for c in CLASSES[1:] if c.las_code not in codes]
+    if missing:
+        why = (
+            "validation cannot score it, so the best epoch is picked without it"
+            if validation
+            else "the model cannot learn what it never sees"
+        )
+        log.warning(
+            "no tile of %s holds a point of %s: %s; check the tiles' classification codes "
+            "(`uxbseg inspect %s` lists each tile's)",
+            Path(root) / split,
+            " or ".join(f"{c.name} (LAS code {c.las_code})" for c in missing),
+            why,
+            root,
+        )
+    return [c.name for c in missing]
+
+
 def _warn_of_leaks(root, cfg: Config, val: list, train: list) -> None:
     """Warn when validation tiles cover training ground (:mod:`uxbseg.data.overlap`)."""
     leaks = same_ground_pairs([r.ground for r in val], [r.ground for r in train], LEAK_SHARE)
@@ -282,6 +306,8 @@ def train(
         log.info("training tiles hold %.4g points per square unit (grid.tile_density)", density)
     val_reports = checked_reports(root, cfg.data.val_split, cfg, skip)
     val_pairs = [r.pair for r in val_reports]
+    _warn_of_missing_classes(root, cfg.data.train_split, train_reports, validation=False)
+    _warn_of_missing_classes(root, cfg.data.val_split, val_reports, validation=True)
     _warn_of_leaks(root, cfg, val_reports, train_reports)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
