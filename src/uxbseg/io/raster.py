@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from ..classes import mask_value_to_class
 from ..errors import BadDataError
@@ -294,6 +294,8 @@ def _disc(radius_cells: float) -> np.ndarray:
 def _disc_coverage(shape: tuple[int, int], radius_cells: float) -> np.ndarray:
     """How many cells of the disc lie inside a raster of ``shape`` around each cell: the
     normalisation of a DEM without gaps, the same for every tile of a size (read-only)."""
+    from scipy import signal  # here: importing it takes ~1 s, which inspect need not pay
+
     out = signal.fftconvolve(np.ones(shape), _disc(radius_cells), mode="same")
     out.setflags(write=False)
     return out
@@ -307,6 +309,8 @@ def tpi(dem: np.ndarray, cell_size: float, radius_m: float = TPI_RADIUS_M) -> np
     gaps (every DEM :func:`dem_from_points` makes) the normalisation depends on the raster's
     shape alone and is computed once per shape: one FFT convolution a tile instead of two.
     """
+    from scipy import signal  # here: importing it takes ~1 s, which inspect need not pay
+
     radius_cells = radius_m / cell_size
     kernel = _disc(radius_cells)
     valid = np.isfinite(dem)
