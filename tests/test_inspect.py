@@ -227,3 +227,28 @@ def test_stray_points_leaves_tiles_of_two_parts_alone():
     said = stray_points(x, y, (0.01, 0.01), (500.0, 0.0))
     assert said.startswith("5 of 20000 points lie far outside the others: X spans 500.00..10500.00")
     assert stray_points(x[:999], y[:999], (0.01, 0.01), (0.0, 0.0)) is None  # too few to judge
+
+
+def test_the_table_widens_for_long_pair_ids_and_class_lists(tmp_path):
+    """A tile's id (pair_0000_r08_c05_from_train) or its many LAS codes shift the columns
+    instead of running into the next one."""
+    from uxbseg.data.pairs import Pair, PairReport
+    from uxbseg.inspect_report import format_reports
+
+    codes = {1: 9, 2: 2570, 3: 30, 4: 43, 5: 1038, 6: 230, 17: 120, 64: 47, 66: 12, 67: 142}
+    long = PairReport(
+        Pair("pair_0000_r08_c05_from_train", tmp_path, None, None, None, []),
+        points=4520, point_format=6, extent=(100.0, 99.9), las_classes=codes,
+        mask_values={0: 10214, 76: 190}, image_size=(102, 102),
+    )  # fmt: skip
+    short = PairReport(Pair("pair_0001", tmp_path, None, None, None, []), points=7)
+    lines = format_reports({"train": [long, short]}).splitlines()
+    head, rows = lines[3], lines[5:7]
+    assert rows[0].startswith("pair_0000_r08_c05_from_train  ")  # whole, then the gap
+    assert rows[0].index("4520") + 4 == head.index("points") + len("points")  # right-aligned
+    assert "67:142  0:10214 76:190 " in rows[0] and rows[0].endswith("  ok")  # 2 spaces apart
+    for name in ("points", "LAS classes (code:points)", "mask values (value:px)", "status"):
+        col = head.index(name)
+        assert rows[0][col - 2 : col] == "  " or name == "points"
+    assert rows[1].startswith("pair_0001 ") and rows[1].endswith("ok")
+    assert head.index("status") == rows[1].index("ok")

@@ -199,3 +199,12 @@ def test_hold_out_places_a_tile_whose_header_states_no_box_by_its_points(
     assert main([*args, "--block", "1000"]) == 1
     err = capsys.readouterr().err
     assert "lie in 1 block(s) of 1000" in err  # not two: (0, 0) from the zeros
+
+
+def test_the_hold_out_command_names_the_side_to_four_digits():
+    from uxbseg.tiling import hold_out_command
+
+    assert hold_out_command("R", 999.99) == "uxbseg tile R NEW_ROOT --side 1000 --hold-out 0.2"
+    assert hold_out_command("R", 99.95).endswith("--side 99.95 --hold-out 0.2")
+    assert hold_out_command("R", 12345.6).endswith("--side 12350 --hold-out 0.2")
+    assert hold_out_command("R", None).endswith("--side S --hold-out 0.2")

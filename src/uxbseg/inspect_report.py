@@ -182,6 +182,35 @@ def _hist(d: dict[int, int]) -> str:
     return " ".join(f"{k}:{v}" for k, v in sorted(d.items())) or "-"
 
 
+_COLUMNS = (
+    ("pair", "<"),
+    ("points", ">"),
+    ("fmt", ">"),
+    ("extent (m)", ">"),
+    ("pts/m2", ">"),
+    ("image", ">"),
+    ("LAS classes (code:points)", "<"),
+    ("mask values (value:px)", "<"),
+    ("status", "<"),
+)
+
+
+def _table(columns: tuple[tuple[str, str], ...], rows: list[list[str]]) -> list[str]:
+    """Lines of a table whose columns are as wide as their widest cell, two spaces apart (a
+    long pair id or class list shifts the columns instead of running into the next one)."""
+    widths = [
+        max([len(name), *(len(row[i]) for row in rows)]) for i, (name, _) in enumerate(columns)
+    ]
+
+    def line(cells) -> str:
+        return "  ".join(
+            f"{cell:{align}{w}}" for cell, (_, align), w in zip(cells, columns, widths)
+        ).rstrip()
+
+    head = line([name for name, _ in columns])
+    return [head, "-" * len(head), *(line(row) for row in rows)]
+
+
 def format_reports(reports: dict[str, list[PairReport]], notes: list[str] | None = None) -> str:
     """Human-readable tables, one per split, the dataset's own ``notes``, then every problem
     with its fix."""
@@ -194,23 +223,22 @@ def format_reports(reports: dict[str, list[PairReport]], notes: list[str] | None
     for split, reps in reports.items():
         lines.append("")
         lines.append(f"[{split}] {len(reps)} pair{'s' * (len(reps) != 1)}")
-        head = (
-            f"{'pair':<12}{'points':>10}{'fmt':>5}{'extent (m)':>16}{'pts/m2':>8}  {'image':>9}  "
-            f"{'LAS classes (code:points)':<40}{'mask values (value:px)':<30}status"
-        )
-        lines.append(head)
-        lines.append("-" * len(head))
+        rows = []
         for r in reps:
-            ext = f"{r.extent[0]:.1f} x {r.extent[1]:.1f}" if r.extent else "-"
-            dens = f"{r.density:.3g}" if r.density is not None else "-"
-            img = f"{r.image_size[0]}x{r.image_size[1]}" if r.image_size else "-"
-            status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
-            lines.append(
-                f"{r.pair.pair_id:<12}{r.points if r.points is not None else '-':>10}"
-                f"{r.point_format if r.point_format is not None else '-':>5}{ext:>16}{dens:>8}  "
-                f"{img:>9}  "
-                f"{_hist(r.las_classes):<40}{_hist(r.mask_values):<30}{status}"
+            rows.append(
+                [
+                    r.pair.pair_id,
+                    "-" if r.points is None else str(r.points),
+                    "-" if r.point_format is None else str(r.point_format),
+                    f"{r.extent[0]:.1f} x {r.extent[1]:.1f}" if r.extent else "-",
+                    f"{r.density:.3g}" if r.density is not None else "-",
+                    f"{r.image_size[0]}x{r.image_size[1]}" if r.image_size else "-",
+                    _hist(r.las_classes),
+                    _hist(r.mask_values),
+                    "ok" if r.ok else f"{len(r.problems)} problem(s)",
+                ]
             )
+        lines += _table(_COLUMNS, rows)
         for pid, note in [(r.pair.pair_id, n) for r in reps for n in r.notes]:
             lines.append(f"  note {pid}: {note}")
     problems = [

@@ -175,7 +175,9 @@ def hold_out_command(root: str | Path, side: float | None) -> str:
     """The ``uxbseg tile`` command that makes a test split of ``root``'s training tiles of
     ``side`` (S where it is not known): what ``train`` and ``inspect`` tell a dataset without
     one."""
-    s = "S" if side is None else f"{side:g}"
+    s = "S"
+    if side is not None and side > 0:  # to four significant digits: a tile's points stop
+        s = f"{round(side, 3 - math.floor(math.log10(side))):g}"  # short of its edge (1000)
     return f"uxbseg tile {root} NEW_ROOT --side {s} --hold-out 0.2"
 
 
