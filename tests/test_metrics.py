@@ -74,3 +74,15 @@ def test_the_report_of_one_tile_has_no_interval_and_an_absent_class_no_span():
     two = format_result({"split": "test", "tiles": 2, "points": level})
     assert two.startswith("test: 2 tiles\n") and "interval over the 2 tiles" in two
     assert "structure -" in two and "nan" not in two.split("IoU, 95 %")[1]
+
+
+def test_the_metrics_table_names_each_class_whole_with_its_value_beneath():
+    from uxbseg.metrics import format_metrics_table
+
+    m = metrics_from_confusion(np.array([[50, 2, 0], [3, 9, 1], [0, 0, 7]]))
+    head, row = format_metrics_table({"a label longer than twenty-two": m}).splitlines()
+    for name in ("IoU ground", "IoU plazuela", "IoU structure", "F1 structure"):
+        end = head.index(name) + len(name)  # right-aligned: the value ends where its name does
+        key = name.lower().replace(" ", "_")
+        assert row[:end].endswith(f"{m[key]:.3f}")
+    assert row.startswith("a label longer than twenty-two  ")

@@ -77,16 +77,18 @@ def iou_interval(
 def format_metrics_table(rows: dict[str, dict[str, float]]) -> str:
     """Compact table: one row per (level) with global accuracy and per-class IoU / F1."""
     names = [c.name for c in CLASSES]
+    iou_w, f1_w = (max(len(f"{what} {n}") for n in names) + 2 for what in ("IoU", "F1"))
+    label_w = max([22, *(len(label) + 2 for label in rows)])
     head = (
-        f"{'':<22}{'acc':>7}"
-        + "".join(f"{'IoU ' + n[:5]:>12}" for n in names)
-        + "".join(f"{'F1 ' + n[:5]:>11}" for n in names)
+        f"{'':<{label_w}}{'acc':>7}"
+        + "".join(f"{'IoU ' + n:>{iou_w}}" for n in names)
+        + "".join(f"{'F1 ' + n:>{f1_w}}" for n in names)
     )
     lines = [head]
     for label, m in rows.items():
         lines.append(
-            f"{label:<22}{m['acc']:>7.3f}"
-            + "".join(f"{m[f'iou_{n}']:>12.3f}" for n in names)
-            + "".join(f"{m[f'f1_{n}']:>11.3f}" for n in names)
+            f"{label:<{label_w}}{m['acc']:>7.3f}"
+            + "".join(f"{m[f'iou_{n}']:>{iou_w}.3f}" for n in names)
+            + "".join(f"{m[f'f1_{n}']:>{f1_w}.3f}" for n in names)
         )
     return "\n".join(lines)
