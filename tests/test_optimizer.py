@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
+import pytest
 import torch
 
+from uxbseg.training.optimizer import adamw
 from uxbseg.training.task import UXBSegmentationTask
 
 
@@ -39,3 +42,45 @@ def test_fused_step_equals_the_loop(tiny_cfg):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
         moved += not torch.equal(a, before[name])
     assert moved > 100  # the steps changed the weights (LR > 0 for the heads at least)
+
+
+class _Tiny(pl.LightningModule):
+    """A two-layer model trained by Lightning with uxbseg's AdamW (the fused-or-not choice
+    depends on the trainer's precision and clipping, not on the model)."""
+
+    def __init__(self, optim) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)
+        )
+        self.optim = optim
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x).float(), y)
+
+    def configure_optimizers(self):
+        return adamw(self.parameters(), self.optim, self, lr=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("precision", "clip", "fused"),
+    [("bf16-mixed", 1.0, False), ("bf16-mixed", None, True), ("32-true", 1.0, True)],
+)
+def test_lightning_mixed_precision_with_clipping_trains(tiny_cfg, precision, clip, fused):
+    """Lightning's mixed-precision plugin refuses to clip a fused AdamW's gradients (it unscales
+    them itself): under bf16-mixed (the default on a GPU; the same plugin on this CPU) with
+    clipping, the AdamW is torch's multi-tensor one, and training runs."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    data = torch.utils.data.DataLoader(list(zip(x, x.sum(1, keepdim=True))), batch_size=8)
+    model = _Tiny(tiny_cfg.optim)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = pl.Trainer(
+        accelerator="cpu", precision=precision, gradient_clip_val=clip, max_steps=3,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, data)
+    assert all(bool(g["fused"]) == fused for g in trainer.optimizers[0].param_groups)
+    assert not any(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -20,8 +20,10 @@ def adamw(
 
     The fused kernel updates all ~400 tensors of the tiny model in one call instead of a Python
     loop over them (32 -> 9 ms a step on the CPU, BENCHMARKS); same update up to rounding. Not
-    under ``16-mixed``: a fused AdamW unscales the gradients itself, and Lightning then refuses
-    gradient clipping.
+    under Lightning's mixed precision (``bf16-mixed``, the default on a GPU, and ``16-mixed``)
+    with gradient clipping on: a fused AdamW unscales the gradients itself, and Lightning's
+    mixed-precision plugin then refuses to clip them ("does not allow for gradient clipping",
+    seen on an H200 in the twentieth session); torch's default multi-tensor AdamW runs there.
 
     torch 2.13's fused CPU kernel reads a gradient as if it had its parameter's strides: a
     contiguous gradient on a channels_last weight is applied scrambled, silently. Autograd gives
@@ -31,7 +33,9 @@ def adamw(
     """
     trainer = module._trainer  # None when called outside fit (tests)
     precision = str(trainer.precision) if trainer is not None else "32"
-    fused = optim.fused and module.device.type in ("cpu", "cuda") and precision != "16-mixed"
+    clips = trainer is not None and bool(trainer.gradient_clip_val)
+    mixed_clipped = precision.endswith("-mixed") and clips
+    fused = optim.fused and module.device.type in ("cpu", "cuda") and not mixed_clipped
     opt = torch.optim.AdamW(
         params, weight_decay=optim.weight_decay, fused=True if fused else None, **kwargs
     )
