@@ -267,6 +267,20 @@ def test_compile_branches_compiles_each_branch_in_place_and_says_what_it_costs(
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
+def test_a_channels_last_model_compiles_every_graph_channels_last(tiny_cfg, monkeypatch):
+    """Inductor's layout heuristic is overridden for a channels-last model (an H200 spent 19 %
+    of the compiled forward on cuDNN's layout transposes without it), left alone otherwise."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "force_layout_optimization", False)
+    tiny_cfg.model.channels_last = False
+    UXBFusionModel.from_config(tiny_cfg).compile_branches()
+    assert inductor.force_layout_optimization is False
+    tiny_cfg.model.channels_last = True
+    UXBFusionModel.from_config(tiny_cfg).compile_branches()
+    assert inductor.force_layout_optimization is True
+
+
 def test_fast_voxel_branch_traces_without_a_graph_break_of_ours(tiny_cfg):
     """What ``torch.compile`` sees of the GPU's fast path (channels_last norms as ``var_mean``,
     SDPA window attention, unfolded first convs), traced by Dynamo alone: the only graph break is
