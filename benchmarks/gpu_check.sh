@@ -10,7 +10,9 @@
 #    card of more than 100 GiB, else 4) and its forward timed at an inference batch FBATCH
 #    (default 16; predict --batch); each followed by a profile of one more step and one more
 #    forward. Eighteenth session (H200, torch 2.11, batch 4 for both, no profile): 4.56x
-#    training, 3.68x forward, 43.1 / 13.7 GiB;
+#    training, 3.68x forward, 43.1 / 13.7 GiB; twentieth (H200, batch 8, forward at 16): 4.85x
+#    training, 4.05x forward, 81.6 / 35.8 GiB, the forward's profile showing 19 % of cuDNN
+#    layout transposes, since removed (Inductor's layout optimisation forced on; not measured);
 # 2. the same fast path in eager mode at batch 1 (the seed's batch: peak memory against the
 #    seed's), after --check (its 3D logits against the plain fp32 path, same weights).
 # Measured already (BENCHMARKS.md), rerun with more time:
