@@ -56,7 +56,7 @@ class _Run:
         channels_last: bool = False,
         flash: bool = False,
         checkpoint: bool = False,
-        compile_: bool = False,
+        compile_: bool | str = False,
         fused_attention: bool = False,
         forward_batch: int | None = None,
     ) -> None:
@@ -80,7 +80,7 @@ class _Run:
             # every shape compiled as it is: the evaluation graph at another batch than the
             # training graph's is then a static graph too, not one with a symbolic batch
             torch._dynamo.config.automatic_dynamic_shapes = False
-            self.model.compile_branches()
+            self.model.compile_branches(None if compile_ is True else compile_)
         self.data = _batch(cfg, batch, device)
         # the forward at an inference batch of its own (predict --batch), if given
         self.fbatch = batch if naive or forward_batch is None else forward_batch
@@ -238,6 +238,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument(
+        "--compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+        default="default",
+        help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs, which spare "
+        "the launches a step's wall time holds beyond its device time)",
+    )
+    p.add_argument(
         "--checkpoint",
         action="store_true",
         help="also time gradient checkpointing at the largest batch",
@@ -302,7 +309,9 @@ def plan_variants(a: argparse.Namespace, gpu: bool) -> tuple[list[Variant], str,
         if a.checkpoint:
             variants.append((name + " + checkpoint", batch, {**best, "checkpoint": True}))
         if a.compile:
-            variants.append((name + " + compile", batch, {**best, "compile_": True}))
+            mode = getattr(a, "compile_mode", "default")
+            how, opt = (" + compile", True) if mode == "default" else (f" + compile ({mode})", mode)
+            variants.append((name + how, batch, {**best, "compile_": opt}))
     name, best = bests[-1]
     return variants, name, best
 

@@ -15,6 +15,11 @@
 #    layout transposes, since removed (Inductor's layout optimisation forced on; not measured);
 # 2. the same fast path in eager mode at batch 1 (the seed's batch: peak memory against the
 #    seed's), after --check (its 3D logits against the plain fp32 path, same weights).
+# A second call then, when the product's smoke test (below) has passed already: the same with
+# CUDA graphs, for the launches a step's wall time (0.697 s) holds beyond its device time
+# (0.674 s) at batch 8 on an H200:
+#   python3 -m benchmarks train --config seed --steps 5 --fast-batch 8 --forward-batch 16 \
+#     --compile --compile-mode reduce-overhead --only "seed as written" "+ compile"
 # Measured already (BENCHMARKS.md), rerun with more time:
 #   python3 -m benchmarks kernels --config seed --batch 4 --repeats 3   (eighteenth session)
 #   python3 -m benchmarks train --config seed --steps 5 --fast-batch 1 4 --profile 15

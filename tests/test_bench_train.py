@@ -75,6 +75,13 @@ def test_gpu_check_times_the_seed_and_the_compiled_candidate():
     assert picked == [("seed as written (fp32, broadcast fusion)", 1), (name, 1)]
 
 
+def test_a_compile_mode_is_named_and_passed_to_torch_compile():
+    a = parser().parse_args(["--fast-batch", "8", "--compile", "--compile-mode", "reduce-overhead"])
+    variants, name, best = plan_variants(a, gpu=True)
+    (kw,) = [kw for label, _, kw in variants if label == f"{name} + compile (reduce-overhead)"]
+    assert kw == {**best, "compile_": "reduce-overhead"}
+
+
 def test_the_cpu_variants_are_the_plain_and_channels_last_paths():
     a = parser().parse_args(["--fast-batch", "2"])
     variants, _, best = plan_variants(a, gpu=False)

@@ -277,8 +277,10 @@ def test_a_channels_last_model_compiles_every_graph_channels_last(tiny_cfg, monk
     UXBFusionModel.from_config(tiny_cfg).compile_branches()
     assert inductor.force_layout_optimization is False
     tiny_cfg.model.channels_last = True
-    UXBFusionModel.from_config(tiny_cfg).compile_branches()
+    model = UXBFusionModel.from_config(tiny_cfg)
+    model.compile_branches(mode="reduce-overhead")
     assert inductor.force_layout_optimization is True
+    assert model.voxel_branch._compiled_call_impl is not None
 
 
 def test_fast_voxel_branch_traces_without_a_graph_break_of_ours(tiny_cfg):

@@ -151,8 +151,9 @@ class UXBFusionModel(nn.Module):
         if self.flash_attention == "auto" and device.type == "cuda" and self.voxel_branch:
             sdpa_window_attention(self.voxel_branch.net)
 
-    def compile_branches(self) -> None:
-        """``torch.compile`` each branch in place (weights and state_dict keys are unchanged).
+    def compile_branches(self, mode: str | None = None) -> None:
+        """``torch.compile`` each branch in place (weights and state_dict keys are unchanged),
+        in torch's ``mode`` (None: its default; the benchmarks try others).
 
         The first step then takes minutes; Inductor keeps its artefacts in
         ``TORCHINDUCTOR_CACHE_DIR``, which this sets to ``~/.cache/uxbseg/inductor`` unless it
@@ -177,7 +178,7 @@ class UXBFusionModel(nn.Module):
             inductor.force_layout_optimization = True
         for branch in (self.image_branch, self.voxel_branch, self.surface_branch, self.fusion):
             if branch is not None:
-                branch.compile()
+                branch.compile(mode=mode)
 
     def encoder_modules(self) -> dict[str, nn.Module]:
         """The encoders by branch name (``image``: SegFormer, ``voxel``: SwinUNETR)."""
