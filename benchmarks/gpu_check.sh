@@ -19,7 +19,8 @@
 # CUDA graphs, for the launches a step's wall time (0.697 s) holds beyond its device time
 # (0.674 s) at batch 8 on an H200:
 #   python3 -m benchmarks train --config seed --steps 5 --fast-batch 8 --forward-batch 16 \
-#     --compile --compile-mode reduce-overhead --only "seed as written" "+ compile"
+#     --compile --compile-mode reduce-overhead --only "seed as written" \
+#     "fast fusion + channels_last + sdpa + compile"
 # Measured already (BENCHMARKS.md), rerun with more time:
 #   python3 -m benchmarks kernels --config seed --batch 4 --repeats 3   (eighteenth session)
 #   python3 -m benchmarks train --config seed --steps 5 --fast-batch 1 4 --profile 15
