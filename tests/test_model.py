@@ -267,6 +267,25 @@ def test_compile_branches_compiles_each_branch_in_place_and_says_what_it_costs(
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
+def test_the_compile_cache_is_ours_though_an_import_wrote_torchs_default(
+    tiny_cfg, monkeypatch, tmp_path
+):
+    """Importing Lightning asks Inductor for its cache folder, which writes torch's default
+    (under the temporary folder) into the environment: that is not the user's choice, and the
+    persistent cache still replaces it."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))  # torch's default goes here
+    written = cache_dir()  # what importing lightning.pytorch does
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == written != str(tmp_path / "uxbseg" / "inductor")
+    UXBFusionModel.from_config(tiny_cfg).compile_branches()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "uxbseg" / "inductor")
+
+
 def test_a_channels_last_model_compiles_every_graph_channels_last(tiny_cfg, monkeypatch):
     """Inductor's layout heuristic is overridden for a channels-last model (an H200 spent 19 %
     of the compiled forward on cuDNN's layout transposes without it), left alone otherwise."""

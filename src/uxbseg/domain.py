@@ -1,8 +1,7 @@
 """How unlike the training tiles a point cloud is: a CRS not in metres, or a point density far from
 theirs (and a header whose box does not hold the points, or an image of another shape than the
-points' box, laid over it). Each kind of warning is logged in full
-for the first file, then counted, so a survey of 200 files says it once and then how many files
-it concerns."""
+points' box it is laid over). Each kind of warning is logged in full for the first file, then
+counted, so a survey of 200 files says it once and then how many files it concerns."""
 
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def describe_environment() -> dict:
 
     from . import __version__
     from .data.cache import default_cache_dir
-    from .runtime import user_cache_dir
+    from .runtime import compile_cache_dir
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpus = []
@@ -125,7 +125,7 @@ def describe_environment() -> dict:
                 }
             )
     mps = getattr(torch.backends, "mps", None)
-    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(user_cache_dir("inductor"))
+    inductor = compile_cache_dir()
     voxels = default_cache_dir()
     return {
         "python": sys.version.split()[0],

@@ -29,6 +29,7 @@ from pathlib import Path
 
 __all__ = [
     "LOG_REFRESH_BATCHES",
+    "compile_cache_dir",
     "persistent_compile_cache",
     "progress_options",
     "training_refresh_rate",
@@ -71,9 +72,30 @@ def user_cache_dir(kind: str) -> Path:
 
 
 def persistent_compile_cache() -> str:
-    """Set ``TORCHINDUCTOR_CACHE_DIR`` to :func:`user_cache_dir` ``("inductor")`` unless it is
-    set already; returns the folder Inductor caches in."""
-    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache_dir("inductor")))
+    """Set ``TORCHINDUCTOR_CACHE_DIR`` to :func:`user_cache_dir` ``("inductor")`` unless the
+    user chose a folder; returns the folder Inductor caches in.
+
+    Torch writes its own default (``<tmp>/torchinductor_<user>``, often cleared) into the
+    environment the first time anything asks Inductor for its cache folder, and importing
+    Lightning does: that value is taken as not chosen, and replaced."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder = compile_cache_dir()
+    return folder
+
+
+def compile_cache_dir() -> str:
+    """The folder :func:`persistent_compile_cache` has Inductor cache in (nothing is set)."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or current == _torch_default_cache():
+        return str(user_cache_dir("inductor"))
+    return current
+
+
+def _torch_default_cache() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # another torch: nothing to recognise
+        return None
+    return os.path.abspath(default_cache_dir())
 
 
 LOG_REFRESH_BATCHES = 20
