@@ -14,8 +14,8 @@ growing and trimming a heap of their own, which alone made it 2x slower. Measure
 ``torch.compile`` keeps what it compiled (Inductor's graphs and kernels) in
 ``TORCHINDUCTOR_CACHE_DIR``, by default a folder under /tmp, which many machines clear at a
 reboot or after each job: the next run then compiles for minutes again (the seed model on an
-H200: 276 s + ~80 s). :func:`persistent_compile_cache` points it at the user's cache folder
-unless it is set.
+H200: 250-276 s + ~80 s). :func:`persistent_compile_cache` points it at the user's cache
+folder unless the user set one.
 """
 
 from __future__ import annotations

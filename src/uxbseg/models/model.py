@@ -162,7 +162,8 @@ class UXBFusionModel(nn.Module):
         cache = persistent_compile_cache()
         logger.info(
             "torch.compile: the first training step and the first evaluation compile for minutes "
-            "(seed model on an H200: 276 s + ~80 s; tiny model on 2 CPU cores: ~350 s); the "
+            "(seed model on an H200: ~250 s + ~80 s; tiny model on 2 CPU cores: ~500 s + "
+            "~250 s); the "
             "Inductor cache (%s) makes later runs start in seconds to a minute "
             "(model.compile=false turns compiling off)",
             cache,
