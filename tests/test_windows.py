@@ -186,6 +186,31 @@ def test_a_file_far_sparser_than_the_training_tiles_is_warned_about(
     assert "2 of 3 files had the density warning above" in caplog.text
 
 
+def test_a_stray_point_far_out_is_classified_and_no_density_warning_follows(
+    trained_run, tiny_dataset, tmp_path, caplog
+):
+    """One point 3 km east of a 100 m tile: the file's box is 31 times wider, but the density
+    warned of is where the points are (the tile's own), and the stray point is classified too
+    (in a window of its own)."""
+    import logging
+
+    model, cfg = load_model(trained_run[0].best_weights)
+    src = next((tiny_dataset / "predict").glob("pair_*/*.las"))
+    las = laspy.read(src)
+    x = np.asarray(las.x).copy()
+    x[0] = x.max() + 3000.0
+    las.x = x
+    las.write(tmp_path / "stray.las")
+    jobs = [PredictJob(tmp_path / "stray.las", None, "stray")]
+    with caplog.at_level(logging.WARNING, logger="uxbseg"):
+        (result,) = predict_files(model, cfg, jobs, tmp_path / "out", progress=False)
+    assert result.error is None
+    assert "points per square unit" not in caplog.text
+    out = laspy.read(tmp_path / "out" / "pred_stray.las")
+    assert len(out.points) == len(las.points)
+    assert set(np.unique(out.classification)) <= {2, 27, 6}
+
+
 def _two_tiles_far_apart(tiny_dataset, tmp_path, axis):
     """Two test tiles (each with corner points so that it spans exactly 100 m) put 300 m apart
     along ``axis`` in one file, and an image of that file made from the tiles' images."""

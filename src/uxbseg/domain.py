@@ -9,8 +9,10 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from .config import Config
-from .data.pairs import aspect_note, density_note
+from .data.pairs import aspect_note, bulk_limits, density_note
 from .io.las import header_box_note, units_warning
 from .io.raster import image_size
 
@@ -33,6 +35,10 @@ def domain_warnings(
     if image is not None:
         said["image"] = aspect_note(image_size(image), ((x1 - x0) * sx, (y1 - y0) * sy))
     area = (x1 - x0) * sx * (y1 - y0) * sy
+    bulk = bulk_limits(np.asarray(las.X), np.asarray(las.Y))
+    if bulk is not None:  # a few stray points far out: the density of where the points are
+        (bx0, bx1), (by0, by1) = bulk
+        area = (bx1 - bx0) * sx * (by1 - by0) * sy
     if cfg.grid.tile_density is not None and area > 0:
         said["density"] = density_note(n / area, cfg.grid.tile_density, "the training tiles")
     return {kind: text for kind, text in said.items() if text}

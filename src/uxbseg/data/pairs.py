@@ -23,6 +23,7 @@ __all__ = [
     "PairReport",
     "Problem",
     "aspect_note",
+    "bulk_limits",
     "check_pair",
     "density_note",
     "find_pairs",
@@ -320,6 +321,26 @@ before :func:`stray_points` calls the points beyond the bulk stray."""
 _STRAY_SAMPLE = 131_072
 
 
+def _bulk(v: np.ndarray) -> tuple[float, float]:
+    """Where all but :data:`STRAY_SHARE` of the values at each end lie (a regular subsample)."""
+    sample = np.asarray(v[:: max(1, len(v) // _STRAY_SAMPLE)], dtype=np.int64)
+    lo, hi = np.quantile(sample, [STRAY_SHARE, 1 - STRAY_SHARE])
+    return float(lo), float(hi)
+
+
+def bulk_limits(X: np.ndarray, Y: np.ndarray) -> tuple[tuple[float, float], ...] | None:
+    """Raw XY limits of the bulk of the points, ((X lo, X hi), (Y lo, Y hi)), when a few stray
+    ones (:func:`stray_points`) widen their box more than :data:`STRAY_FACTOR` times on an
+    axis; None when they do not (or there are fewer than 1000 points to judge)."""
+    if len(X) < 1000:
+        return None
+    bulk = (_bulk(X), _bulk(Y))
+    for v, (lo, hi) in zip((X, Y), bulk, strict=True):
+        if int(v.max()) - int(v.min()) > STRAY_FACTOR * max(hi - lo, 1):
+            return bulk
+    return None
+
+
 def stray_points(
     X: np.ndarray, Y: np.ndarray, scales: tuple[float, float], offsets: tuple[float, float]
 ) -> str | None:
@@ -329,15 +350,11 @@ def stray_points(
     wide, on both axes, as the span of all but :data:`STRAY_SHARE` of the points at each end
     (a tile of water with an islet is not refused; a tile of fewer than 1000 points is not
     judged)."""
-    n = len(X)
-    if n < 1000:
+    bulk = bulk_limits(X, Y)
+    if bulk is None:
         return None
-    for name, v, scale, offset in (
-        ("X", X, scales[0], offsets[0]),
-        ("Y", Y, scales[1], offsets[1]),
-    ):
-        sample = np.asarray(v[:: max(1, n // _STRAY_SAMPLE)], dtype=np.int64)
-        lo, hi = np.quantile(sample, [STRAY_SHARE, 1 - STRAY_SHARE])
+    n = len(X)
+    for name, v, (lo, hi), scale, offset in zip("XY", (X, Y), bulk, scales, offsets, strict=True):
         vmin, vmax = int(v.min()), int(v.max())
         span = max(hi - lo, 1)
         if vmax - vmin <= STRAY_FACTOR * span:
