@@ -121,18 +121,20 @@ def _eight_bit(im: Image.Image, path: Path) -> tuple[Image.Image, str]:
     kind = "float" if im.mode == "F" else "16-bit" if im.mode.startswith("I;16") else "integer"
     if v.size == 0:
         return im.convert("L"), f"{kind} greyscale image, empty"
-    if not np.isfinite(v).all():
+    floats = im.mode == "F"
+    if floats and not np.isfinite(v).all():
         raise BadDataError(
             f"{path}: {kind} greyscale image holds NaN or infinite values; " + _EXPORT_8BIT
         )
     lo, hi = v.min().item(), v.max().item()
     seen = f"{kind} greyscale image, values {lo:g}..{hi:g}"
-    if lo >= 0 and hi <= 255 and not (im.mode == "F" and hi <= 1):
-        out, how = np.rint(v), "read as they are (8-bit values in a wider file)"
-    elif im.mode == "F" and lo >= 0 and hi <= 1:
-        out, how = np.rint(v * 255.0), "read as 8 bits (value x 255)"
-    elif im.mode != "F" and lo >= 0 and hi <= 65535:
-        out, how = v.astype(np.int64) >> 8, "read as 8 bits (value / 256)"
+    # in place where a copy is made: a survey's image may hold hundreds of millions of pixels
+    if lo >= 0 and hi <= 255 and not (floats and hi <= 1):
+        out, how = np.rint(v) if floats else v, "read as they are (8-bit values in a wider file)"
+    elif floats and lo >= 0 and hi <= 1:
+        out, how = np.rint(np.multiply(v, 255.0, dtype=np.float32)), "read as 8 bits (value x 255)"
+    elif not floats and lo >= 0 and hi <= 65535:
+        out, how = v >> 8, "read as 8 bits (value / 256)"
     else:
         ranges = "neither within 0..1 nor 0..255" if im.mode == "F" else "not within 0..65535"
         raise BadDataError(f"{path}: {seen} ({ranges}): their colours are unknown; {_EXPORT_8BIT}")
@@ -149,12 +151,13 @@ def image_depth_note(path: str | Path) -> str | None:
                 return None
             im.load()
             grey, note = _eight_bit(im, path)
-            v = np.asarray(im)
-            levels = np.count_nonzero(np.bincount(np.asarray(grey).ravel(), minlength=256))
+            v = np.asarray(im).ravel()
+            step = max(1, v.size // 2**24)  # a regular sample of a survey-sized image
+            levels = np.count_nonzero(np.bincount(np.asarray(grey).ravel()[::step], minlength=256))
             distinct = (
-                len(np.unique(v))
+                len(np.unique(v[::step]))
                 if im.mode == "F"
-                else np.count_nonzero(np.bincount(v.ravel().astype(np.int64)))
+                else np.count_nonzero(np.bincount(v[::step].astype(np.int64)))
             )
             if levels < min(16, distinct):
                 note += f"; only {levels} grey level(s) remain of {distinct}: {_EXPORT_8BIT}"
