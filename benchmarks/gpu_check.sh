@@ -14,7 +14,9 @@
 #    training, 4.05x forward, 81.6 / 35.8 GiB, the forward's profile showing 19 % of cuDNN
 #    layout transposes, since removed (Inductor's layout optimisation forced on; not measured);
 # 2. the same fast path in eager mode at batch 1 (the seed's batch: peak memory against the
-#    seed's), after --check (its 3D logits against the plain fp32 path, same weights).
+#    seed's), after --check (its 3D logits against the plain fp32 path, same weights), its
+#    forward timed at 4 windows at a time: what predict runs on a GPU by default (eager, 4x
+#    the training batch).
 # A second call then, when the product's smoke test (below) has passed already: the same with
 # CUDA graphs, for the launches a step's wall time (0.697 s) holds beyond its device time
 # (0.674 s) at batch 8 on an H200:
@@ -50,6 +52,6 @@ FBATCH=${FBATCH:-16}
 'transformers', transformers.__version__, 'monai', monai.__version__)"
   python3 -m benchmarks train --config seed --steps 5 --fast-batch "$BATCH" \
     --forward-batch "$FBATCH" --compile --profile 30 --only "seed as written" "$BEST + compile"
-  python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --check \
+  python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --forward-batch 4 --check \
     --only "seed as written" "$BEST"
 } 2>&1 | tee "$OUT/gpu.log"

@@ -70,7 +70,10 @@ def test_gpu_check_times_the_seed_and_the_compiled_candidate():
     assert name == "bf16 + fast fusion + channels_last + sdpa"
     # then the eager fast path at batch 1, after --check, for its peak memory against the seed's
     a = parser().parse_args(second)
-    assert a.check
+    from uxbseg.predict import window_batch
+
+    seed = load_config("seed")  # predict's default window batch on a GPU, eager
+    assert a.check and a.forward_batch == window_batch(None, 0.25, seed, torch.device("cuda"))
     picked = [(label, batch) for label, batch, _ in select(plan_variants(a, gpu=True)[0], a.only)]
     assert picked == [("seed as written (fp32, broadcast fusion)", 1), (name, 1)]
 
