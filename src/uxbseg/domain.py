@@ -35,7 +35,7 @@ def domain_warnings(
     if image is not None:
         said["image"] = aspect_note(image_size(image), ((x1 - x0) * sx, (y1 - y0) * sy))
     area = (x1 - x0) * sx * (y1 - y0) * sy
-    bulk = bulk_limits(np.asarray(las.X), np.asarray(las.Y))
+    bulk = bulk_limits(np.asarray(las.X), np.asarray(las.Y), limits)
     if bulk is not None:  # a few stray points far out: the density of where the points are
         (bx0, bx1), (by0, by1) = bulk
         area = (bx1 - bx0) * sx * (by1 - by0) * sy

@@ -328,15 +328,20 @@ def _bulk(v: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bulk_limits(X: np.ndarray, Y: np.ndarray) -> tuple[tuple[float, float], ...] | None:
+def bulk_limits(
+    X: np.ndarray, Y: np.ndarray, limits: tuple[tuple[int, int], tuple[int, int]] | None = None
+) -> tuple[tuple[float, float], ...] | None:
     """Raw XY limits of the bulk of the points, ((X lo, X hi), (Y lo, Y hi)), when a few stray
-    ones (:func:`stray_points`) widen their box more than :data:`STRAY_FACTOR` times on an
-    axis; None when they do not (or there are fewer than 1000 points to judge)."""
+    ones (:func:`stray_points`) widen their box (raw ``limits``, computed when not given) more
+    than :data:`STRAY_FACTOR` times on an axis; None when they do not (or there are fewer than
+    1000 points to judge)."""
     if len(X) < 1000:
         return None
+    if limits is None:
+        limits = ((int(X.min()), int(X.max())), (int(Y.min()), int(Y.max())))
     bulk = (_bulk(X), _bulk(Y))
-    for v, (lo, hi) in zip((X, Y), bulk, strict=True):
-        if int(v.max()) - int(v.min()) > STRAY_FACTOR * max(hi - lo, 1):
+    for (vmin, vmax), (lo, hi) in zip(limits, bulk, strict=True):
+        if vmax - vmin > STRAY_FACTOR * max(hi - lo, 1):
             return bulk
     return None
 
@@ -350,18 +355,20 @@ def stray_points(
     wide, on both axes, as the span of all but :data:`STRAY_SHARE` of the points at each end
     (a tile of water with an islet is not refused; a tile of fewer than 1000 points is not
     judged)."""
-    bulk = bulk_limits(X, Y)
+    if len(X) < 1000:
+        return None
+    limits = ((int(X.min()), int(X.max())), (int(Y.min()), int(Y.max())))
+    bulk = bulk_limits(X, Y, limits)
     if bulk is None:
         return None
-    n = len(X)
-    for name, v, (lo, hi), scale, offset in zip("XY", (X, Y), bulk, scales, offsets, strict=True):
-        vmin, vmax = int(v.min()), int(v.max())
+    axes = zip("XY", (X, Y), limits, bulk, scales, offsets, strict=True)
+    for name, v, (vmin, vmax), (lo, hi), scale, offset in axes:
         span = max(hi - lo, 1)
         if vmax - vmin <= STRAY_FACTOR * span:
             continue
         far = int(np.count_nonzero((v < lo - span) | (v > hi + span)))
         return (
-            f"{far} of {n} points lie far outside the others: {name} spans "
+            f"{far} of {len(X)} points lie far outside the others: {name} spans "
             f"{vmin * scale + offset:.2f}..{vmax * scale + offset:.2f} where all but "
             f"{2 * STRAY_SHARE:.1%} of the points lie within {lo * scale + offset:.2f}.."
             f"{hi * scale + offset:.2f}; the grid and the image span all the points' box, so "
