@@ -1,6 +1,6 @@
 import pytest
 
-from uxbseg.config import Config, config_to_dict, load_config, save_config
+from uxbseg.config import PACKAGED_CONFIGS, Config, config_to_dict, load_config, save_config
 from uxbseg.errors import ConfigError
 
 from .conftest import ROOT
@@ -87,3 +87,30 @@ def test_shipped_configurations_are_taken_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a file of that name, where it is given, is the user's own
     (tmp_path / "tiny").write_text("trainer:\n  max_epochs: 3\n")
     assert load_config("tiny").trainer.max_epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        (
+            "model:\n  feature_size: 12\n  fusion: global\n  feature_size: 24\n",
+            "feature_size",
+            "2 and 4",
+        ),
+        ("grid:\n  shape: [8, 16, 16]\ngrid:\n  binning: seed\n", "grid", "1 and 3"),
+    ],
+)
+def test_a_key_given_twice_is_an_error_naming_it(tmp_path, text, key, lines):
+    """Plain YAML keeps the last of two equal keys; a setting written twice is refused instead,
+    with the file, the key and both lines."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(
+        ConfigError, match=rf"twice.yaml: key '{key}' is given twice \(lines {lines}\)"
+    ):
+        load_config(path)
+
+
+@pytest.mark.parametrize("name", PACKAGED_CONFIGS)
+def test_the_shipped_configurations_load_with_each_key_once(name):
+    assert load_config(name).grid.shape

@@ -426,6 +426,24 @@ PACKAGED_CONFIGS = ("seed", "tiny")
 (the original script's model and schedule: a GPU's work) and ``tiny`` (the demo's, for a CPU)."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the
+    last silently: a setting written twice would change without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"{key_node.start_mark.name}: key {key!r} is given twice (lines "
+                    f"{seen[key]} and {line}); keep one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def packaged_config(name: str) -> Path:
     """Path of a configuration shipped with the package (a :data:`PACKAGED_CONFIGS` name)."""
     return Path(str(resources.files("uxbseg") / "configs" / f"{name}.yaml"))
@@ -445,7 +463,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"configurations by name: {', '.join(PACKAGED_CONFIGS)}"
             )
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            with p.open() as fh:  # the loader names the file in its messages
+                data = yaml.load(fh, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
