@@ -80,7 +80,9 @@ class _Run:
             # every shape compiled as it is: the evaluation graph at another batch than the
             # training graph's is then a static graph too, not one with a symbolic batch
             torch._dynamo.config.automatic_dynamic_shapes = False
-            self.model.compile_branches(None if compile_ is True else compile_)
+            # CUDA graphs: the forward compiled as one function (compile_branches explains)
+            mode = None if compile_ is True else compile_
+            self.model.compile_branches(mode, whole=mode == "reduce-overhead")
         self.data = _batch(cfg, batch, device)
         # the forward at an inference batch of its own (predict --batch), if given
         self.fbatch = batch if naive or forward_batch is None else forward_batch
@@ -160,9 +162,11 @@ def measure(cfg, device, *, steps: int, profile_rows: int = 0, **kw):
         torch.cuda.reset_peak_memory_stats()
     ftimes = [run.forward() for _ in range(steps)]
     fpeak = _gib_peak(device)
-    if profile_rows:
-        print(profile(run, profile_rows), flush=True)
-        print(profile(run, profile_rows, "forward"), flush=True)
+    for what in ("step", "forward") if profile_rows else ():
+        try:  # a diagnostic: its failure must not cost the variant's measurement
+            print(profile(run, profile_rows, what), flush=True)
+        except Exception as e:  # e.g. the profiler under CUDA graphs
+            print(f"  profile of one {what} failed: {type(e).__name__}: {e}", flush=True)
     return statistics.median(times), statistics.median(ftimes), peak, fpeak, run.first, run.fbatch
 
 

@@ -19,18 +19,18 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 
 
 def _defaults(mib: int) -> dict[str, str]:
-    """$BATCH and $FBATCH as the script sets them by default on a card of ``mib`` MiB (its own
-    lines, run by bash)."""
+    """$BATCH, $FBATCH and $MODE as the script sets them by default on a card of ``mib`` MiB
+    (its own lines, run by bash)."""
     text = SCRIPT.read_text()
-    lines = [ln for ln in text.splitlines() if re.match(r"(F?BATCH)=", ln)]
+    lines = [ln for ln in text.splitlines() if re.match(r"(F?BATCH|MODE)=", ln)]
     out = subprocess.run(
-        ["bash", "-c", f"MIB={mib}\n" + "\n".join(lines) + '\necho "$BATCH $FBATCH"'],
+        ["bash", "-c", f"MIB={mib}\n" + "\n".join(lines) + '\necho "$BATCH $FBATCH $MODE"'],
         capture_output=True,
         text=True,
         check=True,
         env={},
     ).stdout.split()
-    return {"BATCH": out[0], "FBATCH": out[1]}
+    return {"BATCH": out[0], "FBATCH": out[1], "MODE": out[2]}
 
 
 def _train_commands(mib: int = 143771) -> list[list[str]]:
@@ -48,10 +48,13 @@ def _train_commands(mib: int = 143771) -> list[list[str]]:
 
 
 def test_gpu_check_batch_follows_the_cards_memory():
-    # batch 8 (~85 GiB estimated) only on a card with more than 100 GiB: an H200, not an H100
-    assert _defaults(143771) == {"BATCH": "8", "FBATCH": "16"}
-    assert _defaults(81559) == {"BATCH": "4", "FBATCH": "16"}
-    assert parser().parse_args(_train_commands(81559)[0]).fast_batch == [4]
+    # ~4.6 GiB + 9.6 GiB a sample (H200, batches 4 and 8): 12 (~120 GiB) on an H200's 140 GiB,
+    # 6 (~62 GiB) on an 80 GB H100; CUDA graphs unless MODE says otherwise
+    graphs = {"FBATCH": "16", "MODE": "reduce-overhead"}
+    assert _defaults(143771) == {"BATCH": "12", **graphs}
+    assert _defaults(81559) == {"BATCH": "6", **graphs}
+    assert _defaults(49152)["BATCH"] == "4"
+    assert parser().parse_args(_train_commands(81559)[0]).fast_batch == [6]
 
 
 def test_gpu_check_times_the_seed_and_the_compiled_candidate():
@@ -62,10 +65,11 @@ def test_gpu_check_times_the_seed_and_the_compiled_candidate():
     picked = [(label, batch) for label, batch, _ in select(variants, a.only)]
     assert picked == [
         ("seed as written (fp32, broadcast fusion)", 1),
-        ("bf16 + fast fusion + channels_last + sdpa + compile", 8),
+        ("bf16 + fast fusion + channels_last + sdpa + compile (reduce-overhead)", 12),
     ]
     (kw,) = [kw for label, _, kw in variants if label == picked[1][0]]
-    assert kw == {**best, "compile_": True} and best["channels_last"] and best["flash"]
+    assert kw == {**best, "compile_": "reduce-overhead"}
+    assert best["channels_last"] and best["flash"]
     assert best["bf16"] and not best["naive"]
     assert name == "bf16 + fast fusion + channels_last + sdpa"
     # then the eager fast path at batch 1, after --check, for its peak memory against the seed's

@@ -267,6 +267,18 @@ def test_compile_branches_compiles_each_branch_in_place_and_says_what_it_costs(
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
+def test_compile_whole_compiles_the_models_forward_as_one_function(tiny_cfg):
+    """For CUDA graphs without gradients (one generation a call): the model itself compiled,
+    its branches left as they are (Dynamo inlines them), the keys unchanged."""
+    model = UXBFusionModel.from_config(tiny_cfg)
+    keys = list(model.state_dict())
+    model.compile_branches("reduce-overhead", whole=True)
+    assert model._compiled_call_impl is not None
+    branches = [model.image_branch, model.voxel_branch, model.surface_branch, model.fusion]
+    assert all(b._compiled_call_impl is None for b in branches if b is not None)
+    assert list(model.state_dict()) == keys
+
+
 def test_the_compile_cache_is_ours_though_an_import_wrote_torchs_default(
     tiny_cfg, monkeypatch, tmp_path
 ):

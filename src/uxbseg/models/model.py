@@ -151,9 +151,14 @@ class UXBFusionModel(nn.Module):
         if self.flash_attention == "auto" and device.type == "cuda" and self.voxel_branch:
             sdpa_window_attention(self.voxel_branch.net)
 
-    def compile_branches(self, mode: str | None = None) -> None:
+    def compile_branches(self, mode: str | None = None, *, whole: bool = False) -> None:
         """``torch.compile`` each branch in place (weights and state_dict keys are unchanged),
         in torch's ``mode`` (None: its default; the benchmarks try others).
+
+        ``whole=True`` compiles the model's own forward instead, as one function: what CUDA
+        graphs (``mode="reduce-overhead"``) need without gradients, where every call of a
+        compiled function starts a new generation of CUDA graph trees and frees the outputs of
+        the one before (a branch's features, still to be fused, among them).
 
         The first step then takes minutes; Inductor keeps its artefacts in
         ``TORCHINDUCTOR_CACHE_DIR``, which this sets to ``~/.cache/uxbseg/inductor`` unless it
@@ -177,6 +182,9 @@ class UXBFusionModel(nn.Module):
             import torch._inductor.config as inductor
 
             inductor.force_layout_optimization = True
+        if whole:
+            self.compile(mode=mode)
+            return
         for branch in (self.image_branch, self.voxel_branch, self.surface_branch, self.fusion):
             if branch is not None:
                 branch.compile(mode=mode)
