@@ -675,3 +675,26 @@ def test_the_default_window_batch_is_the_training_batch_and_4x_on_a_gpu(tiny_cfg
     assert window_batch(3, 0.25, tiny_cfg, torch.device("cuda")) == 3  # --batch wins
     with pytest.raises(BadDataError, match="--batch 0"):
         window_batch(0, 0.25, tiny_cfg)
+
+
+def test_the_windows_counted_are_those_a_point_of_the_file_takes_its_class_from():
+    """The progress bar's total: a sparse file spans many windows that hold none of its points
+    (passed by, not run); its neighbours' points (context) make no window of its own."""
+    from uxbseg.predict_windows import _ownership, windows_to_run
+    from uxbseg.survey import SurveyContext
+
+    rng = np.random.default_rng(0)
+    own_x = np.array([5, 7, 950, 955, 2950, 2990])  # three clusters along a 3 km strip
+    own_y = rng.integers(0, 90, len(own_x))
+    near = np.array([1500, 1550])  # a neighbour's points inside the strip
+    xs = np.concatenate([near, own_x])
+    ys = np.concatenate([[40, 50], own_y])
+    pts = PointArrays(xs, ys, np.zeros_like(xs))
+    plan = plan_windows((0, 3000), (0, 90), (100, 100), overlap=0.25)
+    limits = ((int(own_x.min()), int(own_x.max())), (int(own_y.min()), int(own_y.max())))
+    context = SurveyContext(pts, slice(2, len(xs)), limits)
+    assert len(plan) == 40  # one row, 1 + ceil((3000 - 100) / 75) columns
+    own = _ownership(plan, context)[0]
+    assert windows_to_run(plan, context, own) == len(set(own[2:].tolist())) == 3
+    empty = SurveyContext(pts, slice(0, 0), limits)
+    assert windows_to_run(plan, empty, own) == 0

@@ -127,6 +127,14 @@ def _ownership(plan: WindowPlan, context: SurveyContext) -> tuple[np.ndarray, ra
     return own, *plan.over(context.limits)
 
 
+def windows_to_run(plan: WindowPlan, context: SurveyContext, own: np.ndarray) -> int:
+    """How many windows some point of the file takes its class from (``own``: each point's
+    window, :func:`_ownership`): those run or reused, the rest passed by. A sparse file's plan
+    can hold many more windows (1065 points in 2790 windows of 100 m: simple.las)."""
+    mine = own[context.own.start : context.own.stop]
+    return int(np.count_nonzero(np.bincount(mine, minlength=len(plan)))) if len(mine) else 0
+
+
 def _window_inputs(
     image_path: Path | None,
     las,
@@ -331,12 +339,12 @@ def predict_windows(
             on_window(w, done.grid, None)
 
     ownership = _ownership(plan, context)
-    total = len(ownership[1]) * len(ownership[2])
-    bar = tqdm(total=total, desc="windows", unit="window", leave=False, disable=not progress,
-               **progress_options())  # fmt: skip
+    bar = tqdm(total=windows_to_run(plan, context, ownership[0]), desc="windows",
+               unit="window", leave=False, disable=not progress, **progress_options())  # fmt: skip
     inputs = _window_inputs(image_path, las, plan, cfg, context, ownership)
     for w in _prefetched(inputs, prefetch * batch):
-        bar.update()
+        if w is not None:  # a window no point of the file takes its class from is passed by
+            bar.update()
         if w is not None and w.image is None:
             reuse(w)
         elif w is not None:
