@@ -19,11 +19,13 @@
 #    seed's), after --check (its 3D logits against the plain fp32 path, same weights), its
 #    forward timed at 4 windows at a time: what predict runs on a GPU by default.
 # TORCH_LOGS=perf_hints prints why CUDA graphs were skipped for a graph, if they were.
-# A second call, from what the first printed:
-#   out of memory at batch 12:      BATCH=8 bash benchmarks/gpu_check.sh
-#   CUDA graphs failed:             MODE=default bash benchmarks/gpu_check.sh
-#   both >= 5x and the product's code changed since the last card: bash benchmarks/gpu_smoke.sh
-#   (about 3 minutes: the product itself on the card, demo, predict, evaluate, a survey)
+# A second call (~350 s: what is left of the 15 minutes after the first), from what the first
+# printed; the compiled variant alone, no profile:
+#   python3 -m benchmarks train --config seed --steps 5 --fast-batch B --forward-batch 16 \
+#     --compile --compile-mode M --only "seed as written" "fast fusion + channels_last + sdpa + compile"
+#   with B=8 M=reduce-overhead if batch 12 ran out of memory, B=12 M=default if CUDA graphs
+#   failed; or, both >= 5x and the product's code changed since the last card,
+#   bash benchmarks/gpu_smoke.sh (about 3 minutes: the product itself on the card).
 # Measured already (BENCHMARKS.md), rerun with more time:
 #   python3 -m benchmarks kernels --config seed --batch 4 --repeats 3   (eighteenth session)
 #   python3 -m benchmarks train --config seed --steps 5 --fast-batch 1 4 --profile 15
