@@ -111,6 +111,22 @@ def test_a_key_given_twice_is_an_error_naming_it(tmp_path, text, key, lines):
         load_config(path)
 
 
+def test_yaml_merge_keys_still_override_and_odd_keys_are_yamls_errors(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("grid: &g\n  shape: [8, 16, 16]\n  binning: seed\nmodel: {}\n")
+    assert load_config(path).grid.shape == (8, 16, 16)
+    path.write_text(
+        "base: &b {shape: [8, 16, 16], binning: seed}\ngrid:\n  <<: *b\n  shape: [8, 32, 32]\n"
+    )
+    with pytest.raises(ConfigError, match="base"):  # merged, then the unknown section refused
+        load_config(path)
+    path.write_text("grid:\n  <<: {shape: [8, 16, 16], binning: seed}\n  shape: [8, 32, 32]\n")
+    assert load_config(path).grid.shape == (8, 32, 32)  # the key given overrides the merged one
+    path.write_text("grid:\n  ? [1, 2]\n  : 3\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
 @pytest.mark.parametrize("name", PACKAGED_CONFIGS)
 def test_the_shipped_configurations_load_with_each_key_once(name):
     assert load_config(name).grid.shape

@@ -433,7 +433,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
+            # plain keys only: a merge key (<<: *anchor) is YAML's own way to override, and a
+            # key that is no scalar is left to YAML's own error
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise ConfigError(
