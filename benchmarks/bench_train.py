@@ -246,7 +246,8 @@ def parser() -> argparse.ArgumentParser:
         choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
         default="default",
         help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs, which spare "
-        "the launches a step's wall time holds beyond its device time)",
+        "the launches a step's wall time holds beyond its device time; the model's forward is "
+        "then compiled as one function, not branch by branch)",
     )
     p.add_argument(
         "--checkpoint",
