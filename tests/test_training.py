@@ -416,6 +416,22 @@ def test_a_seed_size_model_on_the_cpu_is_warned_of(caplog):
         assert "(50% of the original script's size)" in caplog.text
 
 
+def test_a_seed_size_model_trained_eagerly_on_a_gpu_is_told_the_faster_settings():
+    from uxbseg.config import load_config
+    from uxbseg.training.train import gpu_speed_hint
+
+    seed = load_config("seed")
+    hint = gpu_speed_hint(seed, "cuda")
+    assert hint.startswith("training eagerly at batch 1:")
+    assert "--set model.compile=true --set data.batch_size=8" in hint
+    compiled = load_config("seed", ["model.compile=true"])
+    assert gpu_speed_hint(compiled, "cuda").startswith("training compiled at batch 1:")
+    fast = load_config("seed", ["model.compile=true", "data.batch_size=8"])
+    assert gpu_speed_hint(fast, "cuda") is None
+    assert gpu_speed_hint(seed, "cpu") is None  # the CPU has its own warning
+    assert gpu_speed_hint(load_config("tiny"), "cuda") is None  # a small model: nothing to add
+
+
 def test_training_says_where_it_runs(tmp_path):
     from uxbseg.training.train import where_trainer_runs
 
