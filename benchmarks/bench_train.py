@@ -19,6 +19,7 @@ import contextlib
 import gc
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -27,6 +28,7 @@ from uxbseg.config import load_config, packaged_config
 from uxbseg.losses import FusionLoss
 from uxbseg.models import UXBFusionModel
 
+from . import compile_cache
 from .common import sync
 
 
@@ -250,6 +252,20 @@ def parser() -> argparse.ArgumentParser:
         "then compiled as one function, not branch by branch)",
     )
     p.add_argument(
+        "--compile-cache",
+        type=Path,
+        metavar="DIR",
+        help="first load the compiled graphs a run saved with --save-compile-cache (on a lent "
+        "card: the previous card's, carried), so that the same graphs are not compiled again",
+    )
+    p.add_argument(
+        "--save-compile-cache",
+        type=Path,
+        metavar="DIR",
+        help="at the end, save every graph compiled or loaded here to DIR (compressed files of "
+        "at most 15 MiB: a device's $OUT gives them back)",
+    )
+    p.add_argument(
         "--checkpoint",
         action="store_true",
         help="also time gradient checkpointing at the largest batch",
@@ -328,6 +344,16 @@ def select(variants: list[Variant], only: list[str] | None) -> list[Variant]:
 
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
+    if a.compile_cache is not None:
+        print(compile_cache.load(a.compile_cache), flush=True)
+    _run(a)
+    if a.compile or a.save_compile_cache is not None:
+        print(compile_cache.hits(), flush=True)
+    if a.save_compile_cache is not None:
+        print(compile_cache.save(a.save_compile_cache), flush=True)
+
+
+def _run(a: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config(packaged_config(a.config), ["model.pretrained_2d=null"])
     gpu = device.type == "cuda"

@@ -19,10 +19,16 @@
 #    seed's), after --check (its 3D logits against the plain fp32 path, same weights), its
 #    forward timed at 4 windows at a time: what predict runs on a GPU by default.
 # TORCH_LOGS=perf_hints prints why CUDA graphs were skipped for a graph, if they were.
+# The compiled graphs travel from card to card (benchmarks/compile_cache.py): step 1 loads those
+# in .gpu-cache/ (an ignored folder: carry it with the call, carry=[".whl", ".gpu-cache"]) and
+# saves all it compiled or loaded to $OUT as compile-cache.<i>.z; copy those into .gpu-cache/
+# after the call, so that the next call or the next session's card skips the ~330 s of
+# compiling the same graphs (same torch, same kind of card; other graphs compile as before).
 # A second call (~350 s: what is left of the 15 minutes after the first), from what the first
 # printed; the compiled variant alone, no profile:
 #   python3 -m benchmarks train --config seed --steps 5 --fast-batch B --forward-batch 16 \
-#     --compile --compile-mode M --only "seed as written" "fast fusion + channels_last + sdpa + compile"
+#     --compile --compile-mode M --compile-cache .gpu-cache \
+#     --only "seed as written" "fast fusion + channels_last + sdpa + compile"
 #   with B=8 M=reduce-overhead if batch 12 ran out of memory, B=12 M=default if CUDA graphs
 #   failed; or, both >= 5x and the product's code changed since the last card,
 #   bash benchmarks/gpu_smoke.sh (about 3 minutes: the product itself on the card).
@@ -50,7 +56,8 @@ MODE=${MODE:-reduce-overhead}
 'transformers', transformers.__version__, 'monai', monai.__version__)"
   TORCH_LOGS=perf_hints python3 -m benchmarks train --config seed --steps 5 \
     --fast-batch "$BATCH" --forward-batch "$FBATCH" --compile --compile-mode "$MODE" \
-    --profile 25 --only "seed as written" "$BEST + compile"
+    --profile 25 --only "seed as written" "$BEST + compile" \
+    --compile-cache .gpu-cache --save-compile-cache "$OUT"
   python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --forward-batch 4 --check \
     --only "seed as written" "$BEST"
 } 2>&1 | tee "$OUT/gpu.log"

@@ -41,7 +41,7 @@ def _train_commands(mib: int = 143771) -> list[list[str]]:
     commands = []
     for line in text.splitlines():
         if "-m benchmarks train" in line and not line.lstrip().startswith("#"):
-            line = re.sub(r"\$\{?(\w+)\}?", lambda m: env[m.group(1)], line)
+            line = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), line)
             args = shlex.split(line)
             commands.append(args[args.index("train") + 1 :])
     return commands
@@ -61,6 +61,8 @@ def test_gpu_check_times_the_seed_and_the_compiled_candidate():
     first, second = _train_commands()
     a = parser().parse_args(first)
     assert a.forward_batch == 16 and a.profile
+    # the compiled graphs come from the previous card and go back for the next
+    assert str(a.compile_cache) == ".gpu-cache" and str(a.save_compile_cache) == "$OUT"
     variants, name, best = plan_variants(a, gpu=True)
     picked = [(label, batch) for label, batch, _ in select(variants, a.only)]
     assert picked == [
