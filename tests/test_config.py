@@ -127,6 +127,15 @@ def test_yaml_merge_keys_still_override_and_odd_keys_are_yamls_errors(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_config_saved_with_a_byte_order_mark_loads_whatever_the_locale(tmp_path, encoding):
+    """Windows editors save UTF-8 with a BOM, or UTF-16 ("Unicode"): YAML reads both from the
+    bytes; a comment in any language is no error."""
+    path = tmp_path / "bom.yaml"
+    path.write_text("# résumé: tuiles de 100 m\nmodel:\n  feature_size: 12\n", encoding=encoding)
+    assert load_config(path).model.feature_size == 12
+
+
 @pytest.mark.parametrize("name", PACKAGED_CONFIGS)
 def test_the_shipped_configurations_load_with_each_key_once(name):
     assert load_config(name).grid.shape

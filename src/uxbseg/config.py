@@ -467,7 +467,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"configurations by name: {', '.join(PACKAGED_CONFIGS)}"
             )
         try:
-            with p.open() as fh:  # the loader names the file in its messages
+            with p.open("rb") as fh:  # YAML decodes it (UTF-8 or 16); the loader names the file
                 data = yaml.load(fh, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
