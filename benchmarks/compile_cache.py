@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CHUNK", "PREFIX", "hits", "load", "read_chunks", "save", "write_chunks"]
+__all__ = ["CHUNK", "PREFIX", "count", "hits", "load", "read_chunks", "save", "write_chunks"]
 
 CHUNK = 15 * 2**20
 """Bytes a file at most (a device returns files of up to 16 MiB from ``$OUT``)."""
@@ -52,6 +52,18 @@ def read_chunks(folder: Path) -> bytes | None:
     return zlib.decompress(b"".join(p.read_bytes() for p in parts))
 
 
+def count(info: object) -> int:
+    """How many artefacts torch's ``CacheInfo`` lists: by kind in ``artifacts`` (torch 2.13), or
+    in one ``<kind>_artifacts`` list a kind (its first form; the card's torch may be older)."""
+    if info is None:
+        return 0
+    kinds = getattr(info, "artifacts", None)
+    if isinstance(kinds, dict):
+        return sum(len(v) for v in kinds.values())
+    lists = [getattr(info, n) for n in dir(info) if n.endswith("_artifacts")]
+    return sum(len(v) for v in lists if isinstance(v, list))
+
+
 def save(folder: Path) -> str:
     """Write what Inductor compiled in this process to ``folder``; says what was written."""
     got = torch.compiler.save_cache_artifacts()
@@ -59,13 +71,13 @@ def save(folder: Path) -> str:
         return "compile cache: nothing compiled in this process, nothing saved"
     data, info = got
     paths = write_chunks(data, folder)
-    count = sum(len(v) for v in info.artifacts.values())
+    n = count(info)
     if not paths:
         mib = len(data) / 2**20
-        return f"compile cache: {count} artefacts, {mib:.1f} MiB: too large to return, not saved"
+        return f"compile cache: {n} artefacts, {mib:.1f} MiB: too large to return, not saved"
     size = sum(p.stat().st_size for p in paths) / 2**20
     return (
-        f"compile cache: {count} artefacts saved to {folder} ({len(paths)} file(s), "
+        f"compile cache: {n} artefacts saved to {folder} ({len(paths)} file(s), "
         f"{size:.1f} MiB compressed of {len(data) / 2**20:.1f})"
     )
 
@@ -77,8 +89,8 @@ def load(folder: Path) -> str:
     if data is None:
         return f"compile cache: none in {folder}, every graph compiles"
     info = torch.compiler.load_cache_artifacts(data)
-    count = 0 if info is None else sum(len(v) for v in info.artifacts.values())
-    return f"compile cache: {count} artefacts loaded from {folder}"
+    n = count(info)
+    return f"compile cache: {n} artefacts loaded from {folder}"
 
 
 def hits() -> str:

@@ -34,6 +34,16 @@ def test_a_cache_too_large_to_come_back_is_not_written(tmp_path, monkeypatch):
     assert compile_cache.read_chunks(tmp_path) is None
 
 
+def test_artefacts_are_counted_in_either_form_of_torchs_cache_info():
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    now = SimpleNamespace(artifacts=defaultdict(list, {"inductor": ["a", "b"], "pgo": ["c"]}))
+    first = SimpleNamespace(inductor_artifacts=["a", "b"], aot_autograd_artifacts=["c", "d"])
+    assert compile_cache.count(now) == 3 and compile_cache.count(first) == 4
+    assert compile_cache.count(None) == 0
+
+
 _SCRIPT = textwrap.dedent(
     """
     import sys
