@@ -7,6 +7,10 @@ graph Inductor compiled (and AOTAutograd's), so the next machine of the same kin
 torch, hits the cache for the same graphs instead of compiling them again; entries of another
 torch or another card are simply never hit. They travel as compressed files of at most
 :data:`CHUNK` bytes each, the size the device's ``$OUT`` gives back.
+
+The artefacts are Inductor's own cache entries, pickled as they are in its cache folder, and
+torch unpickles them when they are loaded: load only files a run of yours wrote (this is a
+benchmark's tool for the project's own device calls; the package never loads such files).
 """
 
 from __future__ import annotations
