@@ -159,11 +159,16 @@ def measure(cfg, device, *, steps: int, profile_rows: int = 0, **kw):
         torch.cuda.reset_peak_memory_stats()
     times = [run.step() for _ in range(steps)]
     peak = _gib_peak(device)
-    run.forward()  # warm-up: the evaluation graph compiles, cuDNN autotunes a new batch
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    ftimes = [run.forward() for _ in range(steps)]
-    fpeak = _gib_peak(device)
+    ftimes, fpeak = [float("nan")], float("nan")
+    try:
+        run.forward()  # warm-up: the evaluation graph compiles, cuDNN autotunes a new batch
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        ftimes = [run.forward() for _ in range(steps)]
+        fpeak = _gib_peak(device)
+    except torch.OutOfMemoryError:  # the step's figures stand without the forward's
+        print(f"  forward at batch {run.fbatch}: out of memory on this device", flush=True)
+    _free()  # outside the except block, whose traceback holds the failed forward's tensors
     for what in ("step", "forward") if profile_rows else ():
         try:  # a diagnostic: its failure must not cost the variant's measurement
             print(profile(run, profile_rows, what), flush=True)

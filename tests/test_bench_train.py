@@ -4,6 +4,7 @@ GPU. A lent card is rare; a label that no longer matches would waste it."""
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import subprocess
@@ -116,3 +117,19 @@ def test_forward_is_timed_at_its_own_batch_for_the_fast_path_only(naive):
     assert run.forward() > 0
     *_, fbatch = measure(cfg, torch.device("cpu"), steps=1, **kw)
     assert fbatch == run.fbatch
+
+
+def test_a_forward_out_of_memory_keeps_the_steps_figures(monkeypatch, capsys):
+    """A forward batch that does not fit beside what the training step left on the card (CUDA
+    graphs keep their memory pool) costs the forward's figures only, not the step's."""
+    cfg = load_config(packaged_config("tiny"), ["model.pretrained_2d=null"])
+
+    def no_room(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(_Run, "forward", no_room)
+    step, fwd, *_, fbatch = measure(
+        cfg, torch.device("cpu"), steps=1, naive=False, bf16=False, batch=1, forward_batch=2
+    )
+    assert step > 0 and math.isnan(fwd) and fbatch == 2
+    assert "forward at batch 2: out of memory on this device" in capsys.readouterr().out
