@@ -130,7 +130,7 @@ def _ownership(plan: WindowPlan, context: SurveyContext) -> tuple[np.ndarray, ra
 def windows_to_run(plan: WindowPlan, context: SurveyContext, own: np.ndarray) -> int:
     """How many windows some point of the file takes its class from (``own``: each point's
     window, :func:`_ownership`): those run or reused, the rest passed by. A sparse file's plan
-    can hold many more windows (1065 points in 2790 windows of 100 m: simple.las)."""
+    can hold many more windows (simple.las: 1065 points, 2790 windows of 100 feet, 886 run)."""
     mine = own[context.own.start : context.own.stop]
     return int(np.count_nonzero(np.bincount(mine, minlength=len(plan)))) if len(mine) else 0
 
