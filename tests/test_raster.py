@@ -64,6 +64,26 @@ def test_a_16_bit_tpi_image_is_read_by_its_range_not_clipped_white(tmp_path):
     assert image_depth_note(tmp_path / "8.png") is None
 
 
+def test_an_image_and_its_note_come_from_one_decoding(tmp_path, monkeypatch):
+    """inspect reads a 16-bit image once for both its pixels and the note on how they were
+    read (a survey's image may hold hundreds of millions of pixels)."""
+    from uxbseg.io import raster
+
+    narrow = 1000 + _grey(np.random.default_rng(2)).astype(np.uint16) // 40
+    Image.fromarray(narrow).save(tmp_path / "16.png")
+    Image.fromarray(_grey(np.random.default_rng(2))).save(tmp_path / "8.png")
+    calls = []
+    real = raster._eight_bit
+    monkeypatch.setattr(raster, "_eight_bit", lambda im, path: calls.append(path) or real(im, path))
+    im, note = raster.open_image_noted(tmp_path / "16.png", "RGB")
+    assert len(calls) == 1
+    again = open_image(tmp_path / "16.png", "RGB")
+    np.testing.assert_array_equal(np.asarray(im), np.asarray(again))
+    assert note == image_depth_note(tmp_path / "16.png") and "only 1 grey level(s)" in note
+    assert raster.open_image_noted(tmp_path / "8.png", "RGB")[1] is None
+    assert raster.open_image_noted(tmp_path / "16.png", "L")[1] is None  # a mask keeps its values
+
+
 def test_8_bit_values_in_a_16_bit_file_are_read_as_they_are(tmp_path):
     grey = _grey(np.random.default_rng(1))
     Image.fromarray(grey.astype(np.uint16)).save(tmp_path / "16.png")

@@ -11,7 +11,7 @@ import numpy as np
 from ..classes import CLASSES
 from ..errors import BadDataError
 from ..io.las import read_las, units_warning
-from ..io.raster import image_depth_note, open_image
+from ..io.raster import open_image, open_image_noted
 from .overlap import GroundRaster
 
 __all__ = [
@@ -259,9 +259,8 @@ def check_pair(pair: Pair) -> PairReport:
             )
     if pair.image is not None:
         try:
-            im = open_image(pair.image, "RGB")
+            im, depth = open_image_noted(pair.image, "RGB")  # a wide image decoded once
             rep.image_size = im.size
-            depth = image_depth_note(pair.image)
             if depth:
                 rep.notes.append(f"image: {depth}")
         except BadDataError as exc:

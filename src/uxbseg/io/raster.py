@@ -34,6 +34,7 @@ __all__ = [
     "mosaic_window",
     "normalise_rgb",
     "open_image",
+    "open_image_noted",
     "read_mask_values",
     "tpi",
     "window_tpi",
@@ -74,6 +75,12 @@ def _pixel_limit(limit: int):
 def open_image(path: str | Path, mode: str) -> Image.Image:
     """Open and fully decode an image in ``mode``; BadDataError when unreadable or larger than
     :data:`MAX_IMAGE_PIXELS`."""
+    return open_image_noted(path, mode)[0]
+
+
+def open_image_noted(path: str | Path, mode: str) -> tuple[Image.Image, str | None]:
+    """:func:`open_image`, and for an image of more than 8 bits a channel read in colour, how
+    its values were read (:func:`image_depth_note`): one decoding for both (``inspect``)."""
     path = Path(path)
     if not path.is_file():
         raise BadDataError(f"{path}: file not found; check the pair folder")
@@ -88,9 +95,12 @@ def open_image(path: str | Path, mode: str) -> Image.Image:
                     "tile), or predict without --image to render the TPI from the points"
                 )
             im.load()
+            note = None
             if mode != "L" and im.mode in WIDE_GREY_MODES:
-                im = _eight_bit(im, path)[0]
-            return im.convert(mode)
+                raw = im
+                im, note = _eight_bit(raw, path)
+                note += _levels_note(raw, im)
+            return im.convert(mode), note
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadDataError(
             f"{path}: not a readable image ({exc}); re-export the PNG or remove the pair"
@@ -149,21 +159,25 @@ def image_depth_note(path: str | Path) -> str | None:
         with _pixel_limit(MAX_IMAGE_PIXELS), Image.open(path) as im:
             if im.mode not in WIDE_GREY_MODES:
                 return None
-            im.load()
-            grey, note = _eight_bit(im, path)
-            v = np.asarray(im).ravel()
-            step = max(1, v.size // 2**24)  # a regular sample of a survey-sized image
-            levels = np.count_nonzero(np.bincount(np.asarray(grey).ravel()[::step], minlength=256))
-            distinct = (
-                len(np.unique(v[::step]))
-                if im.mode == "F"
-                else np.count_nonzero(np.bincount(v[::step].astype(np.int64)))
-            )
-            if levels < min(16, distinct):
-                note += f"; only {levels} grey level(s) remain of {distinct}: {_EXPORT_8BIT}"
-            return note
+        return open_image_noted(path, "RGB")[1]
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, BadDataError):
         return None  # open_image reports it
+
+
+def _levels_note(raw: Image.Image, grey: Image.Image) -> str:
+    """The warning part of a wide image's note: when reading it as 8 bits left fewer than 16
+    grey levels of those it had (counted on a regular sample of a survey-sized image)."""
+    v = np.asarray(raw).ravel()
+    step = max(1, v.size // 2**24)
+    levels = np.count_nonzero(np.bincount(np.asarray(grey).ravel()[::step], minlength=256))
+    distinct = (
+        len(np.unique(v[::step]))
+        if raw.mode == "F"
+        else np.count_nonzero(np.bincount(v[::step].astype(np.int64)))
+    )
+    if levels < min(16, distinct):
+        return f"; only {levels} grey level(s) remain of {distinct}: {_EXPORT_8BIT}"
+    return ""
 
 
 def image_size(path: str | Path) -> tuple[int, int] | None:
