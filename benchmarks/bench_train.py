@@ -335,7 +335,7 @@ def plan_variants(a: argparse.Namespace, gpu: bool) -> tuple[list[Variant], str,
         if a.checkpoint:
             variants.append((name + " + checkpoint", batch, {**best, "checkpoint": True}))
         if a.compile:
-            mode = getattr(a, "compile_mode", "default")
+            mode = a.compile_mode
             how, opt = (" + compile", True) if mode == "default" else (f" + compile ({mode})", mode)
             variants.append((name + how, batch, {**best, "compile_": opt}))
     name, best = bests[-1]
