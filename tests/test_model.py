@@ -199,10 +199,20 @@ def test_output_conv_not_folded_where_it_costs_more(tiny_cfg):
     assert model.voxel_branch.output_projection() is None
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch):
+@pytest.mark.parametrize(("batch", "threads"), [(1, None), (2, None), (1, 1)])
+def test_channels_last_equals_default_layout_on_same_weights(tiny_cfg, batch, threads):
     """channels_last_3d (oneDNN for every conv on CPU), and NHWC in the 2D branches, change
-    speed, not results or gradients."""
+    speed, not results or gradients. Single-threaded, torch runs the 1x1x1 residual convs in
+    its unfolded kernel, which returns the default layout into the channels_last network."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        _channels_last_equals_default_layout(tiny_cfg, batch)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _channels_last_equals_default_layout(tiny_cfg, batch: int) -> None:
     tiny_cfg.model.channels_last = False  # tiny.yaml turns it on
     torch.manual_seed(0)
     plain = UXBFusionModel.from_config(tiny_cfg)

@@ -87,11 +87,31 @@ def test_channel_count_picks_the_kernel_on_the_cpu(channels, kernel):
     torch.testing.assert_close(out, F.instance_norm(x.detach().contiguous()), rtol=1e-5, atol=1e-5)
 
 
-def test_other_layouts_go_through_instance_norm():
-    x = _input().contiguous()
-    out = ChannelsLastInstanceNorm3d(12)(x)
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("grad_layout", [torch.contiguous_format, CL])
+def test_other_layouts_are_normalised_with_the_right_gradient(batch, grad_layout):
+    """A default-layout input (what a 1x1x1 conv in torch's unfolded kernel returns inside a
+    channels_last network) keeps its layout, and its gradient is right whatever the layout of
+    the gradient that reaches it: at batch 1 with a channels_last one, torch's instance_norm
+    itself is wrong (torch 2.13 CPU), and this case is what such a network runs."""
+    x = _input((batch, 12, 4, 6, 8)).contiguous().requires_grad_()
+    norm = _norm(12, "rows", affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    out = norm(x)
+    out.backward(grad.contiguous(memory_format=grad_layout))
     assert out.is_contiguous()
-    torch.testing.assert_close(out, F.instance_norm(x))
+
+    ref_x = x.detach().double().requires_grad_()
+    w, b = (p.detach().double().requires_grad_() for p in (norm.weight, norm.bias))
+    ref = F.instance_norm(ref_x, weight=w, bias=b, eps=norm.eps)
+    ref.backward(grad.double())
+    torch.testing.assert_close(out, ref.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, ref_x.grad.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.weight.grad, w.grad.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(norm.bias.grad, b.grad.float(), rtol=1e-4, atol=1e-4)
 
 
 def test_swap_keeps_parameters_and_keys_and_outputs():

@@ -16,6 +16,12 @@ native channels_last kernels that keep the layout. CPU, 2 cores, forward + backw
 C = 96 at 32x64x64 111.8 -> 47.3 ms, C = 48 at 16x32x32 1.7 -> 0.7 ms, but C = 12 at 32x64x64
 6.9 -> 11.5 ms (BENCHMARKS, tenth session).
 
+An input in any other layout (a 1x1x1 conv that PyTorch runs in its unfolded kernel returns the
+default layout: single-threaded, for example) is normalised as a group norm with one group per
+channel, the same function: torch's own ``instance_norm`` returns a wrong input gradient at batch 1
+when the gradient reaching it is channels_last (torch 2.13 CPU, 2D and 3D; off by more than the
+gradient itself), which is what a channels_last network hands back to such a norm.
+
 Under ``torch.compile`` neither kernel is traced: the norm is written as ``var_mean`` and one
 elementwise expression, which Inductor turns into a reduction and a pointwise kernel fused with
 the activation and residual around it, in the input's layout (a per-sample split and ``cat``,
@@ -120,7 +126,8 @@ def _per_sample_batch_norm(
 
 class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` (no running statistics) that returns channels_last_3d for a
-    channels_last_3d input; any other input goes through ``instance_norm`` unchanged.
+    channels_last_3d input; any other batched input is normalised by ``group_norm`` with one
+    group per channel (the same function, with a right gradient in every layout).
 
     A channels_last input with at least ``native_min_channels`` channels, or on a GPU, is
     normalised by ``batch_norm`` one sample at a time; fewer channels on the CPU take the row-sum
@@ -131,13 +138,12 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
     native_min_channels: int = 48  # CPU crossover measured on 2 cores (module docstring)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.track_running_stats
-            or x.dim() != 5
-            or x.is_contiguous()
-            or not x.is_contiguous(memory_format=_CL)
-        ):
-            return super().forward(x)
+        if self.track_running_stats or x.dim() != 5 or x.shape[1] != self.num_features:
+            return super().forward(x)  # its own checks and messages
+        if x.is_contiguous() or not x.is_contiguous(memory_format=_CL):
+            # not instance_norm: its input gradient at batch 1 is wrong when the incoming
+            # gradient is channels_last (module docstring)
+            return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
         if torch.compiler.is_compiling():
             return _traced_instance_norm(x, self.weight, self.bias, self.eps)
         if x.is_cuda or x.shape[1] >= self.native_min_channels:
