@@ -1,5 +1,6 @@
 """OneDNNConv3d: oneDNN's kernel for a float32 CPU batch of one, same numbers as nn.Conv3d."""
 
+import contextlib
 import copy
 
 import pytest
@@ -14,6 +15,17 @@ from uxbseg.models.swap import swap_class
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"
 )
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op threads set to ``n`` inside (None: left as they are)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _kernels(fn) -> set[str]:
@@ -69,6 +81,36 @@ def test_batch_one_takes_onednn_where_torch_would_not(shape):
         assert "aten::slow_conv3d_forward" in _kernels(lambda: plain(x))
         ran = _kernels(lambda: fast(x))
     assert "aten::mkldnn_convolution" in ran and "aten::slow_conv3d_forward" not in ran
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_single_threaded_pointwise_conv_takes_onednn_in_channels_last(batch, channels_last):
+    """Single-threaded, torch runs a 1x1x1 conv unfolded at any size (N*C*D*H = 24*32*32 is
+    above its batch-1 threshold); in channels_last ours takes oneDNN and keeps the layout, in
+    the default layout (where the unfolded kernel was faster) torch's choice stands."""
+    torch.manual_seed(0)
+    plain = nn.Conv3d(24, 12, 1)
+    fast = copy.deepcopy(plain)
+    onednn_conv3d(fast)
+    x = torch.randn(batch, 24, 32, 32, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        for m in (plain, fast):
+            m.to(memory_format=torch.channels_last_3d)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    with _threads(1):
+        assert "aten::slow_conv3d_forward" in _kernels(lambda: plain(x))
+        ran = _kernels(lambda: fast(x))
+        outs = [m(xi) for m, xi in zip((plain, fast), xs, strict=True)]
+        for out in outs:
+            out.square().mean().backward()
+    assert ("aten::mkldnn_convolution" in ran) is channels_last
+    assert ("aten::slow_conv3d_forward" in ran) is not channels_last
+    assert outs[1].is_contiguous(memory_format=torch.channels_last_3d) is channels_last
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(

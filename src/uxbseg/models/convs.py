@@ -13,6 +13,13 @@ forward alone (0.94 -> 0.79 s). Layers with hundreds of channels and a handful o
 default layout stay on the unfolded kernel, which is faster there. Measured on x86 (AVX2) only;
 elsewhere (ARM) oneDNN is the kernel PyTorch itself takes for the same layer at batch 2.
 
+Single-threaded, PyTorch also runs every 1x1x1 stride-1 conv in its unfolded kernel, at any
+batch and size ("faster single-threaded", which holds in the default layout). A channels_last
+input pays for it: SwinUNETR's residual 1x1x1 convs ran 3.4-4x slower than oneDNN's (24 -> 12
+channels at (32, 32, 64), batch 1 and 2; 192 -> 96 at (32, 64, 64): 519 against 129 ms, one
+thread of this project's CPU VM) and returned the default layout into the channels_last network,
+so such a conv in channels_last goes to oneDNN too.
+
 On a GPU the layers with few input channels are the slow ones: SwinUNETR's first conv reads the
 3 voxel features at full resolution, and cuDNN runs a 1 -> 96 3x3x3 conv at 9.5 TFLOP/s where a
 96 -> 96 one runs at 441 (H200, SEED-FACTS): a reduction of 27 * C_in = 81 terms leaves the
@@ -52,20 +59,30 @@ _DEFAULT_LAYOUT_MAX_CHANNELS = 512
 _TORCH_ONEDNN_ABOVE = 20480
 
 
-def _onednn_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether to call oneDNN directly: a float32 CPU batch of one that PyTorch would send to
-    its unfolded kernel, in channels_last or with fewer than 512 channels, outside autocast
-    (whose casts only ``conv3d`` receives) and outside ``torch.compile`` (Inductor picks its
-    own)."""
-    return (
-        not torch.compiler.is_compiling()  # first: Dynamo cannot trace the mkldnn queries
-        and x.dim() == 5  # not an unbatched (C, D, H, W) input
-        and x.shape[0] == 1
+def _channels_last(x: torch.Tensor) -> bool:
+    """channels_last_3d and not also the default layout."""
+    return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+
+
+def _onednn_pays(x: torch.Tensor, weight: torch.Tensor, pointwise: bool) -> bool:
+    """Whether to call oneDNN directly where PyTorch would send a float32 CPU conv to its
+    unfolded kernel: a batch of one (N*C*D*H at most 20480), in channels_last or with fewer
+    than 512 channels; or, single-threaded, a 1x1x1 stride-1 conv (``pointwise``) of a
+    channels_last input at any batch. Never under autocast (whose casts only ``conv3d``
+    receives) or ``torch.compile`` (Inductor picks its own)."""
+    if torch.compiler.is_compiling() or x.dim() != 5:  # first: Dynamo cannot trace the queries
+        return False  # (a 4-D input is an unbatched (C, D, H, W) one)
+    batch_one = (
+        x.shape[0] == 1
         and x.shape[1] * x.shape[2] * x.shape[3] <= _TORCH_ONEDNN_ABOVE
         and (
             x.shape[1] < _DEFAULT_LAYOUT_MAX_CHANNELS
             or x.is_contiguous(memory_format=torch.channels_last_3d)
         )
+    )
+    single_threaded = pointwise and torch.get_num_threads() == 1 and _channels_last(x)
+    return (
+        (batch_one or single_threaded)
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
@@ -76,17 +93,24 @@ def _onednn_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 class OneDNNConv3d(nn.Conv3d):
-    """``nn.Conv3d`` whose float32 CPU forward at batch 1 runs oneDNN's kernel where PyTorch
-    would run its unfolded one (except a default-layout input with 512 channels or more); any
-    other input goes through ``nn.Conv3d`` unchanged. Same parameters and state_dict keys."""
+    """``nn.Conv3d`` whose float32 CPU forward runs oneDNN's kernel where PyTorch would run its
+    unfolded one: at batch 1 (except a default-layout input with 512 channels or more), and
+    single-threaded for a 1x1x1 conv of a channels_last input; any other input goes through
+    ``nn.Conv3d`` unchanged. Same parameters and state_dict keys."""
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
+        pointwise = (
+            self.kernel_size == (1, 1, 1)
+            and self.stride == (1, 1, 1)
+            and self.dilation == (1, 1, 1)
+            and self.padding == (0, 0, 0)
+        )
         if (
             self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
-            and _onednn_pays(input, weight)
+            and _onednn_pays(input, weight, pointwise)
         ):
             return torch.mkldnn_convolution(
                 input, weight, bias, self.padding, self.stride, self.dilation, self.groups
