@@ -8,7 +8,12 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from uxbseg.models.convs import OneDNNConv3d, onednn_conv3d
+from uxbseg.models.convs import (
+    OneDNNConv3d,
+    PatchConvTranspose3d,
+    onednn_conv3d,
+    patch_conv_transposes,
+)
 from uxbseg.models.model import UXBFusionModel
 from uxbseg.models.swap import swap_class
 
@@ -151,8 +156,10 @@ def test_other_inputs_go_through_conv3d_unchanged(case):
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
-def test_model_batch_one_runs_no_unfolded_conv3d_and_same_logits(tiny_cfg):
-    """The tiny model at batch 1 (predict, evaluate): every 3D conv in oneDNN, same logits."""
+@pytest.mark.parametrize("threads", [None, 1])
+def test_model_batch_one_runs_no_unfolded_conv3d_and_same_logits(tiny_cfg, threads):
+    """The tiny model at batch 1 (predict, evaluate): every 3D conv in oneDNN and every
+    transposed one a matrix product, same logits; single-threaded too."""
     tiny_cfg.model.onednn_batch1 = False
     torch.manual_seed(0)
     plain = UXBFusionModel.from_config(tiny_cfg).eval()
@@ -163,9 +170,10 @@ def test_model_batch_one_runs_no_unfolded_conv3d_and_same_logits(tiny_cfg):
     assert sum(type(m) is OneDNNConv3d for m in fast.modules()) > 10
     c = len(tiny_cfg.grid.features)
     x = (torch.randn(1, 3, 64, 64), torch.randn(1, c, 32, 32, 64))
-    with torch.inference_mode():
-        assert "aten::slow_conv3d_forward" in _kernels(lambda: plain(*x))
-        assert "aten::slow_conv3d_forward" not in _kernels(lambda: fast(*x))
+    slow = {"aten::slow_conv3d_forward", "aten::slow_conv_transpose3d"}
+    with torch.inference_mode(), _threads(threads):
+        assert slow <= _kernels(lambda: plain(*x))
+        assert not slow & _kernels(lambda: fast(*x))
         a, b = plain(*x), fast(*x)
     torch.testing.assert_close(b["logits3d"], a["logits3d"], rtol=1e-4, atol=1e-5)
 
@@ -195,3 +203,58 @@ def test_swap_class_counts_exact_matches_and_refuses_a_foreign_class():
     assert list(net.state_dict()) == keys
     with pytest.raises(TypeError, match="must subclass"):
         swap_class(net, nn.Conv2d, OneDNNConv3d)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kernel", [(2, 2, 2), (2, 1, 3)])
+def test_patch_conv_transpose_same_output_and_gradients(bias, kernel):
+    """Kernel = stride at batch 1 in channels_last: one matrix product, channels_last out,
+    the same values and gradients as nn.ConvTranspose3d."""
+    torch.manual_seed(0)
+    plain = nn.ConvTranspose3d(12, 10, kernel, stride=kernel, bias=bias)
+    fast = copy.deepcopy(plain)
+    assert patch_conv_transposes(fast) == 1 and type(fast) is PatchConvTranspose3d
+    x = torch.randn(1, 12, 8, 16, 12).contiguous(memory_format=torch.channels_last_3d)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    ran = _kernels(lambda: fast(x))
+    assert "aten::slow_conv_transpose3d" not in ran and "aten::mm" in ran
+    outs = [m(xi) for m, xi in zip((plain, fast), xs, strict=True)]
+    assert outs[1].is_contiguous(memory_format=torch.channels_last_3d)
+    assert not outs[1].is_contiguous()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    for out in outs:
+        out.square().mean().backward()
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-4, atol=1e-7)
+    for name, p in fast.named_parameters():
+        ref = dict(plain.named_parameters())[name].grad
+        torch.testing.assert_close(p.grad, ref, rtol=1e-4, atol=1e-7)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["batch 2", "default layout", "float64", "autocast", "output_size", "overlapping kernel"],
+)
+def test_other_transposed_convs_go_through_torch_unchanged(case):
+    torch.manual_seed(0)
+    kw = (
+        dict(kernel_size=3, stride=2)
+        if case == "overlapping kernel"
+        else dict(kernel_size=2, stride=2)
+    )
+    plain = nn.ConvTranspose3d(12, 10, **kw)
+    fast = copy.deepcopy(plain)
+    patch_conv_transposes(fast)
+    x = torch.randn(2 if case == "batch 2" else 1, 12, 4, 8, 8)
+    if case != "default layout":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    if case == "float64":
+        plain, fast, x = plain.double(), fast.double(), x.double()
+    size = [8, 16, 16] if case == "output_size" else None
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=case == "autocast"):
+        ref = plain(x, size)
+        ran = _kernels(lambda: fast(x, size))
+        out = fast(x, size)
+    assert "aten::mm" not in ran and "aten::bmm" not in ran
+    assert out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)

@@ -128,7 +128,8 @@ class ModelConfig:
     # the 2D branches' convs in NHWC as well (the surface branch's pre-training 1.16x on the CPU)
     channels_last: bool = True
     # the small 3D convs of a float32 CPU batch of one (predict, evaluate) through oneDNN, where
-    # PyTorch picks its unfolded kernel (models/convs.py): tiny forward 2.4x faster, same result
+    # PyTorch picks its unfolded kernel, and its 2x2x2 transposed convs as one matrix product
+    # (models/convs.py): tiny forward 2.4x faster, then 1.12x more; same result
     onednn_batch1: bool = True
     # on a GPU, 3D convs with few input columns (SwinUNETR's first conv on the voxel features,
     # its patch embedding) as one matrix product over the unfolded input (models/convs.py), where

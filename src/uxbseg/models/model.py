@@ -13,7 +13,7 @@ from ..config import Config, ModelConfig
 from ..errors import ConfigError
 from ..runtime import persistent_compile_cache
 from .attention import sdpa_window_attention
-from .convs import onednn_conv3d, unfold_small_convs
+from .convs import onednn_conv3d, patch_conv_transposes, unfold_small_convs
 from .fusion import FusionHead, FusionMode
 from .image_branch import ImageBranch
 from .norms import channels_last_instance_norms
@@ -119,6 +119,7 @@ class UXBFusionModel(nn.Module):
             for branch in (self.voxel_branch, self.fusion):
                 if branch is not None:
                     onednn_conv3d(branch)
+                    patch_conv_transposes(branch)  # its transposed one too
         if model.unfold_convs:  # on a GPU: the first layer as one matrix product
             for branch in (self.voxel_branch, self.fusion):
                 if branch is not None:
