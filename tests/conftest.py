@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from uxbseg.config import load_config
 
@@ -24,6 +26,14 @@ TINY_TEST_OVERRIDES = [
     "data.voxel_cache=null",
     "trainer.surface_pretrain_steps=0",  # its own tests (test_surface_pretrain.py)
 ]
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, each worker process takes its share of the cores for torch's
+    threads (torch would give every worker all of them)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def real_las_files() -> list[Path]:
