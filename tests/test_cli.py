@@ -266,6 +266,10 @@ def test_env_says_what_uxbseg_runs_on(capsys, tmp_path, monkeypatch):
     text = capsys.readouterr().out
     assert f"predict and evaluate run the model on: {env['model_runs_on']}" in text
     assert "LAZ backends: " in text and f"inductor cache: {tmp_path / 'inductor'} (1 MiB)" in text
+    assert env["torch_threads"] == torch.get_num_threads()
+    assert env["onednn"] is torch.backends.mkldnn.is_available()
+    onednn = "oneDNN" if env["onednn"] else "no oneDNN: slower 3D convs"
+    assert f"(torch: {torch.get_num_threads()} threads, {onednn})" in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="torch uses the GPU here")

@@ -131,6 +131,10 @@ def describe_environment() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cores": cores,
+        # the CPU model's kernels: torch's intra-op threads and whether oneDNN is there (the
+        # channels_last convs and batch-1 paths of models/convs.py take it)
+        "torch_threads": torch.get_num_threads(),
+        "onednn": bool(torch.backends.mkldnn.is_available()),
         "memory_gib": None if (m := _memory_gib()) is None else round(m, 1),
         # uxbseg's own from the package (it may run from a source tree, not installed)
         "packages": {name: _version(name) for name in PACKAGES} | {"uxbseg": __version__},
@@ -153,7 +157,9 @@ def format_environment(env: dict) -> str:
     pk = env["packages"]
     lines = [
         f"uxbseg {pk['uxbseg']} on Python {env['python']}, {env['platform']}",
-        f"CPU: {env['cores']} cores"
+        f"CPU: {env['cores']} cores (torch: {env['torch_threads']} threads, "
+        + ("oneDNN" if env["onednn"] else "no oneDNN: slower 3D convs")
+        + ")"
         + (f", {env['memory_gib']:g} GiB memory" if env["memory_gib"] else ""),
         "packages: "
         + ", ".join(f"{k} {v}" for k, v in pk.items() if k != "uxbseg" and v is not None),
