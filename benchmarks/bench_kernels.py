@@ -12,7 +12,11 @@ without gradients (validation, evaluate, predict: ``model.sdpa_inference``) and 
 forward + weight gradient: torch's ``conv3d`` (cuDNN on a GPU) against the unfolded matrix product
 (``model.unfold_convs``). The classes of a batch of windows' probabilities (predict, evaluate,
 validation): torch's ``argmax`` over the class dimension (the seed's) against
-``uxbseg.decision.first_max``. Ratios are the seed's time over each contender's; medians of
+``uxbseg.decision.first_max``. The decoder's 2x2x2 transposed convs without gradients (evaluate,
+predict), channels_last: ``nn.ConvTranspose3d`` against ``PatchConvTranspose3d``, which on the CPU
+at batch 1 is one matrix product into a channels_last output (on a GPU, or above torch's own
+threshold, both are torch's; the layout of each output is printed, as the decoder's ``cat`` and
+the convs after it follow it). Ratios are the seed's time over each contender's; medians of
 interleaved rounds.
 """
 
@@ -30,7 +34,7 @@ from torch.nn import functional as F
 from uxbseg.config import load_config, packaged_config
 from uxbseg.decision import first_max
 from uxbseg.models.attention import SDPAWindowAttention
-from uxbseg.models.convs import unfold_small_convs
+from uxbseg.models.convs import PatchConvTranspose3d, unfold_small_convs
 from uxbseg.models.norms import ChannelsLastInstanceNorm3d, _InstanceNormCL, _per_sample_batch_norm
 
 from .common import sync, timeit_interleaved
@@ -210,6 +214,56 @@ def bench_convs(convs, device, dtype, repeats: int) -> None:
         )
 
 
+def decoder_upsamplings(grid, feature_size: int, batch: int) -> list[tuple[str, int, tuple]]:
+    """(name, output channels, input shape) of SwinUNETR's decoder transposed convs: decoder5
+    takes 16 x feature_size channels at 1/32 of the grid to 8 x at 1/16, ..., decoder1
+    feature_size at 1/2 to feature_size at full resolution."""
+    d, h, w = grid
+    f = feature_size
+    levels = [("decoder5", 16 * f, 8 * f, 32), ("decoder4", 8 * f, 4 * f, 16)]
+    levels += [("decoder3", 4 * f, 2 * f, 8), ("decoder2", 2 * f, f, 4), ("decoder1", f, f, 2)]
+    return [(n, o, (batch, c, d // s, h // s, w // s)) for n, c, o, s in levels]
+
+
+def upsample_row(out_channels: int, shape: tuple, device, repeats: int) -> dict:
+    """Seconds of a channels_last transposed conv without gradients, torch's and
+    PatchConvTranspose3d's (checked equal first), and whether each output is channels_last."""
+    torch.manual_seed(0)
+    plain = nn.ConvTranspose3d(shape[1], out_channels, 2, stride=2).to(device)
+    plain = plain.to(memory_format=CL)
+    patch = copy.deepcopy(plain)
+    patch.__class__ = PatchConvTranspose3d
+    x = torch.randn(shape, device=device).contiguous(memory_format=CL)
+    with torch.inference_mode():
+        outs = plain(x), patch(x)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+
+    def run(m):
+        def step() -> None:
+            with torch.inference_mode():
+                m(x)
+            sync(device)
+
+        return step
+
+    t = timeit_interleaved({"torch": run(plain), "patch": run(patch)}, repeats)
+    layouts = {k: o.is_contiguous(memory_format=CL) and not o.is_contiguous() for k, o in
+               zip(("torch", "patch"), outs, strict=True)}  # fmt: skip
+    return t | {f"{k} channels_last": v for k, v in layouts.items()}
+
+
+def bench_upsampling(levels, device, repeats: int) -> None:
+    print("decoder upsampling, 2x2x2 transposed convs, no gradients (ms; ratio = torch / patch):")
+    for name, out_channels, shape in levels:
+        t = upsample_row(out_channels, shape, device, repeats)
+        lay = {k: "channels_last" if t[f"{k} channels_last"] else "default" for k in ("torch",
+               "patch")}  # fmt: skip
+        print(
+            f"  {name} {shape!s:<24} torch {t['torch'] * 1e3:8.2f} ({lay['torch']})  patch "
+            f"{t['patch'] * 1e3:8.2f} ({lay['patch']}, {t['torch'] / t['patch']:5.2f}x)"
+        )
+
+
 def decide_row(shape: tuple, device, repeats: int) -> dict[str, float]:
     """Seconds for the classes of probabilities of ``shape`` (B, K, D, H, W): torch's argmax
     over K, and :func:`~uxbseg.decision.first_max`; each checked against the other first."""
@@ -255,6 +309,7 @@ def main(argv=None) -> None:
     stages = attention_stages(grid, f, cfg.model.window_size, batch)
     bench_attention(stages, batch, device, dtype, a.repeats)
     bench_decide((batch, 3, *grid), device, a.repeats)
+    bench_upsampling(decoder_upsamplings(grid, f, 1), device, a.repeats)  # predict's batch
 
 
 if __name__ == "__main__":

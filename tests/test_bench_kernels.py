@@ -16,8 +16,10 @@ from benchmarks.bench_kernels import (
     _norm_row,
     attention_stages,
     decide_row,
+    decoder_upsamplings,
     input_convs,
     norm_levels,
+    upsample_row,
 )
 
 
@@ -28,7 +30,12 @@ def test_shapes_are_swin_unetrs_own(grid, window, batch):
     net = SwinUNETR(in_channels=3, out_channels=2, feature_size=12, window_size=window)
     norms: set[tuple] = set()
     attention: list[tuple] = []
+    upsampling: list[tuple] = []
     for m in net.modules():
+        if isinstance(m, nn.ConvTranspose3d):
+            m.register_forward_hook(
+                lambda mod, i, o: upsampling.append((mod.out_channels, tuple(i[0].shape)))
+            )
         if isinstance(m, nn.InstanceNorm3d):
             m.register_forward_hook(lambda mod, i, o: norms.add(tuple(i[0].shape)))
         if isinstance(m, WindowAttention):
@@ -42,6 +49,7 @@ def test_shapes_are_swin_unetrs_own(grid, window, batch):
     assert set(norm_levels(grid, 12, batch)) <= norms
     want = [(w, c, h, math.prod(s)) for w, c, h, s in attention_stages(grid, 12, window, batch)]
     assert attention[::2][:2] == want  # (windows, channels, heads, tokens); two blocks a stage
+    assert [(o, shape) for _, o, shape in decoder_upsamplings(grid, 12, batch)] == upsampling
 
 
 def test_rows_time_every_contender():
@@ -59,5 +67,7 @@ def test_rows_time_every_contender():
     assert all(set(r) == {"conv3d", "unfolded"} and min(r.values()) > 0 for r in rows)
     _, wide, shape = input_convs((4, 4, 8), 12, 5, 2)[0]  # 135 columns: not unfolded
     assert _conv_row(wide, shape, torch.device("cpu"), False, repeats=1) == {}
+    up = upsample_row(6, (1, 12, 2, 4, 4), torch.device("cpu"), repeats=1)
+    assert up["torch"] > 0 and up["patch"] > 0 and up["patch channels_last"]
     decide = decide_row((2, 3, 4, 8, 8), torch.device("cpu"), repeats=1)
     assert set(decide) == {"argmax", "first_max"} and min(decide.values()) > 0
