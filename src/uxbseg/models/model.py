@@ -119,7 +119,7 @@ class UXBFusionModel(nn.Module):
             for branch in (self.voxel_branch, self.fusion):
                 if branch is not None:
                     onednn_conv3d(branch)
-                    patch_conv_transposes(branch)  # its transposed one too
+                    patch_conv_transposes(branch)  # the same for the transposed convs
         if model.unfold_convs:  # on a GPU: the first layer as one matrix product
             for branch in (self.voxel_branch, self.fusion):
                 if branch is not None:
