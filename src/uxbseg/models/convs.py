@@ -23,7 +23,7 @@ so such a conv in channels_last goes to oneDNN too.
 SwinUNETR upsamples with 2x2x2 stride-2 transposed convs, and at batch 1 below the same threshold
 PyTorch runs them in its unfolded ``slow_conv_transpose3d``, which returns the default layout:
 the decoder's ``cat`` with the channels_last skip is then in the default layout too, and both
-convs that read it copy it back (16 ms of the tiny model's 210 ms forward at batch 1, 2 cores).
+convs that read it copy it back (16 ms of the tiny model's ~240 ms forward at batch 1, 2 cores).
 Each output voxel of such a conv (kernel = stride, no padding) takes exactly one input voxel,
 so :class:`PatchConvTranspose3d` computes it as one matrix product, (N*D*H*W, C_in) by (C_in,
 8*C_out), written straight into a channels_last output: 3.2 against 8.4 ms for the tiny
