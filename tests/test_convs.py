@@ -1,4 +1,6 @@
-"""OneDNNConv3d: oneDNN's kernel for a float32 CPU batch of one, same numbers as nn.Conv3d."""
+"""OneDNNConv3d: oneDNN's kernel for a float32 CPU batch of one (and single-threaded 1x1x1
+convs in channels_last), same numbers as nn.Conv3d; PatchConvTranspose3d: a batch-1 transposed
+conv with kernel = stride as one matrix product, same numbers as nn.ConvTranspose3d."""
 
 import contextlib
 import copy
@@ -236,6 +238,8 @@ def test_patch_conv_transpose_same_output_and_gradients(bias, kernel):
     ["batch 2", "default layout", "float64", "autocast", "output_size", "overlapping kernel"],
 )
 def test_other_transposed_convs_go_through_torch_unchanged(case):
+    """Another batch, layout or dtype, autocast, an output_size, or a kernel larger than its
+    stride: nn.ConvTranspose3d's own forward, bit for bit."""
     torch.manual_seed(0)
     kw = (
         dict(kernel_size=3, stride=2)
