@@ -75,34 +75,43 @@ _TORCH_ONEDNN_ABOVE = 20480
 
 def _channels_last(x: torch.Tensor) -> bool:
     """channels_last_3d and not also the default layout."""
-    return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    return x.is_contiguous(memory_format=_CL) and not x.is_contiguous()
+
+
+def _eager_cpu_float32(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A batched (5-D) float32 CPU input and weight, outside ``torch.compile`` (Inductor picks
+    its own kernels) and autocast (whose casts only torch's own conv receives)."""
+    return (
+        not torch.compiler.is_compiling()  # first: Dynamo cannot trace the queries below
+        and x.dim() == 5  # not an unbatched (C, D, H, W) input
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _torch_unfolds_batch_one(x: torch.Tensor) -> bool:
+    """A batch of one below PyTorch's own oneDNN threshold (N*C*D*H at most 20480): the
+    inputs it sends to its unfolded kernels."""
+    return x.shape[0] == 1 and x.shape[1] * x.shape[2] * x.shape[3] <= _TORCH_ONEDNN_ABOVE
 
 
 def _onednn_pays(x: torch.Tensor, weight: torch.Tensor, pointwise: bool) -> bool:
-    """Whether to call oneDNN directly where PyTorch would send a float32 CPU conv to its
-    unfolded kernel: a batch of one (N*C*D*H at most 20480), in channels_last or with fewer
-    than 512 channels; or, single-threaded, a 1x1x1 stride-1 conv (``pointwise``) of a
-    channels_last input at any batch. Never under autocast (whose casts only ``conv3d``
-    receives) or ``torch.compile`` (Inductor picks its own)."""
-    if torch.compiler.is_compiling() or x.dim() != 5:  # first: Dynamo cannot trace the queries
-        return False  # (a 4-D input is an unbatched (C, D, H, W) one)
-    batch_one = (
-        x.shape[0] == 1
-        and x.shape[1] * x.shape[2] * x.shape[3] <= _TORCH_ONEDNN_ABOVE
-        and (
-            x.shape[1] < _DEFAULT_LAYOUT_MAX_CHANNELS
-            or x.is_contiguous(memory_format=torch.channels_last_3d)
-        )
+    """Whether to call oneDNN directly where PyTorch would send an eager float32 CPU conv to its
+    unfolded kernel: a batch of one, in channels_last or with fewer than 512 channels; or,
+    single-threaded, a 1x1x1 stride-1 conv (``pointwise``) of a channels_last input at any
+    batch."""
+    if not _eager_cpu_float32(x, weight):
+        return False
+    batch_one = _torch_unfolds_batch_one(x) and (
+        x.shape[1] < _DEFAULT_LAYOUT_MAX_CHANNELS or x.is_contiguous(memory_format=_CL)
     )
     single_threaded = pointwise and torch.get_num_threads() == 1 and _channels_last(x)
     return (
         (batch_one or single_threaded)
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
     )
 
 
@@ -162,15 +171,9 @@ class PatchConvTranspose3d(nn.ConvTranspose3d):
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if (
             output_size is None
-            and not torch.compiler.is_compiling()  # first: Dynamo cannot trace the queries
-            and input.dim() == 5
-            and input.shape[0] == 1
-            and input.shape[1] * input.shape[2] * input.shape[3] <= _TORCH_ONEDNN_ABOVE
+            and _eager_cpu_float32(input, self.weight)
+            and _torch_unfolds_batch_one(input)
             and input.is_contiguous(memory_format=_CL)
-            and input.device.type == "cpu"
-            and input.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
             and self.stride == self.kernel_size
             and self.padding == (0, 0, 0)
             and self.output_padding == (0, 0, 0)
