@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from uxbseg.config import load_config, packaged_config
 from uxbseg.decision import first_max
-from uxbseg.models.attention import SDPAWindowAttention
+from uxbseg.models.attention import RecomputedBiasWindowAttention, SDPAWindowAttention
 from uxbseg.models.convs import PatchConvTranspose3d, unfold_small_convs
 from uxbseg.models.norms import ChannelsLastInstanceNorm3d, _InstanceNormCL, _per_sample_batch_norm
 
@@ -113,6 +113,8 @@ def _attention_rows(stage: tuple, batch: int, device, dtype, repeats: int):
         monai.relative_position_bias_table.normal_()
     sdpa.load_state_dict(monai.state_dict())
     sdpa.__class__ = SDPAWindowAttention
+    recompute = copy.deepcopy(sdpa)
+    recompute.__class__ = RecomputedBiasWindowAttention
     n = math.prod(window)
     x = torch.randn(windows, n, dim, device=device)
     mask = torch.zeros(windows // batch, n, n, device=device)  # one per window of a sample
@@ -138,18 +140,25 @@ def _attention_rows(stage: tuple, batch: int, device, dtype, repeats: int):
         return run
 
     no_grad = timeit_interleaved({"monai": infer(monai), "sdpa": infer(sdpa)}, repeats)
-    training = timeit_interleaved({"monai": train(monai), "sdpa": train(sdpa)}, repeats)
+    training = timeit_interleaved(
+        {"monai": train(monai), "sdpa": train(sdpa), "recompute": train(recompute)}, repeats
+    )
     return no_grad, training
 
 
 def bench_attention(stages, batch: int, device, dtype, repeats: int) -> None:
-    print("window attention, shifted windows (ms; ratio = MONAI / SDPA):")
+    print(
+        "window attention, shifted windows (ms; ratio = MONAI / SDPA; in training also SDPA "
+        "with the bias's gradient recomputed, model.sdpa_bias_grad: recompute):"
+    )
     for stage in stages:
         windows, dim, heads, window = stage
         rows = _attention_rows(stage, batch, device, dtype, repeats)
         cells = "  ".join(
-            f"{what} {t['monai'] * 1e3:8.1f} -> {t['sdpa'] * 1e3:8.1f} "
-            f"({t['monai'] / t['sdpa']:4.2f}x)"
+            f"{what} {t['monai'] * 1e3:8.1f} -> "
+            + " | ".join(
+                f"{v * 1e3:8.1f} ({t['monai'] / v:4.2f}x)" for k, v in t.items() if k != "monai"
+            )
             for what, t in zip(("no gradients", "training"), rows, strict=True)
         )
         tokens = math.prod(window)
@@ -290,12 +299,22 @@ def bench_decide(shape: tuple, device, repeats: int) -> None:
     )
 
 
+_SECTIONS = ("convs", "norms", "attention", "classes", "upsampling")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", choices=["tiny", "seed"], default="tiny")
     p.add_argument("--batch", type=int, default=None, help="default: the config's batch size")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=_SECTIONS,
+        help="time only these kernels (default: all)",
+    )
     a = p.parse_args(argv)
+    only = set(a.only or _SECTIONS)
     cfg = load_config(packaged_config(a.config), ["model.pretrained_2d=null"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -304,12 +323,17 @@ def main(argv=None) -> None:
     dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{a.config} config, grid {grid}, feature size {f}, batch {batch}, {dev}, {dtype}")
     c = len(cfg.grid.features)
-    bench_convs(input_convs(grid, f, c, batch), device, dtype, a.repeats)
-    bench_norms(norm_levels(grid, f, batch), device, dtype, a.repeats)
-    stages = attention_stages(grid, f, cfg.model.window_size, batch)
-    bench_attention(stages, batch, device, dtype, a.repeats)
-    bench_decide((batch, 3, *grid), device, a.repeats)
-    bench_upsampling(decoder_upsamplings(grid, f, 1), device, a.repeats)  # predict's batch
+    if "convs" in only:
+        bench_convs(input_convs(grid, f, c, batch), device, dtype, a.repeats)
+    if "norms" in only:
+        bench_norms(norm_levels(grid, f, batch), device, dtype, a.repeats)
+    if "attention" in only:
+        stages = attention_stages(grid, f, cfg.model.window_size, batch)
+        bench_attention(stages, batch, device, dtype, a.repeats)
+    if "classes" in only:
+        bench_decide((batch, 3, *grid), device, a.repeats)
+    if "upsampling" in only:  # at predict's batch
+        bench_upsampling(decoder_upsamplings(grid, f, 1), device, a.repeats)
 
 
 if __name__ == "__main__":

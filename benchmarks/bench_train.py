@@ -57,6 +57,7 @@ class _Run:
         batch: int,
         channels_last: bool = False,
         flash: bool = False,
+        bias_grad: str = "kernel",
         checkpoint: bool = False,
         compile_: bool | str = False,
         fused_attention: bool = False,
@@ -65,6 +66,7 @@ class _Run:
         cfg.model.fusion_impl = "naive" if naive else "fast"
         cfg.model.channels_last = channels_last
         cfg.model.use_flash_attention = flash
+        cfg.model.sdpa_bias_grad = bias_grad
         cfg.model.sdpa_inference = not naive  # the seed as written: MONAI's default attention
         cfg.model.onednn_batch1 = not naive  # ... and PyTorch's own choice of conv kernel
         cfg.model.unfold_convs = not naive
@@ -291,6 +293,15 @@ def parser() -> argparse.ArgumentParser:
         "operators (sequential timing only)",
     )
     p.add_argument(
+        "--bias-grad",
+        choices=("kernel", "recompute"),
+        default="kernel",
+        help="GPU: where the fast variants' SDPA window attention gets the relative position "
+        "bias's gradient in training (model.sdpa_bias_grad): from SDPA's memory-efficient kernel, "
+        "or recomputed from the scores beside a kernel that returns none (cuDNN's on an "
+        "H100/H200); recompute adds ' + recomputed bias grad' to their labels",
+    )
+    p.add_argument(
         "--fused-attention",
         action="store_true",
         help="GPU diagnostic: the fast variants run without SDPA's math kernel, so a window "
@@ -320,11 +331,12 @@ def plan_variants(a: argparse.Namespace, gpu: bool) -> tuple[list[Variant], str,
         # (BENCHMARKS), and the norm now takes torch's batch_norm there (not yet measured).
         # SDPA window attention in training too (models/attention.py); on the CPU its math
         # kernel is slower than MONAI's own
-        sdpa = {**fast, "flash": True}
+        sdpa = {**fast, "flash": True, "bias_grad": a.bias_grad}
         cl = {**sdpa, "channels_last": True}
+        own = " + recomputed bias grad" if a.bias_grad == "recompute" else ""
         bests = [
-            (f"{prec} + fast fusion + sdpa", sdpa),
-            (f"{prec} + fast fusion + channels_last + sdpa", cl),
+            (f"{prec} + fast fusion + sdpa{own}", sdpa),
+            (f"{prec} + fast fusion + channels_last + sdpa{own}", cl),
         ]
     else:
         variants.append((f"{prec} + fast fusion", 1, fast))

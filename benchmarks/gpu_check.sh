@@ -17,7 +17,11 @@
 #    forward without the transposes;
 # 2. the same fast path in eager mode at batch 1 (the seed's batch: peak memory against the
 #    seed's), after --check (its 3D logits against the plain fp32 path, same weights), its
-#    forward timed at 4 windows at a time: what predict runs on a GPU by default.
+#    forward timed at 4 windows at a time: what predict runs on a GPU by default;
+# 3. the window attention of the first two stages alone at batch BATCH, eager (seconds): MONAI's,
+#    SDPA's, and in training SDPA with the bias's gradient recomputed (model.sdpa_bias_grad:
+#    recompute; SDPA then takes cuDNN's flash kernels, which return no bias gradient; the
+#    memory-efficient kernel's backward with it took 81 of the compiled step's 674 ms at batch 8).
 # TORCH_LOGS=perf_hints prints why CUDA graphs were skipped for a graph, if they were.
 # The compiled graphs travel from card to card (benchmarks/compile_cache.py): step 1 loads those
 # in .gpu-cache/ (an ignored folder: carry it with the call, carry=[".whl", ".gpu-cache"]) and
@@ -30,7 +34,10 @@
 #     --compile --compile-mode M --compile-cache .gpu-cache \
 #     --only "seed as written" "fast fusion + channels_last + sdpa + compile"
 #   with B=8 M=reduce-overhead if batch 12 ran out of memory, B=12 M=default if CUDA graphs
-#   failed; or, both >= 5x and the product's code changed since the last card,
+#   failed; training below 5x and step 3's recomputed bias gradient faster in training than SDPA's
+#   kernel (eager; compiled, its softmax and sum fuse further): add --bias-grad recompute and
+#   replace the last --only text by "channels_last + sdpa + recomputed bias grad + compile";
+#   or, both >= 5x and the product's code changed since the last card,
 #   bash benchmarks/gpu_smoke.sh (about 3 minutes: the product itself on the card).
 # Measured already (BENCHMARKS.md), rerun with more time:
 #   python3 -m benchmarks kernels --config seed --batch 4 --repeats 3   (eighteenth session)
@@ -60,4 +67,5 @@ MODE=${MODE:-reduce-overhead}
     --compile-cache .gpu-cache --save-compile-cache "$OUT"
   python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --forward-batch 4 --check \
     --only "seed as written" "$BEST"
+  python3 -m benchmarks kernels --config seed --batch "$BATCH" --repeats 3 --only attention
 } 2>&1 | tee "$OUT/gpu.log"

@@ -18,6 +18,7 @@ from benchmarks.bench_kernels import (
     decide_row,
     decoder_upsamplings,
     input_convs,
+    main,
     norm_levels,
     upsample_row,
 )
@@ -59,7 +60,7 @@ def test_rows_time_every_contender():
     no_grad, training = _attention_rows(
         (4, 12, 3, (2, 2, 2)), 2, torch.device("cpu"), torch.float32, repeats=1
     )
-    assert set(no_grad) == set(training) == {"monai", "sdpa"}
+    assert set(no_grad) == {"monai", "sdpa"} and set(training) == {"monai", "sdpa", "recompute"}
     convs = input_convs((4, 4, 8), 12, 3, 2)
     rows = [
         _conv_row(conv, shape, torch.device("cpu"), False, repeats=1) for _, conv, shape in convs
@@ -71,3 +72,11 @@ def test_rows_time_every_contender():
     assert up["torch"] > 0 and up["patch"] > 0 and up["patch channels_last"]
     decide = decide_row((2, 3, 4, 8, 8), torch.device("cpu"), repeats=1)
     assert set(decide) == {"argmax", "first_max"} and min(decide.values()) > 0
+
+
+def test_only_times_the_kernels_named(capsys):
+    main(["--config", "tiny", "--batch", "1", "--repeats", "1", "--only", "classes"])
+    printed = capsys.readouterr().out
+    assert "argmax" in printed and "first_max" in printed
+    for other in ("window attention", "instance norm", "convs on", "decoder upsampling"):
+        assert other not in printed

@@ -85,6 +85,49 @@ def test_gpu_check_times_the_seed_and_the_compiled_candidate():
     assert picked == [("seed as written (fp32, broadcast fusion)", 1), (name, 1)]
 
 
+def test_the_second_call_can_time_the_recomputed_bias_gradient():
+    """The header's second call with ``--bias-grad recompute``: the seed and the compiled fast
+    path whose window attention recomputes the bias's gradient (its model has that attention)."""
+    line = (
+        "--config seed --steps 5 --fast-batch 8 --forward-batch 16 --compile --compile-mode "
+        "reduce-overhead --bias-grad recompute --only 'seed as written' "
+        "'channels_last + sdpa + recomputed bias grad + compile'"
+    )
+    a = parser().parse_args(shlex.split(line))
+    variants, name, best = plan_variants(a, gpu=True)
+    picked = [(label, batch) for label, batch, _ in select(variants, a.only)]
+    assert picked == [
+        ("seed as written (fp32, broadcast fusion)", 1),
+        (f"{name} + compile (reduce-overhead)", 8),
+    ]
+    assert name == "bf16 + fast fusion + channels_last + sdpa + recomputed bias grad"
+    assert best["bias_grad"] == "recompute" and best["flash"]
+    cfg = load_config(packaged_config("tiny"), ["model.pretrained_2d=null"])
+    run = _Run(
+        cfg,
+        torch.device("cpu"),
+        naive=False,
+        bf16=False,
+        batch=1,
+        flash=True,
+        **{"bias_grad": "recompute"},
+    )
+    kinds = {type(m).__name__ for m in run.model.modules() if "Attention" in type(m).__name__}
+    assert "RecomputedBiasWindowAttention" in kinds and "SDPAWindowAttention" not in kinds
+
+
+def test_gpu_check_times_the_attention_kernels_at_the_training_batch():
+    from benchmarks.bench_kernels import main as kernels_main
+
+    text = SCRIPT.read_text()
+    (line,) = [ln for ln in text.splitlines() if "-m benchmarks kernels" in ln and "#" not in ln]
+    args = shlex.split(line.replace("$BATCH", _defaults(143771)["BATCH"]))
+    args = args[args.index("kernels") + 1 :]
+    assert args == ["--config", "seed", "--batch", "12", "--repeats", "3", "--only", "attention"]
+    with pytest.raises(SystemExit):  # its own parser takes them: only --help exits
+        kernels_main([*args, "--help"])
+
+
 def test_a_compile_mode_is_named_and_passed_to_torch_compile():
     a = parser().parse_args(["--fast-batch", "8", "--compile", "--compile-mode", "reduce-overhead"])
     variants, name, best = plan_variants(a, gpu=True)

@@ -117,6 +117,12 @@ class ModelConfig:
     # CPU, whose fused kernel cannot return the bias's gradient. auto: on when training runs on
     # a GPU, off on the CPU
     use_flash_attention: bool | Literal["auto"] = "auto"
+    # where that training attention's relative position bias gets its gradient: kernel = from
+    # SDPA's kernel (on a GPU the memory-efficient one, the only one that returns it); recompute
+    # = SDPA takes the bias without a gradient (on an H100/H200 cuDNN's flash kernels) and the
+    # gradient is recomputed from the scores, a chunk of windows at a time (models/attention.py);
+    # the same result, slower on the CPU, not yet measured on a GPU
+    sdpa_bias_grad: Literal["kernel", "recompute"] = "kernel"
     fusion: Literal["global", "column", "voxel_only", "image_only"] = "global"
     fusion_hidden: int = 128
     fusion_impl: Literal["fast", "naive"] = "fast"  # naive = the seed's broadcast + concat

@@ -102,6 +102,7 @@ class UXBFusionModel(nn.Module):
                 use_checkpoint=model.use_checkpoint,
                 use_flash_attention=model.use_flash_attention is True,  # auto: fit_device
                 sdpa_inference=model.sdpa_inference,
+                recompute_bias_grad=model.sdpa_bias_grad == "recompute",
                 window_size=model.window_size,
             )
         self.fusion = FusionHead(
@@ -125,6 +126,7 @@ class UXBFusionModel(nn.Module):
                 if branch is not None:
                     unfold_small_convs(branch)
         self.flash_attention = model.use_flash_attention
+        self.recompute_bias_grad = model.sdpa_bias_grad == "recompute"
         self.channels_last = model.channels_last
         if self.channels_last:  # weights in the same layout as the activations
             for branch in (self.voxel_branch, self.fusion):
@@ -150,7 +152,9 @@ class UXBFusionModel(nn.Module):
         SwinUNETR's window attention through SDPA in training as well on a GPU (a class swap:
         weights and state_dict keys unchanged; on the CPU it stays MONAI's, faster there)."""
         if self.flash_attention == "auto" and device.type == "cuda" and self.voxel_branch:
-            sdpa_window_attention(self.voxel_branch.net)
+            sdpa_window_attention(
+                self.voxel_branch.net, recompute_bias_grad=self.recompute_bias_grad
+            )
 
     def compile_branches(self, mode: str | None = None, *, whole: bool = False) -> None:
         """``torch.compile`` each branch in place (weights and state_dict keys are unchanged),

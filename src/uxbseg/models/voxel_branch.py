@@ -54,6 +54,9 @@ class VoxelBranch(nn.Module):
         sdpa_inference: window attention through SDPA when no gradient is recorded (MONAI's
             ``use_flash_attention``); the same function, 1.3-3.5x faster than the scores
             materialised on the CPU. Off only for the seed as written.
+        recompute_bias_grad: with ``use_flash_attention``, SDPA takes the relative position
+            bias without its gradient, which is recomputed from the scores instead
+            (``model.sdpa_bias_grad: recompute``; models/attention.py).
         window_size: side of the Swin attention window (seed: 7).
     """
 
@@ -66,6 +69,7 @@ class VoxelBranch(nn.Module):
         use_checkpoint: bool = False,
         use_flash_attention: bool = False,
         sdpa_inference: bool = True,
+        recompute_bias_grad: bool = False,
         window_size: int = 7,
     ) -> None:
         super().__init__()
@@ -88,7 +92,7 @@ class VoxelBranch(nn.Module):
             window_size=window_size,
         )
         if use_flash_attention:
-            sdpa_window_attention(self.net)
+            sdpa_window_attention(self.net, recompute_bias_grad=recompute_bias_grad)
 
     def defer_output_conv(self) -> None:
         """Return the decoder's ``feature_size`` channels from now on and leave the output conv
