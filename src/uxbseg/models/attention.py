@@ -43,6 +43,8 @@ __all__ = [
 
 _ALIGN = 16  # elements: the row alignment CUDA's memory-efficient SDPA kernel asks of a mask
 # elements of one chunk's (windows, heads, n, n) scores in attention_bias_grad: 0.5 GiB in float32
+# eagerly; compiled, 4x that (Inductor fuses the float32 steps: a chunk's two matrix products are
+# what it stores, 1 GiB each in bfloat16; fewer chunks, a smaller graph to compile)
 _CHUNK_ELEMENTS = 2**27
 
 
@@ -116,16 +118,17 @@ def attention_bias_grad(
     ``q``, ``k``, ``v``, ``out`` and ``grad`` (the output's gradient) are (B, H, n, d); ``mask``
     is (1, H, n, n), broadcast over B. Softmax's backward, dS = P * (dP - rowsum(dO * O)) with
     dP = dO v^T, summed over B: the scores P are recomputed a chunk of B at a time (at most
-    ``_CHUNK_ELEMENTS`` of them), products in the inputs' dtype, softmax and sums in float32 (as
-    MONAI's module computes them; float64 inputs: in float64). Returns (1, H, n, n) in float32
-    (float64).
+    ``_CHUNK_ELEMENTS`` of them, 4x that under ``torch.compile``), products in the inputs'
+    dtype, softmax and sums in float32 (as MONAI's module computes them; float64 inputs: in
+    float64). Returns (1, H, n, n) in float32 (float64).
     """
     b, h, n, _ = q.shape
     if mask.shape != (1, h, n, n):
         raise ValueError(f"mask of shape (1, {h}, {n}, {n}) expected, got {tuple(mask.shape)}")
     acc = torch.promote_types(q.dtype, torch.float32)
     delta = (grad.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # rowsum(dO * O): (B, H, n, 1)
-    step = max(1, _CHUNK_ELEMENTS // (h * n * n))
+    budget = _CHUNK_ELEMENTS * (4 if torch.compiler.is_compiling() else 1)
+    step = max(1, budget // (h * n * n))
     total = torch.zeros(h, n, n, dtype=acc, device=q.device)
     for i in range(0, b, step):
         j = min(i + step, b)
