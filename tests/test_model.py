@@ -324,11 +324,14 @@ def test_a_channels_last_model_compiles_every_graph_channels_last(tiny_cfg, monk
     assert model.voxel_branch._compiled_call_impl is not None
 
 
-def test_fast_voxel_branch_traces_without_a_graph_break_of_ours(tiny_cfg):
+@pytest.mark.parametrize("bias_grad", ["kernel", "recompute"])
+def test_fast_voxel_branch_traces_without_a_graph_break_of_ours(tiny_cfg, bias_grad):
     """What ``torch.compile`` sees of the GPU's fast path (channels_last norms as ``var_mean``,
     SDPA window attention, unfolded first convs), traced by Dynamo alone: the only graph break is
-    MONAI's own input-size check, so Inductor gets the network in one graph after it."""
+    MONAI's own input-size check, so Inductor gets the network in one graph after it. Also with
+    the attention's bias gradient recomputed (an autograd.Function, its backward traced too)."""
     tiny_cfg.model.use_flash_attention = True
+    tiny_cfg.model.sdpa_bias_grad = bias_grad
     model = UXBFusionModel.from_config(tiny_cfg)
     unfolded = [m for m in model.modules() if type(m).__name__ == "UnfoldedConv3d"]
     for m in unfolded:
