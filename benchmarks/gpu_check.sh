@@ -18,10 +18,12 @@
 # 2. the same fast path in eager mode at batch 1 (the seed's batch: peak memory against the
 #    seed's), after --check (its 3D logits against the plain fp32 path, same weights), its
 #    forward timed at 4 windows at a time: what predict runs on a GPU by default;
-# 3. the window attention of the first two stages alone at batch BATCH, eager (seconds): MONAI's,
-#    SDPA's, and in training SDPA with the bias's gradient recomputed (model.sdpa_bias_grad:
-#    recompute; SDPA then takes cuDNN's flash kernels, which return no bias gradient; the
-#    memory-efficient kernel's backward with it took 81 of the compiled step's 674 ms at batch 8).
+# 3. the window attention of the first two stages alone at batch 4, eager (seconds; at batch 12
+#    MONAI's float32 scores, 18 GB a copy, might not fit): MONAI's, SDPA's (eighteenth session:
+#    63.5 and 43.2 ms in training), and in training SDPA with the bias's gradient recomputed
+#    (model.sdpa_bias_grad: recompute; SDPA may then take cuDNN's flash kernels, which return no
+#    bias gradient; the memory-efficient kernel, which does, took 111 of the compiled step's
+#    674 ms at batch 8).
 # TORCH_LOGS=perf_hints prints why CUDA graphs were skipped for a graph, if they were.
 # The compiled graphs travel from card to card (benchmarks/compile_cache.py): step 1 loads those
 # in .gpu-cache/ (an ignored folder: carry it with the call, carry=[".whl", ".gpu-cache"]) and
@@ -67,5 +69,5 @@ MODE=${MODE:-reduce-overhead}
     --compile-cache .gpu-cache --save-compile-cache "$OUT"
   python3 -m benchmarks train --config seed --steps 3 --fast-batch 1 --forward-batch 4 --check \
     --only "seed as written" "$BEST"
-  python3 -m benchmarks kernels --config seed --batch "$BATCH" --repeats 3 --only attention
+  python3 -m benchmarks kernels --config seed --batch 4 --repeats 3 --only attention
 } 2>&1 | tee "$OUT/gpu.log"
