@@ -39,6 +39,8 @@
 #   failed; training below 5x and step 3's recomputed bias gradient faster in training than SDPA's
 #   kernel (eager; compiled, its softmax and sum fuse further): add --bias-grad recompute and
 #   replace the last --only text by "channels_last + sdpa + recomputed bias grad + compile";
+#   the forward below 5x with its peak well under the card's memory (35.8 GiB at batch 16 on
+#   the H200): --forward-batch 32 (38 -> 33.6 ms a sample from batch 4 to 16; predict --batch 32);
 #   or, both >= 5x and the product's code changed since the last card,
 #   bash benchmarks/gpu_smoke.sh (about 3 minutes: the product itself on the card).
 # Measured already (BENCHMARKS.md), rerun with more time:
