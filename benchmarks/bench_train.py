@@ -298,8 +298,8 @@ def parser() -> argparse.ArgumentParser:
         default="kernel",
         help="GPU: where the fast variants' SDPA window attention gets the relative position "
         "bias's gradient in training (model.sdpa_bias_grad): from SDPA's memory-efficient kernel, "
-        "or recomputed from the scores beside a kernel that returns none (cuDNN's on an "
-        "H100/H200); recompute adds ' + recomputed bias grad' to their labels",
+        "or recomputed from the scores beside a kernel that returns none (an H100/H200 may then "
+        "take cuDNN's); recompute adds ' + recomputed bias grad' to their labels",
     )
     p.add_argument(
         "--fused-attention",

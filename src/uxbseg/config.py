@@ -119,9 +119,9 @@ class ModelConfig:
     use_flash_attention: bool | Literal["auto"] = "auto"
     # where that training attention's relative position bias gets its gradient: kernel = from
     # SDPA's kernel (on a GPU the memory-efficient one, the only one that returns it); recompute
-    # = SDPA takes the bias without a gradient (on an H100/H200 cuDNN's flash kernels) and the
-    # gradient is recomputed from the scores, a chunk of windows at a time (models/attention.py);
-    # the same result, slower on the CPU, not yet measured on a GPU
+    # = SDPA takes the bias without a gradient (an H100/H200 may then run cuDNN's flash kernels)
+    # and the gradient is recomputed from the scores, a chunk of windows at a time
+    # (models/attention.py); the same result, slower on the CPU, not yet measured on a GPU
     sdpa_bias_grad: Literal["kernel", "recompute"] = "kernel"
     fusion: Literal["global", "column", "voxel_only", "image_only"] = "global"
     fusion_hidden: int = 128
