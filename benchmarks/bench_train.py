@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import signal
 import statistics
 import time
 from pathlib import Path
@@ -359,15 +360,27 @@ def select(variants: list[Variant], only: list[str] | None) -> list[Variant]:
     return [v for v in variants if not only or any(t in v[0] for t in only)]
 
 
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
     if a.compile_cache is not None:
         print(compile_cache.load(a.compile_cache), flush=True)
-    _run(a)
-    if a.compile or a.save_compile_cache is not None:
-        print(compile_cache.hits(), flush=True)
-    if a.save_compile_cache is not None:
-        print(compile_cache.save(a.save_compile_cache), flush=True)
+    if a.save_compile_cache is not None:  # a time limit's SIGTERM (timeout) unwinds to finally
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        _run(a)
+    finally:  # what compiled before a failure or a time limit (minutes of it) still goes back
+        lines = []
+        if a.compile or a.save_compile_cache is not None:
+            lines.append(compile_cache.hits())
+        if a.save_compile_cache is not None:
+            lines.append(compile_cache.save(a.save_compile_cache))
+        for line in lines:
+            with contextlib.suppress(OSError):  # the log's pipe, closed by the same time limit
+                print(line, flush=True)
 
 
 def _run(a: argparse.Namespace) -> None:

@@ -27,7 +27,8 @@
 # TORCH_LOGS=perf_hints prints why CUDA graphs were skipped for a graph, if they were.
 # The compiled graphs travel from card to card (benchmarks/compile_cache.py): step 1 loads those
 # in .gpu-cache/ (an ignored folder: carry it with the call, carry=[".whl", ".gpu-cache"]) and
-# saves all it compiled or loaded to $OUT as compile-cache.<i>.z; copy those into .gpu-cache/
+# saves all it compiled or loaded to $OUT as compile-cache.<i>.z (also when a variant fails or
+# the call's `timeout` stops it: its SIGTERM unwinds to the save); copy those into .gpu-cache/
 # after the call, so that the next call or the next session's card skips the ~330 s of
 # compiling the same graphs (same torch, same kind of card; other graphs compile as before).
 # A second call (~350 s: what is left of the 15 minutes after the first), from what the first

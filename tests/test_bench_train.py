@@ -176,3 +176,35 @@ def test_a_forward_out_of_memory_keeps_the_steps_figures(monkeypatch, capsys):
     )
     assert step > 0 and math.isnan(fwd) and fbatch == 2
     assert "forward at batch 2: out of memory on this device" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", ["error", "time limit"])
+def test_what_compiled_is_saved_when_the_run_stops_early(monkeypatch, tmp_path, capsys, how):
+    """A variant that fails, or the device call's time limit (timeout's SIGTERM), still saves
+    the graphs compiled before it, so that the next call does not compile them again."""
+    import os
+    import signal
+    import time
+
+    from benchmarks import bench_train
+
+    saved = []
+    monkeypatch.setattr(bench_train.compile_cache, "save", lambda d: saved.append(d) or "saved")
+
+    def stop(a):
+        if how == "error":
+            raise RuntimeError("the forward failed to compile")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler ends this at once
+
+    monkeypatch.setattr(bench_train, "_run", stop)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises((RuntimeError, SystemExit)) as stopped:
+            bench_train.main(["--save-compile-cache", str(tmp_path)])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert saved == [tmp_path]
+    assert "saved" in capsys.readouterr().out
+    if how == "time limit":
+        assert stopped.value.code == 128 + signal.SIGTERM
