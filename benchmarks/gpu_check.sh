@@ -50,7 +50,13 @@
 #   python3 -m benchmarks data --config seed --tiles 16 --workers 0 4 8 14
 # Writes everything to $OUT/gpu.log.
 # Usage on the device: bash benchmarks/gpu_check.sh   (needs the project importable: pip install -e .,
-# or PYTHONPATH=src with its dependencies installed).
+# or PYTHONPATH=src with its dependencies installed). The lent device's call (the wheels torch's
+# image lacks are downloaded here into the ignored .whl/; carry=[".whl", ".gpu-cache"],
+# timeout_s 590; the inner timeout leaves time for a SIGTERM that lands in a compile, which
+# Python handles only once the compile returns, to still save the compiled graphs):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+#     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src || exit; \
+#     timeout 540 bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/uxbseg-gpu}
 mkdir -p "$OUT"
