@@ -229,6 +229,51 @@ def agreement(cfg, device, fast: dict) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
+def bias_grad_agreement(cfg, device, fast: dict) -> tuple[float, float, bool]:
+    """How far the window attention's bias-table gradients (all blocks together) after one
+    training step of the fast path are from the same step in float32 with SDPA's kernel
+    gradient, same weights and batch: with SDPA's kernel gradient, and recomputed
+    (``sdpa_bias_grad: recompute``), each in the fast path's precision; and whether every
+    gradient of the recomputed step is finite (a kernel returning NaN for some shapes shows here).
+
+    Each path has its own rounding (in bf16 ~0.25 on the tiny model on the CPU, where the two
+    paths also run different SDPA kernels): the recomputed gradient is as good as the kernel's
+    when its error is of the kernel's size, and a wrong one is off by ~1."""
+
+    def step(bias_grad: str, bf16: bool, state: dict | None):
+        cfg.model.fusion_impl, cfg.model.channels_last = "fast", fast.get("channels_last", False)
+        cfg.model.use_flash_attention, cfg.model.sdpa_bias_grad = True, bias_grad
+        cfg.model.sdpa_inference = cfg.model.onednn_batch1 = cfg.model.unfold_convs = True
+        torch.manual_seed(0)
+        model = UXBFusionModel.from_config(cfg).to(device)
+        state = state or {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        if model.image_branch is not None:  # SegFormer's drop path draws at random in training
+            model.image_branch.eval()
+        data = _batch(cfg, 1, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = FusionLoss().to(device)(model(data["image"], data["voxels"]), data)
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        finite = all(bool(g.isfinite().all()) for g in grads)
+        tables = [
+            p.grad.double().flatten() for n, p in model.named_parameters() if "bias_table" in n
+        ]
+        del model, grads
+        _free()
+        return torch.cat(tables), finite, state
+
+    ref, _, state = step("kernel", False, None)
+    bf16 = fast.get("bf16", False)
+    kernel, _, _ = step("kernel", bf16, state)
+    recomputed, finite, _ = step("recompute", bf16, state)
+
+    def error(g: torch.Tensor) -> float:
+        return float((g - ref).norm() / ref.norm())
+
+    return error(kernel), error(recomputed), finite
+
+
 def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -393,6 +438,13 @@ def _run(a: argparse.Namespace) -> None:
     if a.check:
         err = agreement(cfg, device, best)
         print(f"  fast path ({name}) vs fp32 plain path, same weights: rel. L2 error {err:.2e}")
+        if best.get("bias_grad") == "recompute":
+            kernel, recomputed, finite = bias_grad_agreement(cfg, device, best)
+            print(
+                "  bias-table gradients of one step vs the fp32 kernel-gradient path, same "
+                f"weights: rel. L2 error with SDPA's kernel gradient {kernel:.2e}, recomputed "
+                f"{recomputed:.2e}; every gradient finite: {'yes' if finite else 'NO'}"
+            )
         _free()
     chosen = select(variants, a.only)
     interleave = not gpu and not a.sequential and not a.profile

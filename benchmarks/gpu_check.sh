@@ -38,8 +38,10 @@
 #     --only "seed as written" "fast fusion + channels_last + sdpa + compile"
 #   with B=8 M=reduce-overhead if batch 12 ran out of memory, B=12 M=default if CUDA graphs
 #   failed; training below 5x and step 3's recomputed bias gradient faster in training than SDPA's
-#   kernel (eager; compiled, its softmax and sum fuse further): add --bias-grad recompute and
-#   replace the last --only text by "channels_last + sdpa + recomputed bias grad + compile";
+#   kernel (eager; compiled, its softmax and sum fuse further): add --bias-grad recompute --check
+#   (first one eager step each: the bias tables' gradients against the fp32 step's, and all
+#   finite; under a minute) and replace the last --only text by
+#   "channels_last + sdpa + recomputed bias grad + compile";
 #   the forward below 5x with its peak well under the card's memory (35.8 GiB at batch 16 on
 #   the H200): --forward-batch 32 (38 -> 33.6 ms a sample from batch 4 to 16; predict --batch 32);
 #   or, both >= 5x and the product's code changed since the last card,

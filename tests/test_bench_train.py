@@ -90,7 +90,7 @@ def test_the_second_call_can_time_the_recomputed_bias_gradient():
     path whose window attention recomputes the bias's gradient (its model has that attention)."""
     line = (
         "--config seed --steps 5 --fast-batch 8 --forward-batch 16 --compile --compile-mode "
-        "reduce-overhead --bias-grad recompute --only 'seed as written' "
+        "reduce-overhead --bias-grad recompute --check --only 'seed as written' "
         "'channels_last + sdpa + recomputed bias grad + compile'"
     )
     a = parser().parse_args(shlex.split(line))
@@ -208,3 +208,21 @@ def test_what_compiled_is_saved_when_the_run_stops_early(monkeypatch, tmp_path, 
     assert "saved" in capsys.readouterr().out
     if how == "time limit":
         assert stopped.value.code == 128 + signal.SIGTERM
+
+
+def test_the_recomputed_bias_gradient_is_checked_against_the_kernels(monkeypatch):
+    """``--check`` with ``--bias-grad recompute``: one training step with each gradient against
+    the float32 kernel-gradient step, same weights. In float32 on the CPU (bf16 convs are slow
+    here; on a card the step is bf16) the kernel's is that step itself and the recomputed one is
+    off by the other SDPA kernel's rounding only; a wrong recomputed gradient (zeros) is off by
+    ~1."""
+    from benchmarks.bench_train import bias_grad_agreement
+    from uxbseg.models import attention
+
+    cfg = load_config(packaged_config("tiny"), ["model.pretrained_2d=null"])
+    fast = dict(naive=False, bf16=False, channels_last=True, flash=True, bias_grad="recompute")
+    kernel, recomputed, finite = bias_grad_agreement(cfg, torch.device("cpu"), fast)
+    assert finite and kernel == 0 and 0 < recomputed < 0.05
+    monkeypatch.setattr(attention, "attention_bias_grad", lambda g, *a: torch.zeros_like(a[4]))
+    _, wrong, finite = bias_grad_agreement(cfg, torch.device("cpu"), fast)
+    assert finite and wrong > 0.9
