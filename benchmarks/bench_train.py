@@ -201,6 +201,16 @@ def measure_interleaved(cfg, device, variants: list[dict], steps: int) -> list[t
     ]
 
 
+def _fast_model(cfg, device, fast: dict, **model_keys) -> UXBFusionModel:
+    """The fast path's model as ``fast`` lays it out (fast fusion, SDPA without gradients,
+    oneDNN at batch 1, unfolded first convs), with ``model_keys`` also set in ``cfg.model``."""
+    cfg.model.fusion_impl, cfg.model.channels_last = "fast", fast.get("channels_last", False)
+    cfg.model.sdpa_inference = cfg.model.onednn_batch1 = cfg.model.unfold_convs = True
+    for key, value in model_keys.items():
+        setattr(cfg.model, key, value)
+    return UXBFusionModel.from_config(cfg).to(device)
+
+
 def agreement(cfg, device, fast: dict) -> float:
     """Relative L2 error of the fast path's 3D logits against the plain fp32 path, same weights.
 
@@ -214,10 +224,7 @@ def agreement(cfg, device, fast: dict) -> float:
     cfg.model.onednn_batch1 = cfg.model.unfold_convs = False
     torch.manual_seed(0)
     plain = UXBFusionModel.from_config(cfg).to(device).eval()
-    cfg.model.fusion_impl, cfg.model.channels_last = "fast", fast.get("channels_last", False)
-    cfg.model.use_flash_attention = fast.get("flash", False)
-    cfg.model.sdpa_inference = cfg.model.onednn_batch1 = cfg.model.unfold_convs = True
-    quick = UXBFusionModel.from_config(cfg).to(device).eval()
+    quick = _fast_model(cfg, device, fast, use_flash_attention=fast.get("flash", False)).eval()
     quick.load_state_dict(plain.state_dict())
     if quick.voxel_branch is not None:
         quick.voxel_branch.train()
@@ -241,11 +248,8 @@ def bias_grad_agreement(cfg, device, fast: dict) -> tuple[float, float, bool]:
     when its error is of the kernel's size, and a wrong one is off by ~1."""
 
     def step(bias_grad: str, bf16: bool, state: dict | None):
-        cfg.model.fusion_impl, cfg.model.channels_last = "fast", fast.get("channels_last", False)
-        cfg.model.use_flash_attention, cfg.model.sdpa_bias_grad = True, bias_grad
-        cfg.model.sdpa_inference = cfg.model.onednn_batch1 = cfg.model.unfold_convs = True
         torch.manual_seed(0)
-        model = UXBFusionModel.from_config(cfg).to(device)
+        model = _fast_model(cfg, device, fast, use_flash_attention=True, sdpa_bias_grad=bias_grad)
         state = state or {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(state)
         if model.image_branch is not None:  # SegFormer's drop path draws at random in training
